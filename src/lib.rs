@@ -1,0 +1,3 @@
+#![deny(unsafe_code)]
+pub mod route;
+pub mod wire;

@@ -1,0 +1,600 @@
+//! The peer control protocol's message (UDP port 6783).
+//!
+//! Every node sends its full state to every peer once a second: who it is, where its
+//! data port is, and which overlay prefixes it announces. State that does not fit one
+//! datagram is split into pages that share one `seq`; a receiver applies a state only
+//! once it holds every page of it. With a cluster secret, an HMAC-SHA256 over the whole
+//! message trails it; a receiver with a secret drops anything unsigned or signed wrong,
+//! and one without a secret drops signed messages (the two sides disagree, so neither
+//! may trust the other).
+//!
+//! ```text
+//!  0       4   5    6     7    8         16     18      20         22   23       24       25       26    28
+//! +-------+---+----+-----+----+---------+------+-------+----------+----+--------+--------+--------+-----+
+//! | TLPC  |ver|kind|flags|rsvd|   seq   | page | pages | dataport |fam |name_len|nick_len| count  |rsvd |
+//! +-------+---+----+-----+----+---------+------+-------+----------+----+--------+--------+--------+-----+
+//! | underlay address (4 or 16) | name | nickname | count x prefix entry | [HMAC-SHA256, 32 bytes]       |
+//! +--------------------------------------------------------------------------------------------------+
+//! prefix entry: family (4|6) | length | version (u64) | address (4|16), host bits zero
+//! ```
+
+use super::{Error, Result};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use hmac::{Hmac, KeyInit, Mac};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sha2::Sha256;
+
+pub const MAGIC: [u8; 4] = *b"TLPC";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 28;
+pub const MAC_LEN: usize = 32;
+pub const MAX_NAME_LEN: usize = 64;
+/// Pages are sized to stay below a 1500-byte underlay MTU with IPv6 + UDP headers.
+pub const MAX_MESSAGE_LEN: usize = 1400;
+pub const FLAG_MAC: u8 = 0x01;
+
+/// What a message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// "I am here, and this is my state."
+    Hello,
+    /// "I am leaving": peers withdraw this node's routes at once instead of waiting
+    /// for missed hellos.
+    Bye,
+}
+
+impl Kind {
+    fn to_u8(self) -> u8 {
+        match self {
+            Kind::Hello => 1,
+            Kind::Bye => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Hello),
+            2 => Some(Kind::Bye),
+            _ => None,
+        }
+    }
+}
+
+mod field {
+    use core::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const FLAGS: usize = 6;
+    pub const SEQ: Range<usize> = 8..16;
+    pub const PAGE: Range<usize> = 16..18;
+    pub const PAGES: Range<usize> = 18..20;
+    pub const DATA_PORT: Range<usize> = 20..22;
+    pub const FAMILY: usize = 22;
+    pub const NAME_LEN: usize = 23;
+    pub const NICK_LEN: usize = 24;
+    pub const COUNT: usize = 25;
+}
+
+fn addr_len(family: u8) -> Result<usize> {
+    match family {
+        4 => Ok(4),
+        6 => Ok(16),
+        _ => Err(Error::Malformed("address family must be 4 or 6")),
+    }
+}
+
+/// A view of a control message at the front of a buffer.
+#[derive(Debug, Clone)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
+    /// Checks magic, version and that every declared length fits the buffer exactly.
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let p = Self::new_unchecked(buffer);
+        p.check()?;
+        Ok(p)
+    }
+
+    fn check(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if b[field::MAGIC] != MAGIC {
+            return Err(Error::Malformed("bad magic"));
+        }
+        if b[field::VERSION] != VERSION {
+            return Err(Error::Malformed("unsupported version"));
+        }
+        if b.len() != self.expected_len()? {
+            return Err(if b.len() < self.expected_len()? {
+                Error::Truncated
+            } else {
+                Error::Malformed("trailing bytes")
+            });
+        }
+        Ok(())
+    }
+
+    /// The length the header's counts imply, walking the prefix entries' families.
+    fn expected_len(&self) -> Result<usize> {
+        let b = self.buffer.as_ref();
+        let mut at = HEADER_LEN
+            + addr_len(b[field::FAMILY])?
+            + usize::from(b[field::NAME_LEN])
+            + usize::from(b[field::NICK_LEN]);
+        for _ in 0..b[field::COUNT] {
+            let fam = *b.get(at).ok_or(Error::Truncated)?;
+            at += 10 + addr_len(fam)?;
+        }
+        if self.has_mac() {
+            at += MAC_LEN;
+        }
+        Ok(at)
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        Kind::from_u8(self.buffer.as_ref()[field::KIND])
+    }
+
+    pub fn has_mac(&self) -> bool {
+        self.buffer.as_ref()[field::FLAGS] & FLAG_MAC != 0
+    }
+
+    pub fn seq(&self) -> u64 {
+        let b = &self.buffer.as_ref()[field::SEQ];
+        u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
+    }
+
+    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
+        let b = &self.buffer.as_ref()[r];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Checks the trailing HMAC against `secret`; see the module doc for the rules.
+    pub fn verify(&self, secret: Option<&[u8]>) -> Result<()> {
+        let b = self.buffer.as_ref();
+        match (secret, self.has_mac()) {
+            (None, false) => Ok(()),
+            (Some(key), true) => {
+                let (signed, tag) = b.split_at(b.len() - MAC_LEN);
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
+                mac.update(signed);
+                mac.verify_slice(tag).map_err(|_| Error::Unauthenticated)
+            }
+            _ => Err(Error::Unauthenticated),
+        }
+    }
+}
+
+/// One announced prefix and the version its owner gave it (bumped on every change,
+/// so a receiver can tell a re-announcement from a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    pub prefix: IpNet,
+    pub version: u64,
+}
+
+impl Announce {
+    fn wire_len(&self) -> usize {
+        10 + match self.prefix {
+            IpNet::V4(_) => 4,
+            IpNet::V6(_) => 16,
+        }
+    }
+}
+
+/// Where a repr's prefixes live: validated bytes of a parsed message, or a slice the
+/// sender owns.
+#[derive(Debug, Clone, Copy)]
+pub enum Prefixes<'a> {
+    Wire { bytes: &'a [u8], count: u8 },
+    Slice(&'a [Announce]),
+}
+
+impl<'a> Prefixes<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Prefixes::Wire { count, .. } => usize::from(*count),
+            Prefixes::Slice(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> PrefixIter<'a> {
+        match *self {
+            Prefixes::Wire { bytes, count } => PrefixIter::Wire { bytes, left: count },
+            Prefixes::Slice(s) => PrefixIter::Slice(s.iter()),
+        }
+    }
+}
+
+impl PartialEq for Prefixes<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+pub enum PrefixIter<'a> {
+    Wire { bytes: &'a [u8], left: u8 },
+    Slice(core::slice::Iter<'a, Announce>),
+}
+
+impl Iterator for PrefixIter<'_> {
+    type Item = Announce;
+    fn next(&mut self) -> Option<Announce> {
+        match self {
+            PrefixIter::Slice(it) => it.next().copied(),
+            PrefixIter::Wire { bytes, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                // Entries were validated by `Repr::parse`; a failure here means the
+                // bytes did not come from it, and iteration simply stops.
+                let (a, n) = read_prefix(bytes).ok()?;
+                *bytes = &bytes[n..];
+                *left -= 1;
+                Some(a)
+            }
+        }
+    }
+}
+
+fn read_prefix(b: &[u8]) -> Result<(Announce, usize)> {
+    let fam = *b.first().ok_or(Error::Truncated)?;
+    let alen = addr_len(fam)?;
+    let n = 10 + alen;
+    if b.len() < n {
+        return Err(Error::Truncated);
+    }
+    let len = b[1];
+    let version = u64::from_be_bytes(b[2..10].try_into().map_err(|_| Error::Truncated)?);
+    let prefix = if fam == 4 {
+        let a = Ipv4Addr::from(<[u8; 4]>::try_from(&b[10..14]).map_err(|_| Error::Truncated)?);
+        IpNet::V4(Ipv4Net::new(a, len).map_err(|_| Error::Malformed("IPv4 prefix length > 32"))?)
+    } else {
+        let a = Ipv6Addr::from(<[u8; 16]>::try_from(&b[10..26]).map_err(|_| Error::Truncated)?);
+        IpNet::V6(Ipv6Net::new(a, len).map_err(|_| Error::Malformed("IPv6 prefix length > 128"))?)
+    };
+    if prefix.trunc() != prefix {
+        return Err(Error::Malformed("prefix has host bits set"));
+    }
+    Ok((Announce { prefix, version }, n))
+}
+
+/// The value of a control message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Repr<'a> {
+    pub kind: Kind,
+    pub seq: u64,
+    pub page: u16,
+    pub pages: u16,
+    pub data_port: u16,
+    pub underlay: IpAddr,
+    pub name: &'a str,
+    pub nickname: &'a str,
+    pub prefixes: Prefixes<'a>,
+}
+
+impl<'a> Repr<'a> {
+    /// Parses a checked packet. Authentication is separate: call
+    /// [`Packet::verify`] first.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &'a Packet<&'a T>) -> Result<Repr<'a>> {
+        packet.check()?;
+        let b = packet.buffer.as_ref();
+        let kind = packet
+            .kind()
+            .ok_or(Error::Malformed("unknown message kind"))?;
+        let page = packet.u16_at(field::PAGE);
+        let pages = packet.u16_at(field::PAGES);
+        if pages == 0 || page >= pages {
+            return Err(Error::Malformed("page out of range"));
+        }
+        let fam = b[field::FAMILY];
+        let mut at = HEADER_LEN;
+        let underlay = if fam == 4 {
+            let a: [u8; 4] = b[at..at + 4].try_into().map_err(|_| Error::Truncated)?;
+            at += 4;
+            IpAddr::V4(a.into())
+        } else {
+            let a: [u8; 16] = b[at..at + 16].try_into().map_err(|_| Error::Truncated)?;
+            at += 16;
+            IpAddr::V6(a.into())
+        };
+        let name_len = usize::from(b[field::NAME_LEN]);
+        let nick_len = usize::from(b[field::NICK_LEN]);
+        if name_len == 0 || name_len > MAX_NAME_LEN || nick_len > MAX_NAME_LEN {
+            return Err(Error::Malformed("name length out of range"));
+        }
+        let name = core::str::from_utf8(&b[at..at + name_len])
+            .map_err(|_| Error::Malformed("name is not UTF-8"))?;
+        at += name_len;
+        let nickname = core::str::from_utf8(&b[at..at + nick_len])
+            .map_err(|_| Error::Malformed("nickname is not UTF-8"))?;
+        at += nick_len;
+        let count = b[field::COUNT];
+        let start = at;
+        for _ in 0..count {
+            let (_, n) = read_prefix(&b[at..])?;
+            at += n;
+        }
+        Ok(Repr {
+            kind,
+            seq: packet.seq(),
+            page,
+            pages,
+            data_port: packet.u16_at(field::DATA_PORT),
+            underlay,
+            name,
+            nickname,
+            prefixes: Prefixes::Wire {
+                bytes: &b[start..at],
+                count,
+            },
+        })
+    }
+
+    /// Bytes this message takes, with `signed` saying whether an HMAC trails it.
+    pub fn buffer_len(&self, signed: bool) -> usize {
+        HEADER_LEN
+            + if self.underlay.is_ipv4() { 4 } else { 16 }
+            + self.name.len()
+            + self.nickname.len()
+            + self.prefixes.iter().map(|a| a.wire_len()).sum::<usize>()
+            + if signed { MAC_LEN } else { 0 }
+    }
+
+    /// Writes the message into `buf`, signing it when `secret` is given. Returns the
+    /// length written.
+    pub fn emit(&self, buf: &mut [u8], secret: Option<&[u8]>) -> Result<usize> {
+        if self.name.is_empty()
+            || self.name.len() > MAX_NAME_LEN
+            || self.nickname.len() > MAX_NAME_LEN
+            || self.prefixes.len() > usize::from(u8::MAX)
+            || self.pages == 0
+            || self.page >= self.pages
+        {
+            return Err(Error::Malformed("message fields out of range"));
+        }
+        let total = self.buffer_len(secret.is_some());
+        if buf.len() < total {
+            return Err(Error::Exhausted);
+        }
+        let b = &mut buf[..total];
+        b[field::MAGIC].copy_from_slice(&MAGIC);
+        b[field::VERSION] = VERSION;
+        b[field::KIND] = self.kind.to_u8();
+        b[field::FLAGS] = if secret.is_some() { FLAG_MAC } else { 0 };
+        b[7] = 0;
+        b[field::SEQ].copy_from_slice(&self.seq.to_be_bytes());
+        b[field::PAGE].copy_from_slice(&self.page.to_be_bytes());
+        b[field::PAGES].copy_from_slice(&self.pages.to_be_bytes());
+        b[field::DATA_PORT].copy_from_slice(&self.data_port.to_be_bytes());
+        b[field::NAME_LEN] = self.name.len() as u8;
+        b[field::NICK_LEN] = self.nickname.len() as u8;
+        b[field::COUNT] = self.prefixes.len() as u8;
+        b[26] = 0;
+        b[27] = 0;
+        let mut at = HEADER_LEN;
+        match self.underlay {
+            IpAddr::V4(a) => {
+                b[field::FAMILY] = 4;
+                b[at..at + 4].copy_from_slice(&a.octets());
+                at += 4;
+            }
+            IpAddr::V6(a) => {
+                b[field::FAMILY] = 6;
+                b[at..at + 16].copy_from_slice(&a.octets());
+                at += 16;
+            }
+        }
+        b[at..at + self.name.len()].copy_from_slice(self.name.as_bytes());
+        at += self.name.len();
+        b[at..at + self.nickname.len()].copy_from_slice(self.nickname.as_bytes());
+        at += self.nickname.len();
+        for a in self.prefixes.iter() {
+            let p = a.prefix.trunc();
+            b[at + 1] = p.prefix_len();
+            b[at + 2..at + 10].copy_from_slice(&a.version.to_be_bytes());
+            match p {
+                IpNet::V4(n) => {
+                    b[at] = 4;
+                    b[at + 10..at + 14].copy_from_slice(&n.network().octets());
+                }
+                IpNet::V6(n) => {
+                    b[at] = 6;
+                    b[at + 10..at + 26].copy_from_slice(&n.network().octets());
+                }
+            }
+            at += a.wire_len();
+        }
+        if let Some(key) = secret {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
+            mac.update(&b[..at]);
+            b[at..at + MAC_LEN].copy_from_slice(&mac.finalize().into_bytes());
+        }
+        Ok(total)
+    }
+
+    /// How many prefix entries fit in one page beside the fixed part, counting every
+    /// entry as IPv6 (the larger kind).
+    pub fn prefixes_per_page(&self, signed: bool) -> usize {
+        let fixed = Repr {
+            prefixes: Prefixes::Slice(&[]),
+            ..*self
+        }
+        .buffer_len(signed);
+        (MAX_MESSAGE_LEN.saturating_sub(fixed) / 26).min(usize::from(u8::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANN: [Announce; 2] = [
+        Announce {
+            prefix: IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(198, 19, 1, 0), 24)),
+            version: 7,
+        },
+        Announce {
+            prefix: IpNet::V6(Ipv6Net::new_assert(
+                Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0),
+                64,
+            )),
+            version: 1,
+        },
+    ];
+
+    fn repr() -> Repr<'static> {
+        Repr {
+            kind: Kind::Hello,
+            seq: 0x0102030405060708,
+            page: 0,
+            pages: 1,
+            data_port: 4789,
+            underlay: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            name: "ab",
+            nickname: "h",
+            prefixes: Prefixes::Slice(&ANN),
+        }
+    }
+
+    #[rustfmt::skip]
+    static BYTES: [u8; 75] = [
+        b'T', b'L', b'P', b'C', 1, 1, 0, 0,
+        1, 2, 3, 4, 5, 6, 7, 8,
+        0, 0, 0, 1, 0x12, 0xb5, 4, 2, 1, 2, 0, 0,
+        198, 18, 0, 1,
+        b'a', b'b', b'h',
+        4, 24, 0, 0, 0, 0, 0, 0, 0, 7, 198, 19, 1, 0,
+        6, 64, 0, 0, 0, 0, 0, 0, 0, 1,
+        0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    #[test]
+    fn test_emit() {
+        let mut buf = [0u8; 128];
+        let n = repr().emit(&mut buf, None).unwrap();
+        assert_eq!(&buf[..n], &BYTES[..]);
+        assert_eq!(repr().buffer_len(false), n);
+    }
+
+    #[test]
+    fn test_parse() {
+        let p = Packet::new_checked(&BYTES[..]).unwrap();
+        p.verify(None).unwrap();
+        assert_eq!(Repr::parse(&p).unwrap(), repr());
+        let got: Vec<Announce> = Repr::parse(&p).unwrap().prefixes.iter().collect();
+        assert_eq!(got, ANN);
+    }
+
+    #[test]
+    fn signed_round_trip_and_rules() {
+        let mut buf = [0u8; 256];
+        let n = repr().emit(&mut buf, Some(b"s3cret")).unwrap();
+        assert_eq!(n, BYTES.len() + MAC_LEN);
+        let p = Packet::new_checked(&buf[..n]).unwrap();
+        assert_eq!(p.verify(Some(b"s3cret")), Ok(()));
+        assert_eq!(p.verify(Some(b"other")), Err(Error::Unauthenticated));
+        assert_eq!(p.verify(None), Err(Error::Unauthenticated));
+        assert_eq!(Repr::parse(&p).unwrap(), repr());
+        // Unsigned message at a node with a secret.
+        let p = Packet::new_checked(&BYTES[..]).unwrap();
+        assert_eq!(p.verify(Some(b"s3cret")), Err(Error::Unauthenticated));
+        // Any flipped bit breaks the signature.
+        for i in [0usize, 9, 30, 40, n - 1] {
+            let mut t = buf;
+            t[i] ^= 0x01;
+            if let Ok(p) = Packet::new_checked(&t[..n]) {
+                assert_eq!(
+                    p.verify(Some(b"s3cret")),
+                    Err(Error::Unauthenticated),
+                    "byte {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        for n in 0..BYTES.len() {
+            assert!(Packet::new_checked(&BYTES[..n]).is_err(), "len {n}");
+        }
+        let mut long = BYTES.to_vec();
+        long.push(0);
+        assert_eq!(
+            Packet::new_checked(&long[..]).err(),
+            Some(Error::Malformed("trailing bytes"))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_rejected() {
+        let mut b = BYTES;
+        b[0] = b'X';
+        assert!(Packet::new_checked(&b[..]).is_err());
+        let mut b = BYTES;
+        b[5] = 9; // kind
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[16..18].copy_from_slice(&[0, 1]); // page 1 of 1
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[36] = 33; // IPv4 prefix length 33
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[48] = 1; // host bit set in 198.19.1.0/24
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[32] = 0xff; // name not UTF-8
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[22] = 5; // family
+        assert!(Packet::new_checked(&b[..]).is_err());
+    }
+
+    #[test]
+    fn emit_refuses_out_of_range_and_small_buffers() {
+        let mut buf = [0u8; 16];
+        assert_eq!(repr().emit(&mut buf, None), Err(Error::Exhausted));
+        let mut buf = [0u8; 256];
+        let r = Repr { name: "", ..repr() };
+        assert!(r.emit(&mut buf, None).is_err());
+        let r = Repr { page: 1, ..repr() };
+        assert!(r.emit(&mut buf, None).is_err());
+    }
+
+    #[test]
+    fn a_full_page_fits_the_limit() {
+        let many: Vec<Announce> = (0..255u32)
+            .map(|i| Announce {
+                prefix: IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::from(u128::from(i) << 64), 64)),
+                version: 1,
+            })
+            .collect();
+        let r = Repr {
+            name: &"n".repeat(64),
+            nickname: &"k".repeat(64),
+            ..repr()
+        };
+        let per = r.prefixes_per_page(true);
+        assert!(per > 10);
+        let page = Repr {
+            prefixes: Prefixes::Slice(&many[..per]),
+            ..r
+        };
+        assert!(page.buffer_len(true) <= MAX_MESSAGE_LEN);
+    }
+}
