@@ -1,1 +1,196 @@
-fn main() {}
+//! The `tunloom` command: `run` (the daemon), `lab` (measure an overlay in
+//! namespaces), `check` (validate a configuration).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tunloom::config::Config;
+use tunloom::daemon::{Daemon, StartError};
+use tunloom::lab::{self, LabError, LabOptions};
+
+/// Userspace VXLAN overlay gateway for container networks.
+///
+/// One tunloom process per host owns a multi-queue TUN device; pinned workers route
+/// packets by longest prefix and carry them in VXLAN over UDP to peer hosts, which
+/// decapsulate and deliver them.
+#[derive(Parser)]
+#[command(name = "tunloom", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway daemon until SIGINT or SIGTERM.
+    ///
+    /// Creates the TUN device, starts one worker per CPU (or `dataplane.workers`),
+    /// talks to peers on the control port and serves the management API. On exit the
+    /// TUN device, its addresses and its routes are removed.
+    #[command(
+        after_help = "Example:\n  tunloom run -c /etc/tunloom/tunloom.toml\n  curl -s 127.0.0.1:6786/api/v1/stats"
+    )]
+    Run {
+        /// Configuration file (see config/tunloom.toml for every key).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Directory for persistent state; locked so only one tunloom uses it.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tunloom")]
+        state_dir: PathBuf,
+    },
+    /// Build a two-host overlay in network namespaces and measure it with ping and
+    /// iperf3, beside the kernel's own VXLAN over the same link.
+    ///
+    /// Needs root, iproute2, ping and iperf3. Everything it creates is removed again,
+    /// also on failure and Ctrl-C.
+    #[command(after_help = "Example:\n  tunloom lab --duration 10 --parallel 4 --json")]
+    Lab {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+        duration: u32,
+        /// Streams for the parallel TCP figure.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=128))]
+        parallel: u32,
+        /// Workers per tunloom (0 = one per CPU).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Pings for the RTT figures.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=100000))]
+        pings: u32,
+        /// Turn TUN and UDP offloads off in both daemons (to measure what they give).
+        #[arg(long)]
+        no_offload: bool,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file and print the settings it resolves to.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("tunloom: cannot install signal handler: {e}");
+        }
+    }
+    flag
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config, state_dir } => {
+            init_logging("info");
+            let settings = match Config::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tunloom: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let stop = signals();
+            let daemon = match Daemon::start(settings, &state_dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("tunloom: {e}");
+                    return ExitCode::from(match e {
+                        StartError::StateDir { .. } | StartError::PortInUse { .. } => 1,
+                        _ => 1,
+                    });
+                }
+            };
+            while !stop.load(Ordering::Relaxed) && daemon.healthy() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let failed = !daemon.healthy();
+            match daemon.stop() {
+                Ok(()) if !failed => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("tunloom: a worker failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Lab {
+            duration,
+            parallel,
+            workers,
+            pings,
+            no_offload,
+            json,
+        } => {
+            init_logging("warn");
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("tunloom lab: cannot find my own binary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = LabOptions {
+                duration,
+                parallel,
+                workers,
+                offload: !no_offload,
+                pings,
+            };
+            eprintln!("tunloom lab: two hosts in network namespaces; {duration} s per iperf3 run; this takes about {} s", 6 * duration + 25);
+            match lab::run(&opts, &exe, signals()) {
+                Ok(report) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", report.table());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e @ LabError::NoIperf) | Err(e @ LabError::Unavailable(_)) => {
+                    eprintln!("tunloom lab: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("tunloom lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { config } => match Config::load(&config) {
+            Ok(s) => {
+                println!("node {} ({}), MAC {}", s.node_name, s.nickname, s.node_mac);
+                println!("overlay MTU {} on {}", s.mtu, s.config.dataplane.tun_name);
+                println!(
+                    "announces {:?}",
+                    s.announced
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                );
+                println!("static peers {:?}", s.peers);
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tunloom: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -263,6 +263,15 @@ pub struct Table<V> {
     values: Vec<V>,
 }
 
+impl<V> core::fmt::Debug for Table<V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Table")
+            .field("v4_prefixes", &self.v4.len())
+            .field("v6_prefixes", &self.v6.len())
+            .finish()
+    }
+}
+
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Table::build(Vec::new())

@@ -18,6 +18,7 @@ pub mod checksum;
 pub mod control;
 pub mod ether;
 pub mod icmp;
+pub mod virtio;
 pub mod vxlan;
 
 /// Why bytes could not be read as a header. Small and `Copy` so the hot path can

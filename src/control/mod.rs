@@ -1,0 +1,126 @@
+//! The control plane's HTTP side: a synchronous `tiny_http` server per face, each on
+//! its own thread, reading shared state and never touching a worker.
+//!
+//! - [`router`]: patterns, 404/405, request and response values.
+//! - [`management`]: the management face (`/health`, `/api/v1/stats`).
+//!
+//! Every face shares [`serve`]: a 2 MiB body limit (413 beyond it, without reading
+//! the body), a log line per request, and a caught panic turned into a JSON 500, so no
+//! request can take the daemon down.
+
+pub mod management;
+pub mod router;
+
+use router::{ErrorStyle, Request, Response, Router};
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The largest request body any face accepts.
+pub const MAX_BODY: usize = 2 << 20;
+
+/// Serves `router` on `listener` until `shutdown` is set.
+pub fn serve<S: Send + Sync + 'static>(
+    face: &'static str,
+    listener: TcpListener,
+    router: Router<S>,
+    state: Arc<S>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
+    while !shutdown.load(Ordering::Relaxed) {
+        let req = match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("{face}: accept failed: {e}");
+                continue;
+            }
+        };
+        handle(face, &router, &state, req);
+    }
+    Ok(())
+}
+
+fn handle<S>(face: &str, router: &Router<S>, state: &S, mut raw: tiny_http::Request) {
+    let t0 = Instant::now();
+    let method = raw.method().as_str().to_ascii_uppercase();
+    let url = raw.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let headers: Vec<(String, String)> = raw
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_string(),
+                h.value.as_str().to_string(),
+            )
+        })
+        .collect();
+    let too_big = |style| match style {
+        ErrorStyle::Json => Response::error(
+            413,
+            &format!("request body exceeds the {MAX_BODY}-byte limit"),
+        ),
+        ErrorStyle::Text => Response::text(
+            413,
+            format!("request body exceeds the {MAX_BODY}-byte limit\n"),
+        ),
+    };
+    let resp = if raw.body_length().is_some_and(|n| n > MAX_BODY) {
+        too_big(router.style)
+    } else {
+        let mut body = Vec::new();
+        match raw
+            .as_reader()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut body)
+        {
+            Err(e) => Response::error(400, &format!("cannot read request body: {e}")),
+            Ok(_) if body.len() > MAX_BODY => too_big(router.style),
+            Ok(_) => {
+                let req = Request {
+                    method: method.clone(),
+                    path: path.to_string(),
+                    query: router::parse_query(query),
+                    headers,
+                    body,
+                };
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    router.dispatch(state, &req)
+                }))
+                .unwrap_or_else(|_| {
+                    log::error!("{face}: handler for {method} {path} panicked");
+                    Response::error(500, "internal error; the request was not applied")
+                })
+            }
+        }
+    };
+    let status = resp.status;
+    log::info!(
+        "{face}: {} {method} {path} {status} {:.1}ms",
+        raw.remote_addr()
+            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let mut out = tiny_http::Response::from_data(if method == "HEAD" {
+        Vec::new()
+    } else {
+        resp.body
+    })
+    .with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], resp.content_type.as_bytes())
+    {
+        out.add_header(h);
+    }
+    for (k, v) in resp.headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            out.add_header(h);
+        }
+    }
+    if let Err(e) = raw.respond(out) {
+        log::debug!("{face}: writing response: {e}");
+    }
+}

@@ -1,0 +1,291 @@
+//! The daemon: builds every part in order, runs it on its threads, and takes it down
+//! again. `tunloom run` is this plus signal handling.
+//!
+//! Start order is chosen so a failure leaves nothing behind and says what failed:
+//! state directory lock, control and API ports, the TUN device, the data sockets,
+//! then the threads (workers, peer control, API).
+
+use crate::config::Settings;
+use crate::control;
+use crate::dataplane::device::{self, DeviceError};
+use crate::dataplane::worker::{self, WorkerSetup};
+use crate::peers::Peers;
+use crate::snapshot::{Published, Snapshot};
+use crate::stats::WorkerStats;
+use crate::sys;
+use crossbeam_utils::CachePadded;
+use serde::Serialize;
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what} {addr} is already in use (is another tunloom or service running?)")]
+    PortInUse {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("state directory {path}: {message}")]
+    StateDir { path: PathBuf, message: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn bind_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
+    move |source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            StartError::PortInUse { what, addr }
+        } else {
+            StartError::Bind { what, addr, source }
+        }
+    }
+}
+
+/// Which offloads ended up active.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Offloads {
+    pub tun_tso: bool,
+    pub tun_uso: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+}
+
+/// State the API faces read.
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub published: Arc<Published>,
+    pub workers: Vec<Arc<CachePadded<WorkerStats>>>,
+    pub peers: Arc<Peers>,
+    pub started: Instant,
+    pub offloads: Offloads,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    pub api_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    others: Vec<JoinHandle<()>>,
+    _state_lock: File,
+}
+
+fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
+    let err = |message: String| StartError::StateDir {
+        path: dir.to_owned(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let path = dir.join("tunloom.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err("another tunloom is using it".into())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(err(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
+impl Daemon {
+    pub fn start(settings: Settings, state_dir: &Path) -> Result<Daemon, StartError> {
+        let settings = Arc::new(settings);
+        let c = &settings.config;
+        let lock = lock_state_dir(state_dir)?;
+
+        let control_addr = SocketAddr::new(c.dataplane.bind, c.control.port);
+        let control_sock =
+            UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
+        let api = TcpListener::bind(c.api.listen).map_err(bind_err("API address", c.api.listen))?;
+        let api_addr = api.local_addr().map_err(|e| StartError::Io {
+            what: "reading the API address".into(),
+            source: e,
+        })?;
+
+        let cpus = sys::allowed_cpus();
+        let n = if c.dataplane.workers == 0 {
+            cpus.len().max(1)
+        } else {
+            c.dataplane.workers
+        };
+        let tun = device::create_tun(&settings, n)?;
+
+        let data_addr = SocketAddr::new(c.dataplane.bind, c.dataplane.data_port);
+        let mut sockets = Vec::with_capacity(n);
+        for _ in 0..n {
+            let rx = device::udp_socket(data_addr, true, c.dataplane.socket_buffer)
+                .map_err(bind_err("data port", data_addr))?;
+            let tx_addr = SocketAddr::new(c.dataplane.bind, 0);
+            let tx = (0..c.dataplane.tx_ports)
+                .map(|_| device::udp_socket(tx_addr, false, c.dataplane.socket_buffer))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(bind_err("send socket", tx_addr))?;
+            sockets.push((rx, tx));
+        }
+        let udp_gso = c.dataplane.udp_gso && sockets[0].1.iter().all(sys::probe_udp_gso);
+        let offloads = Offloads {
+            tun_tso: tun.offload,
+            tun_uso: tun.uso,
+            udp_gso,
+            udp_gro: c.dataplane.udp_gro && sys::enable_udp_gro(&sockets[0].0).is_ok(),
+        };
+
+        let published = Arc::new(Published::new(empty(&settings), n));
+        let peers = Arc::new(Peers::new(settings.clone(), published.clone()));
+        peers.republish();
+
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
+            .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))
+            .collect();
+        let mut workers = Vec::with_capacity(n);
+        for (i, (q, (rx, tx))) in tun.queues.into_iter().zip(sockets).enumerate() {
+            let setup = WorkerSetup {
+                id: i,
+                cpu: c
+                    .dataplane
+                    .pin_workers
+                    .then(|| cpus.get(i % cpus.len().max(1)).copied())
+                    .flatten(),
+                tun: q,
+                vnet: offloads.tun_tso,
+                rx,
+                tx,
+                udp_gso,
+                udp_gro: offloads.udp_gro,
+                published: published.clone(),
+                stats: stats[i].clone(),
+                shutdown: shutdown.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("tl-worker-{i}"))
+                .spawn(move || {
+                    let r = worker::run(setup);
+                    if let Err(e) = &r {
+                        log::error!("worker {i} stopped: {e}");
+                    }
+                    r
+                })
+                .map_err(|e| StartError::Io {
+                    what: "starting a worker thread".into(),
+                    source: e,
+                })?;
+            workers.push(h);
+        }
+
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            published,
+            workers: stats,
+            peers: peers.clone(),
+            started: Instant::now(),
+            offloads,
+        });
+        let mut others = Vec::new();
+        let sd = shutdown.clone();
+        others.push(spawn("tl-peers", move || peers.run(control_sock, &sd))?);
+        let (sd, st) = (shutdown.clone(), shared.clone());
+        others.push(spawn("tl-api", move || {
+            if let Err(e) = control::serve("api", api, control::management::router(), st, sd) {
+                log::error!("management API stopped: {e}");
+            }
+        })?);
+
+        log::info!(
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
+            settings.node_name,
+            settings.nickname,
+            tun.name,
+            settings.mtu,
+            c.dataplane.vni,
+            offloads.tun_tso,
+            offloads.tun_uso,
+            offloads.udp_gso,
+            offloads.udp_gro,
+        );
+        Ok(Daemon {
+            shared,
+            api_addr,
+            shutdown,
+            workers,
+            others,
+            _state_lock: lock,
+        })
+    }
+
+    /// Whether every worker is still running.
+    pub fn healthy(&self) -> bool {
+        self.workers.iter().all(|h| !h.is_finished())
+    }
+
+    /// Stops every thread, says bye to peers, and closes the TUN device (which the
+    /// kernel then removes). Returns the first worker error, if any.
+    pub fn stop(self) -> io::Result<()> {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.shared.published.publish(|g| {
+            let mut s = (*self.shared.published.load_full()).clone();
+            s.generation = g;
+            s
+        });
+        let mut result = Ok(());
+        for h in self.workers {
+            match h.join() {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Err(_) if result.is_ok() => result = Err(io::Error::other("a worker panicked")),
+                _ => {}
+            }
+        }
+        for h in self.others {
+            let _ = h.join();
+        }
+        log::info!(
+            "tunloom stopped; {} removed",
+            self.shared.settings.config.dataplane.tun_name
+        );
+        result
+    }
+}
+
+fn empty(settings: &Settings) -> Snapshot {
+    Snapshot::compile(
+        0,
+        crate::snapshot::SnapshotSpec {
+            node_mac: settings.node_mac,
+            vni: settings.config.dataplane.vni,
+            mtu: settings.mtu,
+            local: Vec::new(),
+            peers: Vec::new(),
+            router_v4: None,
+            router_v6: None,
+        },
+    )
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StartError::Io {
+            what: format!("starting thread {name}"),
+            source: e,
+        })
+}

@@ -1,0 +1,126 @@
+//! Creating and configuring what the dataplane owns: the multi-queue TUN device (its
+//! queues, link settings, addresses and routes) and the UDP data sockets.
+//!
+//! The TUN device is not persistent: the kernel removes it, with its addresses and
+//! routes, when the last queue is closed, so even a crashed tunloom leaves nothing
+//! behind.
+
+use crate::config::Settings;
+use crate::sys::{self, netlink::Netlink};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("creating TUN device {name} needs CAP_NET_ADMIN (run as root or grant the capability): {source}")]
+    Permission { name: String, source: io::Error },
+    #[error("TUN device {name} is already in use (is another tunloom running?): {source}")]
+    Busy { name: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DeviceError {
+    let what = what.into();
+    move |source| DeviceError::Io { what, source }
+}
+
+/// The TUN device: one queue per worker.
+pub struct Tun {
+    pub name: String,
+    pub index: u32,
+    pub queues: Vec<SyncDevice>,
+    /// IFF_VNET_HDR and TSO were accepted.
+    pub offload: bool,
+    /// UDP segmentation offload (USO) was accepted too.
+    pub uso: bool,
+}
+
+/// Creates the device with `queues` queues, sets MTU, GSO size, transmit queue
+/// length and link up, adds the exposed addresses and the overlay routes.
+pub fn create_tun(s: &Settings, queues: usize) -> Result<Tun, DeviceError> {
+    let d = &s.config.dataplane;
+    let name = d.tun_name.clone();
+    let first = DeviceBuilder::new()
+        .name(&name)
+        .tx_queue_len(d.tun_txqueuelen)
+        .with(|b| {
+            b.offload(d.offload);
+            b.multi_queue(true);
+        })
+        .build_sync()
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => DeviceError::Permission {
+                name: name.clone(),
+                source: e,
+            },
+            Some(libc::EBUSY) | Some(libc::EEXIST) => DeviceError::Busy {
+                name: name.clone(),
+                source: e,
+            },
+            _ => DeviceError::Io {
+                what: format!("creating TUN device {name}"),
+                source: e,
+            },
+        })?;
+    let offload = d.offload && first.tcp_gso();
+    let uso = offload && first.udp_gso();
+    let mut qs = vec![first];
+    for i in 1..queues.max(1) {
+        let q = qs[0]
+            .try_clone()
+            .map_err(io_err(format!("opening TUN queue {i} of {name}")))?;
+        qs.push(q);
+    }
+    for q in &qs {
+        q.set_nonblocking(true)
+            .map_err(io_err("making TUN queue non-blocking"))?;
+    }
+    let index = sys::if_index(&name).map_err(io_err(format!("looking up {name}")))?;
+    let mut nl = Netlink::open().map_err(io_err("opening rtnetlink"))?;
+    let gso = offload.then_some(d.tun_gso_max_size);
+    nl.set_link(index, Some(u32::from(s.mtu)), gso)
+        .or_else(|e| {
+            // Kernels before 5.19 cannot change gso_max_size through rtnetlink; the
+            // device still works, with superpackets up to 64 KB split in two sends.
+            if gso.is_some() {
+                log::warn!("could not set gso_max_size on {name} ({e}); continuing without it");
+                nl.set_link(index, Some(u32::from(s.mtu)), None)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(io_err(format!("configuring link {name}")))?;
+    for a in &s.config.overlay.expose {
+        nl.add_address(index, a)
+            .map_err(io_err(format!("adding address {a} to {name}")))?;
+    }
+    for r in &s.config.overlay.routes {
+        nl.add_route(index, r)
+            .map_err(io_err(format!("adding route {r} via {name}")))?;
+    }
+    Ok(Tun {
+        name,
+        index,
+        queues: qs,
+        offload,
+        uso,
+    })
+}
+
+/// Opens a non-blocking UDP socket bound to `addr`, in a SO_REUSEPORT group when
+/// `reuse_port`, with large buffers and outer fragmentation allowed.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    let sock: UdpSocket = sock.into();
+    sys::set_buffers(&sock, buffer)?;
+    sys::allow_fragmentation(&sock, addr.is_ipv6())?;
+    Ok(sock)
+}

@@ -1,0 +1,563 @@
+//! One worker: a thread pinned to a core that owns one TUN queue, one receive socket
+//! on the data port (in the SO_REUSEPORT group) and a few send sockets, and runs its
+//! own `mio` event loop over them.
+//!
+//! Per readiness event the worker loads the published snapshot once, drains the TUN
+//! queue (inside) and the receive socket (outside) up to a budget each, and writes
+//! what it produced with batched system calls:
+//!
+//! - inside: each TUN read lands in a read arena behind `HEADROOM` bytes. A single
+//!   packet is encapsulated in place; a superpacket (TSO/USO) is cut by
+//!   [`segment::split`] into header blocks plus payload slices of the read arena.
+//!   Datagrams are grouped into UDP GSO trains and sent with one `sendmmsg`.
+//! - outside: `recvmmsg` with UDP GRO; each datagram is decapsulated in place and
+//!   [`Coalescer`] joins consecutive TCP segments into superpackets, each written with
+//!   one `writev` (virtio-net header, head, later payloads).
+//!
+//! Payload bytes are therefore copied only by the kernel. Every buffer is allocated
+//! before the loop starts; the loop allocates nothing and takes no lock per packet
+//! (the shared histogram's lock is taken about once a second).
+
+use super::batch::TxBatch;
+use super::HEADROOM;
+use crate::pipeline::coalesce::{Coalescer, Range};
+use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
+use crate::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
+use crate::snapshot::{Published, Snapshot};
+use crate::stats::{new_histogram, Counter, Tally, WorkerStats};
+use crate::sys::{self, RecvBatch, SendScratch, TxIov};
+use crate::wire::virtio::{self, GsoType};
+use crossbeam_utils::CachePadded;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, IoSlice};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tun_rs::SyncDevice;
+
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+const WAKE: Token = Token(2);
+
+/// Bytes of the read arena; a flush happens before a read could overflow it.
+const READ_ARENA: usize = 1 << 20;
+/// The largest TUN read: a 64 KB superpacket and its virtio-net header.
+const MAX_READ: usize = 65_536 + virtio::HEADER_LEN;
+/// Header blocks per flush (each at most 22 + 60 + 60 bytes).
+const HDR_ARENA: usize = 1024 * 144;
+/// Datagram pieces and messages per flush.
+const TX_IOVS: usize = 2048;
+const TX_MSGS: usize = 512;
+/// Messages per recvmmsg.
+const RX_MSGS: usize = 32;
+/// TUN writes (trains) and their payload pieces per receive batch.
+const MAX_TRAINS: usize = 1024;
+const MAX_PARTS: usize = 2048;
+/// Reads (TUN) and receives (UDP) per readiness round before the other side's turn.
+const BUDGET: usize = 64;
+/// How long an idle worker sleeps before checking for shutdown.
+const IDLE: Duration = Duration::from_millis(100);
+/// How often the worker's histogram is merged into the shared one.
+const HIST_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything a worker owns, handed over when it starts.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub cpu: Option<usize>,
+    pub tun: SyncDevice,
+    /// The TUN queue carries virtio-net headers (offload on).
+    pub vnet: bool,
+    pub rx: UdpSocket,
+    pub tx: Vec<UdpSocket>,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    pub published: Arc<Published>,
+    pub stats: Arc<CachePadded<WorkerStats>>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+struct Worker {
+    id: usize,
+    vnet: bool,
+    tun: SyncDevice,
+    rx: UdpSocket,
+    tx: Vec<UdpSocket>,
+    stats: Arc<CachePadded<WorkerStats>>,
+    tally: Tally,
+    // Inside path.
+    read: Vec<u8>,
+    read_used: usize,
+    hdrs: Arena,
+    segs: Vec<Segment>,
+    icmp: Vec<u8>,
+    txb: TxBatch,
+    send_scratch: SendScratch,
+    // Outside path.
+    rxb: RecvBatch,
+    gro: Coalescer,
+}
+
+/// Runs a worker until `shutdown` is set. Returns an error only for a failure that
+/// stops the worker (a TUN queue or socket that can no longer be used).
+pub fn run(setup: WorkerSetup) -> io::Result<()> {
+    if let Some(cpu) = setup.cpu {
+        if let Err(e) = sys::pin_to_cpu(cpu) {
+            log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", setup.id);
+        }
+    }
+    setup.stats.tid.store(sys::thread_id(), Ordering::Relaxed);
+    setup
+        .stats
+        .cpu
+        .store(setup.cpu.map_or(-1, |c| c as i32), Ordering::Relaxed);
+    if setup.udp_gro {
+        if let Err(e) = sys::enable_udp_gro(&setup.rx) {
+            log::warn!(
+                "worker {}: UDP_GRO unavailable ({e}); receiving one datagram per buffer",
+                setup.id
+            );
+        }
+    }
+    let mut poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&setup.tun.as_raw_fd()),
+        TUN,
+        Interest::READABLE,
+    )?;
+    poll.registry().register(
+        &mut SourceFd(&setup.rx.as_raw_fd()),
+        UDP,
+        Interest::READABLE,
+    )?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    setup.published.set_waker(setup.id, waker);
+
+    let mut w = Worker {
+        id: setup.id,
+        vnet: setup.vnet,
+        tun: setup.tun,
+        rx: setup.rx,
+        tx: setup.tx,
+        stats: setup.stats,
+        tally: Tally::default(),
+        read: vec![0u8; READ_ARENA],
+        read_used: 0,
+        hdrs: Arena::new(HDR_ARENA),
+        segs: Vec::with_capacity(256),
+        icmp: vec![0u8; 1500],
+        txb: TxBatch::new(TX_MSGS, TX_IOVS, setup.udp_gso),
+        send_scratch: SendScratch::new(TX_MSGS, TX_IOVS),
+        rxb: RecvBatch::new(RX_MSGS, 65_536),
+        gro: Coalescer::new(MAX_TRAINS, MAX_PARTS, setup.vnet),
+    };
+    let published = setup.published;
+    let mut events = Events::with_capacity(16);
+    let mut hist = new_histogram();
+    let mut last_hist = Instant::now();
+    // Drain anything that arrived before registration.
+    let (mut tun_ready, mut udp_ready) = (true, true);
+    while !setup.shutdown.load(Ordering::Relaxed) {
+        let timeout = if tun_ready || udp_ready {
+            Duration::ZERO
+        } else {
+            IDLE
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                TUN => tun_ready = true,
+                UDP => udp_ready = true,
+                _ => {}
+            }
+        }
+        let snap = published.load();
+        published.mark_seen(w.id, snap.generation);
+        if tun_ready || udp_ready {
+            let t0 = Instant::now();
+            if tun_ready {
+                tun_ready = w.inside(&snap)?;
+            }
+            if udp_ready {
+                udp_ready = w.outside(&snap);
+            }
+            hist.saturating_record(t0.elapsed().as_nanos() as u64);
+            w.tally.add(Counter::Batches, 1);
+            w.stats.flush(&mut w.tally);
+        }
+        if last_hist.elapsed() >= HIST_EVERY {
+            w.stats.merge_histogram(&mut hist);
+            last_hist = Instant::now();
+        }
+    }
+    w.stats.merge_histogram(&mut hist);
+    Ok(())
+}
+
+impl Worker {
+    /// Drains the TUN queue up to the budget. Returns whether more may be waiting.
+    fn inside(&mut self, snap: &Snapshot) -> io::Result<bool> {
+        for _ in 0..BUDGET {
+            if self.read_used + HEADROOM + MAX_READ > self.read.len() || !self.txb.has_room(130) {
+                self.flush_tx();
+            }
+            // The packet lands at `base + HEADROOM`; a virtio-net header just before it.
+            let base = self.read_used;
+            let pkt_at = base + HEADROOM;
+            let read_at = if self.vnet {
+                pkt_at - virtio::HEADER_LEN
+            } else {
+                pkt_at
+            };
+            let n = match self.tun.recv(&mut self.read[read_at..read_at + MAX_READ]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flush_tx();
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.tally.add(Counter::TunReads, 1);
+            let len = n - (pkt_at - read_at);
+            if n < pkt_at - read_at {
+                self.tally.drop(DropReason::Malformed, 1);
+                continue;
+            }
+            // Reserve the bytes: segments and in-place datagrams point into them
+            // until the next flush.
+            self.read_used = (pkt_at + len + 63) & !63;
+            let vh = if self.vnet {
+                match virtio::Repr::parse(&self.read[read_at..pkt_at]) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.tally.drop(DropReason::Malformed, 1);
+                        continue;
+                    }
+                }
+            } else {
+                virtio::Repr::NONE
+            };
+            self.inside_packet(snap, base, len, &vh);
+        }
+        self.flush_tx();
+        Ok(true)
+    }
+
+    /// One read: a packet or superpacket at `read[base + HEADROOM..][..len]`.
+    fn inside_packet(&mut self, snap: &Snapshot, base: usize, len: usize, vh: &virtio::Repr) {
+        let pkt_at = base + HEADROOM;
+        let gso = match vh.gso_type {
+            GsoType::None => {
+                if vh.needs_csum
+                    && segment::complete_checksum(
+                        &mut self.read[pkt_at..pkt_at + len],
+                        usize::from(vh.csum_start),
+                        usize::from(vh.csum_offset),
+                    )
+                    .is_err()
+                {
+                    self.tally.drop(DropReason::Malformed, 1);
+                    return;
+                }
+                None
+            }
+            GsoType::TcpV4 | GsoType::TcpV6 | GsoType::UdpL4 => Some(Gso {
+                l4: if vh.gso_type == GsoType::UdpL4 {
+                    L4::Udp
+                } else {
+                    L4::Tcp
+                },
+                l3_len: usize::from(vh.csum_start),
+                size: usize::from(vh.gso_size),
+            }),
+        };
+        let buf = &mut self.read[base..pkt_at + len];
+        let verdict = inside::process(snap, buf, HEADROOM, len, gso.as_ref(), &mut self.icmp);
+        match verdict {
+            Verdict::Forward {
+                peer,
+                start,
+                len: dlen,
+                hash,
+            } => {
+                let Some(p) = snap.peers.get(usize::from(peer)) else {
+                    self.tally.drop(DropReason::NoRoute, 1);
+                    return;
+                };
+                let dst = p.data_addr;
+                let sock = (hash as usize % self.tx.len()) as u8;
+                let start = base + start;
+                match gso {
+                    None => {
+                        self.tally.add(Counter::InsidePackets, 1);
+                        self.tally.add(Counter::InsideBytes, len as u64);
+                        let one = [TxIov {
+                            buf: 0,
+                            start: start as u32,
+                            len: dlen as u32,
+                        }];
+                        self.txb.push(&one, dst, sock);
+                    }
+                    Some(g) => {
+                        self.segs.clear();
+                        let r = segment::split(
+                            &self.read[start..start + dlen],
+                            &g,
+                            &mut self.hdrs,
+                            &mut self.segs,
+                        );
+                        if r.is_err() {
+                            self.tally.drop(DropReason::Malformed, 1);
+                            return;
+                        }
+                        for s in &self.segs {
+                            self.tally.add(Counter::InsidePackets, 1);
+                            self.tally.add(
+                                Counter::InsideBytes,
+                                (s.hdr_len - ENCAP_LEN + s.payload_len) as u64,
+                            );
+                            let parts = [
+                                TxIov {
+                                    buf: 1,
+                                    start: s.hdr_start as u32,
+                                    len: s.hdr_len as u32,
+                                },
+                                TxIov {
+                                    buf: 0,
+                                    start: (start + s.payload_start) as u32,
+                                    len: s.payload_len as u32,
+                                },
+                            ];
+                            self.txb.push(&parts, dst, sock);
+                        }
+                    }
+                }
+            }
+            Verdict::Reply { len: n, reason } => {
+                self.tally.add(Counter::InsidePackets, 1);
+                self.tally.add(Counter::InsideBytes, len as u64);
+                self.tally.drop(reason, 1);
+                self.tally.add(Counter::IcmpErrors, 1);
+                let vnet0 = [0u8; virtio::HEADER_LEN];
+                let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
+                match sys::write_vectored(
+                    &self.tun,
+                    &[IoSlice::new(vnet), IoSlice::new(&self.icmp[..n])],
+                ) {
+                    Ok(_) => {
+                        self.tally.add(Counter::DeliveredPackets, 1);
+                        self.tally.add(Counter::DeliveredBytes, n as u64);
+                    }
+                    Err(_) => self.tally.drop(DropReason::TunWrite, 1),
+                }
+            }
+            Verdict::Drop(reason) => {
+                self.tally.add(Counter::InsidePackets, 1);
+                self.tally.add(Counter::InsideBytes, len as u64);
+                self.tally.drop(reason, 1);
+            }
+            Verdict::Deliver { .. } => self.tally.drop(DropReason::Malformed, 1),
+        }
+    }
+
+    /// Sends everything queued and frees the read and header arenas.
+    fn flush_tx(&mut self) {
+        let bufs: [&[u8]; 2] = [&self.read, self.hdrs.bytes()];
+        let mut i = 0;
+        while i < self.txb.msgs.len() {
+            let sock = self.txb.socks[i];
+            let mut j = i + 1;
+            while j < self.txb.msgs.len() && self.txb.socks[j] == sock {
+                j += 1;
+            }
+            let (sent, err) = sys::send_batch(
+                &self.tx[usize::from(sock)],
+                &bufs,
+                &self.txb.iovs,
+                &self.txb.msgs[i..j],
+                &mut self.send_scratch,
+            );
+            self.tally.add(Counter::UdpSendCalls, 1);
+            for k in i..i + sent {
+                account_sent(&self.txb, k, &mut self.tally);
+            }
+            if let Some(e) = err {
+                let failed = i + sent;
+                let gso_refused = self.txb.dgrams[failed] > 1
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                    );
+                if gso_refused {
+                    log::warn!(
+                        "worker {}: the kernel refused a UDP GSO send ({e}); turning GSO off",
+                        self.id
+                    );
+                    self.txb.set_gso(false);
+                    for k in failed..j {
+                        send_one_by_one(
+                            &self.txb,
+                            k,
+                            &self.tx[usize::from(sock)],
+                            &bufs,
+                            &mut self.send_scratch,
+                            &mut self.tally,
+                        );
+                    }
+                } else {
+                    for k in failed..j {
+                        self.tally
+                            .drop(DropReason::UdpSend, u64::from(self.txb.dgrams[k]));
+                    }
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("worker {}: UDP send failed: {e}", self.id);
+                    }
+                }
+            }
+            i = j;
+        }
+        self.txb.clear();
+        self.hdrs.clear();
+        self.read_used = 0;
+    }
+
+    /// Drains the data socket up to the budget. Returns whether more may be waiting.
+    fn outside(&mut self, snap: &Snapshot) -> bool {
+        for _ in 0..BUDGET {
+            let n = match self.rxb.recv(&self.rx) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // ICMP errors for earlier sends surface here (ECONNREFUSED etc.).
+                    log::debug!("worker {}: UDP receive: {e}", self.id);
+                    continue;
+                }
+            };
+            self.tally.add(Counter::UdpRecvCalls, 1);
+            for m in 0..n {
+                let meta = self.rxb.get(m).1;
+                if meta.truncated {
+                    self.tally.drop(DropReason::RxTruncated, 1);
+                    continue;
+                }
+                let total = self.rxb.get(m).0.len();
+                let seg = meta.segment.map_or(total, usize::from).max(1);
+                let src = crate::snapshot::canonical(meta.src.ip());
+                let mut at = 0;
+                while at < total {
+                    let end = (at + seg).min(total);
+                    self.tally.add(Counter::OutsidePackets, 1);
+                    self.tally.add(Counter::OutsideBytes, (end - at) as u64);
+                    match outside::process(snap, src, &self.rxb.get(m).0[at..end]) {
+                        Verdict::Deliver { start, len } => {
+                            if self.gro.is_full() {
+                                self.write_trains();
+                            }
+                            let r = Range {
+                                buf: m as u32,
+                                start: (at + start) as u32,
+                                len: len as u32,
+                            };
+                            let pkt = &self.rxb.get(m).0[at + start..at + start + len];
+                            self.gro.push(r, pkt, self.rxb.buffers());
+                        }
+                        Verdict::Drop(r) => self.tally.drop(r, 1),
+                        _ => self.tally.drop(DropReason::Malformed, 1),
+                    }
+                    at = end;
+                }
+            }
+            self.write_trains();
+        }
+        true
+    }
+
+    /// Writes every train to the TUN queue, one `writev` each.
+    fn write_trains(&mut self) {
+        self.gro.finish(self.rxb.buffers_mut());
+        let bufs = self.rxb.buffers();
+        let mut iov = [IoSlice::new(&[]); crate::pipeline::coalesce::MAX_SEGMENTS + 1];
+        for t in &self.gro.trains {
+            let slice =
+                |r: &Range| &bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize];
+            let mut k = 0;
+            if self.vnet {
+                iov[k] = IoSlice::new(&t.vnet);
+                k += 1;
+            }
+            iov[k] = IoSlice::new(slice(&t.head));
+            k += 1;
+            for r in &self.gro.parts[t.first..t.first + t.count] {
+                iov[k] = IoSlice::new(slice(r));
+                k += 1;
+            }
+            self.tally.add(Counter::TunWrites, 1);
+            match sys::write_vectored(&self.tun, &iov[..k]) {
+                Ok(_) => {
+                    self.tally
+                        .add(Counter::DeliveredPackets, 1 + t.count as u64);
+                    self.tally.add(Counter::DeliveredBytes, t.len as u64);
+                }
+                Err(e) => {
+                    self.tally.drop(DropReason::TunWrite, 1 + t.count as u64);
+                    log::debug!("worker {}: TUN write failed: {e}", self.id);
+                }
+            }
+        }
+        self.gro.clear();
+    }
+}
+
+fn account_sent(txb: &TxBatch, k: usize, tally: &mut Tally) {
+    let n = u64::from(txb.dgrams[k]);
+    let bytes = txb.msg_len(k) as u64 - ENCAP_LEN as u64 * n;
+    tally.add(Counter::ForwardedPackets, n);
+    tally.add(Counter::ForwardedBytes, bytes);
+    if n > 1 {
+        tally.add(Counter::GsoTrains, 1);
+    }
+}
+
+/// Sends message `k` as separate datagrams (after the kernel refused GSO).
+fn send_one_by_one(
+    txb: &TxBatch,
+    k: usize,
+    sock: &UdpSocket,
+    bufs: &[&[u8]; 2],
+    scratch: &mut SendScratch,
+    tally: &mut Tally,
+) {
+    let m = txb.msgs[k];
+    let per = (m.count / u32::from(txb.dgrams[k]).max(1)).max(1);
+    let mut first = m.first;
+    while first < m.first + m.count {
+        let count = per.min(m.first + m.count - first);
+        let one = [sys::TxMsg {
+            dst: m.dst,
+            segment: 0,
+            first,
+            count,
+        }];
+        let (sent, _) = sys::send_batch(sock, bufs, &txb.iovs, &one, scratch);
+        tally.add(Counter::UdpSendCalls, 1);
+        if sent == 1 {
+            let bytes: u32 = txb.iovs[first as usize..(first + count) as usize]
+                .iter()
+                .map(|v| v.len)
+                .sum();
+            tally.add(Counter::ForwardedPackets, 1);
+            tally.add(Counter::ForwardedBytes, u64::from(bytes) - ENCAP_LEN as u64);
+        } else {
+            tally.drop(DropReason::UdpSend, 1);
+        }
+        first += count;
+    }
+}

@@ -1,0 +1,157 @@
+//! Network namespaces for `tunloom lab` and the integration tests: created by name,
+//! used through `ip netns exec`, and deleted by name when their guard drops, also on
+//! failure and on panic. Nothing here touches the root namespace's devices, addresses
+//! or routes: veth pairs are created inside a namespace with their peer end placed
+//! directly into the other one.
+
+use std::io;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `ip` with `args` and fails with its stderr when it fails.
+pub fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run ip (iproute2): {e}")))?;
+    check("ip", args, out).map(drop)
+}
+
+fn check(prog: &str, args: &[&str], out: Output) -> io::Result<Output> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(io::Error::other(format!(
+            "{prog} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A network namespace that is deleted when this value drops.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` with its loopback up. An old namespace of the same
+    /// name (from a run that was killed) is deleted first.
+    pub fn create(name: &str) -> io::Result<Netns> {
+        if std::path::Path::new("/run/netns").join(name).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> args…`
+    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `prog args…` inside the namespace.
+    pub fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `prog args…` inside the namespace to completion, failing on a non-zero
+    /// exit, with a time limit.
+    pub fn run(&self, prog: &str, args: &[&str], limit: Duration) -> io::Result<Output> {
+        let child = self
+            .command(prog, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {prog}: {e}")))?;
+        let out = wait_limited(child, limit)?;
+        check(prog, args, out)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!(
+                "warning: could not delete network namespace {}: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Waits for `child` at most `limit`, killing it (by its pid) when time runs out.
+pub fn wait_limited(mut child: Child, limit: Duration) -> io::Result<Output> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait()?.is_some() {
+            return child.wait_with_output();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {limit:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), gives
+/// each end its address and brings both up.
+pub fn veth(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+) -> io::Result<()> {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])?;
+    a.ip(&["addr", "add", a_addr, "dev", a_if])?;
+    b.ip(&["addr", "add", b_addr, "dev", b_if])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// Does this process have what namespace tests and the lab need?
+pub fn available() -> Result<(), String> {
+    // SAFETY-free check: root and a working `ip netns`.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string())
+        })
+        .unwrap_or_else(|| "1".into());
+    if uid != "0" {
+        return Err(
+            "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces".into(),
+        );
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("needs iproute2 (`ip`)".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err("needs /dev/net/tun".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Inside: a packet from the TUN device, bound for a peer.
+//!
+//! tunloom acts as one router hop between the host and the overlay: it decrements the
+//! TTL / hop limit (answering "time exceeded" when it runs out), answers "destination
+//! unreachable" when no peer announces the destination, and enforces the overlay MTU
+//! with "fragmentation needed" / "packet too big", so TCP through the overlay learns
+//! its path MTU. An IPv4 packet without DF that is too big is still sent; the kernel
+//! fragments the outer datagram.
+
+use super::segment::{self, Gso};
+use super::{flow_hash, DropReason, Verdict, ENCAP_LEN};
+use crate::snapshot::{NextHop, Snapshot};
+use crate::wire::{checksum, ether, icmp, vxlan};
+use core::net::IpAddr;
+
+/// Processes the packet at `buf[off..off + len]`. On `Forward`, the VXLAN payload was
+/// written in place starting `ENCAP_LEN` bytes before `off`; on `Reply`, the ICMP error
+/// is in `scratch`.
+///
+/// With `gso`, the packet is a superpacket to be cut into segments of `gso.size`
+/// payload bytes ([`segment::split`] does that to the forwarded bytes): routing and
+/// TTL apply to all of them at once, the MTU to each segment.
+pub fn process(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    gso: Option<&Gso>,
+    scratch: &mut [u8],
+) -> Verdict {
+    let Some(end) = off.checked_add(len).filter(|e| *e <= buf.len()) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let pkt = &mut buf[off..end];
+    let Some(mut hdr) = Header::parse(pkt, gso.is_some()) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let wire_len = match gso {
+        None => hdr.total,
+        Some(g) => match segment::l4_len(pkt, g) {
+            Ok(l4) if g.size > 0 => {
+                g.l3_len + l4 + g.size.min(hdr.total.saturating_sub(g.l3_len + l4))
+            }
+            _ => return Verdict::Drop(DropReason::Malformed),
+        },
+    };
+    if gso.is_some() {
+        hdr.dont_fragment = true;
+    }
+    let pkt = &mut pkt[..hdr.total];
+    let peer = match snap.routes.lookup(hdr.dst) {
+        Some(NextHop::Peer(p)) => *p,
+        Some(NextHop::Local) => {
+            return reply(
+                snap,
+                pkt,
+                &hdr,
+                icmp::Kind::Unreachable,
+                DropReason::Hairpin,
+                scratch,
+            )
+        }
+        None => {
+            return reply(
+                snap,
+                pkt,
+                &hdr,
+                icmp::Kind::Unreachable,
+                DropReason::NoRoute,
+                scratch,
+            )
+        }
+    };
+    let Some(peer_entry) = snap.peers.get(usize::from(peer)) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    if hdr.ttl <= 1 {
+        return reply(
+            snap,
+            pkt,
+            &hdr,
+            icmp::Kind::TimeExceeded,
+            DropReason::TtlExpired,
+            scratch,
+        );
+    }
+    if wire_len > usize::from(snap.mtu) && (hdr.v6 || hdr.dont_fragment) {
+        let kind = icmp::Kind::TooBig { mtu: snap.mtu };
+        return reply(snap, pkt, &hdr, kind, DropReason::TooBig, scratch);
+    }
+    let hash = flow_hash(pkt);
+    decrement_ttl(pkt, hdr.v6);
+    if off < ENCAP_LEN {
+        return Verdict::Drop(DropReason::NoHeadroom);
+    }
+    let start = off - ENCAP_LEN;
+    let encap = &mut buf[start..off];
+    vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(snap.vni);
+    ether::Repr {
+        src: snap.node_mac,
+        dst: peer_entry.mac,
+        ethertype: if hdr.v6 {
+            ether::ethertype::IPV6
+        } else {
+            ether::ethertype::IPV4
+        },
+    }
+    .emit(&mut ether::Frame::new_unchecked(
+        &mut encap[vxlan::HEADER_LEN..],
+    ));
+    Verdict::Forward {
+        peer,
+        start,
+        len: ENCAP_LEN + hdr.total,
+        hash,
+    }
+}
+
+/// The few header fields the inside path decides on.
+struct Header {
+    v6: bool,
+    dst: IpAddr,
+    ttl: u8,
+    total: usize,
+    dont_fragment: bool,
+}
+
+impl Header {
+    /// With `whole`, the packet's length is `pkt.len()` whatever its length fields say
+    /// (a superpacket's may not fit 16 bits).
+    fn parse(pkt: &[u8], whole: bool) -> Option<Header> {
+        match pkt.first()? >> 4 {
+            4 => {
+                let h = etherparse::Ipv4HeaderSlice::from_slice(pkt).ok()?;
+                let total = if whole {
+                    pkt.len()
+                } else {
+                    usize::from(h.total_len())
+                };
+                if total < h.slice().len() || total > pkt.len() {
+                    return None;
+                }
+                Some(Header {
+                    v6: false,
+                    dst: IpAddr::V4(h.destination_addr()),
+                    ttl: h.ttl(),
+                    total,
+                    dont_fragment: h.dont_fragment(),
+                })
+            }
+            6 => {
+                let h = etherparse::Ipv6HeaderSlice::from_slice(pkt).ok()?;
+                let total = if whole {
+                    pkt.len()
+                } else {
+                    40 + usize::from(h.payload_length())
+                };
+                // Payload length 0 means a jumbogram, which no overlay link carries.
+                if (h.payload_length() == 0 && !whole) || total > pkt.len() || total < 40 {
+                    return None;
+                }
+                Some(Header {
+                    v6: true,
+                    dst: IpAddr::V6(h.destination_addr()),
+                    ttl: h.hop_limit(),
+                    total,
+                    dont_fragment: true,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn decrement_ttl(pkt: &mut [u8], v6: bool) {
+    if v6 {
+        pkt[7] -= 1;
+    } else {
+        let old = u16::from_be_bytes([pkt[8], pkt[9]]);
+        pkt[8] -= 1;
+        let new = u16::from_be_bytes([pkt[8], pkt[9]]);
+        let csum = checksum::update_word(u16::from_be_bytes([pkt[10], pkt[11]]), old, new);
+        pkt[10..12].copy_from_slice(&csum.to_be_bytes());
+    }
+}
+
+fn reply(
+    snap: &Snapshot,
+    pkt: &[u8],
+    hdr: &Header,
+    kind: icmp::Kind,
+    reason: DropReason,
+    scratch: &mut [u8],
+) -> Verdict {
+    // Without a configured router address, errors come from the address the sender
+    // was trying to reach; the kernel accepts them either way.
+    let src = match hdr.dst {
+        IpAddr::V4(d) => IpAddr::V4(snap.router_v4.unwrap_or(d)),
+        IpAddr::V6(d) => IpAddr::V6(snap.router_v6.unwrap_or(d)),
+    };
+    match icmp::emit(pkt, kind, src, scratch) {
+        Ok(len) => Verdict::Reply { len, reason },
+        Err(_) => Verdict::Drop(reason),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::pipeline::outside;
+    use crate::route::Table;
+    use crate::snapshot::{PeerEntry, SnapshotSpec};
+    use etherparse::{IpSlice, PacketBuilder};
+    use std::net::{Ipv6Addr, SocketAddr};
+
+    pub const HEADROOM: usize = 64;
+
+    /// Two nodes' snapshots: "a" (198.19.1.0/24 at 198.18.0.1) and "b"
+    /// (198.19.2.0/24 at 198.18.0.2), each with the other as peer 0.
+    pub fn pair() -> (Snapshot, Snapshot) {
+        let mk = |me: &str, mine: &str, other: &str, theirs: &str, their_ip: [u8; 4]| {
+            let theirs_net: ipnet::IpNet = theirs.parse().unwrap();
+            Snapshot::compile(
+                1,
+                SnapshotSpec {
+                    node_mac: ether::Address::for_node(me),
+                    vni: 42,
+                    mtu: 1450,
+                    local: vec![
+                        mine.parse().unwrap(),
+                        "fd00:1::/64".parse::<ipnet::IpNet>().unwrap(),
+                    ]
+                    .into_iter()
+                    .filter(|n: &ipnet::IpNet| me == "a" || n.addr().is_ipv4())
+                    .collect(),
+                    peers: vec![(
+                        PeerEntry {
+                            name: other.into(),
+                            data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
+                            mac: ether::Address::for_node(other),
+                            allowed: Table::build(vec![(theirs_net, ())]),
+                        },
+                        vec![theirs_net],
+                    )],
+                    router_v4: Some(
+                        if me == "a" {
+                            [198, 19, 1, 1]
+                        } else {
+                            [198, 19, 2, 1]
+                        }
+                        .into(),
+                    ),
+                    router_v6: None,
+                },
+            )
+        };
+        (
+            mk("a", "198.19.1.0/24", "b", "198.19.2.0/24", [198, 18, 0, 2]),
+            mk("b", "198.19.2.0/24", "a", "198.19.1.0/24", [198, 18, 0, 1]),
+        )
+    }
+
+    pub fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ipv4(src, dst, ttl)
+            .udp(5000, 6000)
+            .write(&mut v, &vec![7u8; payload])
+            .unwrap();
+        v
+    }
+
+    /// Puts `pkt` into a fresh buffer at HEADROOM.
+    pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; HEADROOM + pkt.len() + 16];
+        b[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+        b
+    }
+
+    #[test]
+    fn forwards_and_encapsulates_in_place() {
+        let (a, _) = pair();
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 100);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        let Verdict::Forward {
+            peer, start, len, ..
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            (peer, start, len),
+            (0, HEADROOM - ENCAP_LEN, pkt.len() + ENCAP_LEN)
+        );
+        let out = &buf[start..start + len];
+        // VXLAN: I flag, VNI 42.
+        assert_eq!(&out[..8], &[0x08, 0, 0, 0, 0, 0, 42, 0]);
+        let eth = ether::Frame::new_checked(&out[8..]).unwrap();
+        assert_eq!(eth.destination(), ether::Address::for_node("b"));
+        assert_eq!(eth.source(), ether::Address::for_node("a"));
+        assert_eq!(eth.ethertype(), ether::ethertype::IPV4);
+        // TTL decremented, checksum still valid.
+        let inner = IpSlice::from_slice(eth.payload()).unwrap();
+        let h = inner.ipv4().unwrap().header();
+        assert_eq!(h.ttl(), 63);
+        assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+    }
+
+    #[test]
+    fn inside_then_outside_delivers_the_same_packet() {
+        let (a, b) = pair();
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1000);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let Verdict::Forward { start, len, .. } =
+            process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch)
+        else {
+            panic!()
+        };
+        let dgram = &buf[start..start + len];
+        let v = outside::process(&b, "198.18.0.1".parse().unwrap(), dgram);
+        let Verdict::Deliver { start: s, len: l } = v else {
+            panic!("{v:?}")
+        };
+        let inner = &dgram[s..s + l];
+        assert_eq!(inner.len(), pkt.len());
+        assert_eq!(inner[8], 63);
+        assert_eq!(&inner[12..], &pkt[12..]);
+    }
+
+    #[test]
+    fn no_route_and_hairpin_answer_unreachable() {
+        let (a, _) = pair();
+        let mut scratch = [0u8; 1500];
+        for (dst, reason) in [
+            ([198, 19, 9, 9], DropReason::NoRoute),
+            ([198, 19, 1, 9], DropReason::Hairpin),
+        ] {
+            let pkt = udp4([198, 19, 1, 5], dst, 64, 10);
+            let mut buf = in_buf(&pkt);
+            let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+            let Verdict::Reply { len, reason: r } = v else {
+                panic!("{v:?}")
+            };
+            assert_eq!(r, reason);
+            let ip = IpSlice::from_slice(&scratch[..len]).unwrap();
+            assert_eq!(ip.destination_addr(), IpAddr::V4([198, 19, 1, 5].into()));
+            assert_eq!(ip.source_addr(), IpAddr::V4([198, 19, 1, 1].into()));
+            assert_eq!(ip.payload().payload[0], 3, "destination unreachable");
+        }
+    }
+
+    #[test]
+    fn ttl_one_answers_time_exceeded() {
+        let (a, _) = pair();
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 1, 10);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        let Verdict::Reply { len, reason } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(reason, DropReason::TtlExpired);
+        assert_eq!(scratch[20], 11);
+        assert!(len > 28);
+    }
+
+    #[test]
+    fn too_big_with_df_answers_frag_needed_and_without_df_is_sent() {
+        let (a, _) = pair();
+        let mut scratch = [0u8; 1500];
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1472);
+        assert_eq!(pkt.len(), 1500);
+        let mut buf = in_buf(&pkt);
+        let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        let Verdict::Reply { reason, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(reason, DropReason::TooBig);
+        assert_eq!(&scratch[20..22], &[3, 4]);
+        assert_eq!(&scratch[26..28], &1450u16.to_be_bytes());
+        // Clear DF: forwarded.
+        let mut nodf = pkt.clone();
+        nodf[6] &= !0x40;
+        let c = {
+            nodf[10] = 0;
+            nodf[11] = 0;
+            checksum::of(&nodf[..20])
+        };
+        nodf[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut buf = in_buf(&nodf);
+        assert!(matches!(
+            process(&a, &mut buf, HEADROOM, nodf.len(), None, &mut scratch),
+            Verdict::Forward { .. }
+        ));
+    }
+
+    #[test]
+    fn superpackets_route_once_and_check_the_mtu_per_segment() {
+        let (a, b) = pair();
+        let mut sp = Vec::new();
+        PacketBuilder::ipv4([198, 19, 1, 5], [198, 19, 2, 7], 64)
+            .tcp(1, 2, 100, 1000)
+            .write(&mut sp, &vec![5u8; 20_000])
+            .unwrap();
+        let mut buf = in_buf(&sp);
+        let mut scratch = [0u8; 1500];
+        let gso = Gso {
+            l4: segment::L4::Tcp,
+            l3_len: 20,
+            size: 1398,
+        };
+        let v = process(&a, &mut buf, HEADROOM, sp.len(), Some(&gso), &mut scratch);
+        let Verdict::Forward { start, len, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(len, ENCAP_LEN + sp.len());
+        let mut arena = segment::Arena::new(8192);
+        let mut segs = Vec::with_capacity(64);
+        let n = segment::split(&buf[start..start + len], &gso, &mut arena, &mut segs).unwrap();
+        assert_eq!(n, 15);
+        // Each segment, reassembled, passes the outside path at the peer.
+        for s in &segs {
+            let mut d = arena.bytes()[s.hdr_start..s.hdr_start + s.hdr_len].to_vec();
+            d.extend_from_slice(
+                &buf[start + s.payload_start..start + s.payload_start + s.payload_len],
+            );
+            assert!(d.len() - ENCAP_LEN <= 1450);
+            let v = crate::pipeline::outside::process(&b, "198.18.0.1".parse().unwrap(), &d);
+            assert!(matches!(v, Verdict::Deliver { .. }), "{v:?}");
+        }
+        // A segment size that does not fit the overlay MTU is refused with an ICMP error.
+        let mut buf = in_buf(&sp);
+        let big = Gso { size: 1420, ..gso };
+        let v = process(&a, &mut buf, HEADROOM, sp.len(), Some(&big), &mut scratch);
+        assert!(
+            matches!(
+                v,
+                Verdict::Reply {
+                    reason: DropReason::TooBig,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_and_out_of_range_input_is_dropped() {
+        let (a, _) = pair();
+        let mut scratch = [0u8; 1500];
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10);
+        for n in 0..pkt.len() {
+            let mut buf = in_buf(&pkt[..n]);
+            assert_eq!(
+                process(&a, &mut buf, HEADROOM, n, None, &mut scratch),
+                Verdict::Drop(DropReason::Malformed),
+                "len {n}"
+            );
+        }
+        let mut buf = in_buf(&pkt);
+        assert_eq!(
+            process(&a, &mut buf, HEADROOM, 10_000, None, &mut scratch),
+            Verdict::Drop(DropReason::Malformed)
+        );
+        let mut tight = pkt.clone();
+        assert_eq!(
+            process(&a, &mut tight, 0, pkt.len(), None, &mut scratch),
+            Verdict::Drop(DropReason::NoHeadroom)
+        );
+    }
+
+    #[test]
+    fn ipv6_too_big_answers_packet_too_big() {
+        let (a, _) = pair();
+        let mut v = Vec::new();
+        PacketBuilder::ipv6(
+            "fd00:1::5".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00:2::7".parse::<Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .udp(1, 2)
+        .write(&mut v, &[0u8; 10])
+        .unwrap();
+        let mut buf = in_buf(&v);
+        let mut scratch = [0u8; 1500];
+        // No route for fd00:2::/64 at node a: unreachable from the destination address.
+        let r = process(&a, &mut buf, HEADROOM, v.len(), None, &mut scratch);
+        let Verdict::Reply { len, reason } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(reason, DropReason::NoRoute);
+        let ip = IpSlice::from_slice(&scratch[..len]).unwrap();
+        assert_eq!(ip.source_addr(), "fd00:2::7".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,167 @@
+//! Outside: a VXLAN datagram from the underlay, bound for this host.
+//!
+//! A datagram is accepted only from a peer that is up, with the I flag set, this
+//! node's VNI, an inner Ethernet frame addressed to this node (or broadcast), and an
+//! inner IPv4/IPv6 packet that is well formed, comes from inside the prefixes that
+//! peer announced (anti-spoofing) and goes to a prefix this node serves. Anything else
+//! is dropped with its reason; nothing is ever forwarded on to a third node.
+
+use super::{DropReason, Verdict, ENCAP_LEN};
+use crate::snapshot::{NextHop, Snapshot};
+use crate::wire::{ether, vxlan};
+use core::net::IpAddr;
+
+/// Processes one VXLAN datagram (UDP payload) received from underlay address `src`.
+/// On `Deliver`, the inner packet is `dgram[start..start + len]`.
+pub fn process(snap: &Snapshot, src: IpAddr, dgram: &[u8]) -> Verdict {
+    let Some(peer) = snap
+        .peer_by_underlay(src)
+        .and_then(|i| snap.peers.get(usize::from(i)))
+    else {
+        return Verdict::Drop(DropReason::UnknownPeer);
+    };
+    let Ok(vx) = vxlan::Packet::new_checked(dgram) else {
+        return Verdict::Drop(DropReason::BadVxlan);
+    };
+    match vxlan::Repr::parse(&vx) {
+        Ok(r) if r.vni == snap.vni => {}
+        Ok(_) => return Verdict::Drop(DropReason::UnknownVni),
+        Err(_) => return Verdict::Drop(DropReason::BadVxlan),
+    }
+    let Ok(eth) = ether::Frame::new_checked(vx.payload()) else {
+        return Verdict::Drop(DropReason::BadEthernet);
+    };
+    let dst_mac = eth.destination();
+    if dst_mac != snap.node_mac && !dst_mac.is_broadcast() {
+        return Verdict::Drop(DropReason::BadEthernet);
+    }
+    let inner = eth.payload();
+    let (len, src_ip, dst_ip) = match eth.ethertype() {
+        ether::ethertype::IPV4 => {
+            let Ok(h) = etherparse::Ipv4HeaderSlice::from_slice(inner) else {
+                return Verdict::Drop(DropReason::BadInner);
+            };
+            let total = usize::from(h.total_len());
+            if total < h.slice().len() || total > inner.len() || h.ttl() == 0 {
+                return Verdict::Drop(DropReason::BadInner);
+            }
+            (
+                total,
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+            )
+        }
+        ether::ethertype::IPV6 => {
+            let Ok(h) = etherparse::Ipv6HeaderSlice::from_slice(inner) else {
+                return Verdict::Drop(DropReason::BadInner);
+            };
+            let total = 40 + usize::from(h.payload_length());
+            if h.payload_length() == 0 || total > inner.len() || h.hop_limit() == 0 {
+                return Verdict::Drop(DropReason::BadInner);
+            }
+            (
+                total,
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+            )
+        }
+        _ => return Verdict::Drop(DropReason::NotIp),
+    };
+    if peer.allowed.lookup(src_ip).is_none() {
+        return Verdict::Drop(DropReason::Spoofed);
+    }
+    if snap.routes.lookup(dst_ip) != Some(&NextHop::Local) {
+        return Verdict::Drop(DropReason::NotLocal);
+    }
+    // Ethernet padding after the IP packet, if a peer added any, is left behind.
+    Verdict::Deliver {
+        start: ENCAP_LEN,
+        len,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::inside::{self, tests::*};
+
+    fn encapsulated(from: &Snapshot, pkt: &[u8]) -> Vec<u8> {
+        let mut buf = in_buf(pkt);
+        let mut scratch = [0u8; 1500];
+        match inside::process(from, &mut buf, HEADROOM, pkt.len(), None, &mut scratch) {
+            Verdict::Forward { start, len, .. } => buf[start..start + len].to_vec(),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    fn a_ip() -> IpAddr {
+        "198.18.0.1".parse().unwrap()
+    }
+
+    #[test]
+    fn rejects_unknown_senders() {
+        let (a, b) = pair();
+        let d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
+        assert_eq!(
+            process(&b, "198.18.0.77".parse().unwrap(), &d),
+            Verdict::Drop(DropReason::UnknownPeer)
+        );
+    }
+
+    #[test]
+    fn rejects_spoofed_sources_and_foreign_destinations() {
+        let (a, b) = pair();
+        // Node a forwards for 198.19.2.0/24 whatever the source; b checks it.
+        let spoofed = encapsulated(&a, &udp4([198, 19, 7, 5], [198, 19, 2, 7], 64, 10));
+        assert_eq!(
+            process(&b, a_ip(), &spoofed),
+            Verdict::Drop(DropReason::Spoofed)
+        );
+        // A destination b does not serve: rewrite the inner destination after encap.
+        let mut d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
+        d[ENCAP_LEN + 18] = 3; // 198.19.3.7
+        assert_eq!(process(&b, a_ip(), &d), Verdict::Drop(DropReason::NotLocal));
+    }
+
+    #[test]
+    fn rejects_bad_headers_by_reason() {
+        let (a, b) = pair();
+        let good = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
+        assert!(matches!(
+            process(&b, a_ip(), &good),
+            Verdict::Deliver { .. }
+        ));
+        let cases: [(usize, u8, DropReason); 5] = [
+            (0, 0x00, DropReason::BadVxlan),    // I flag cleared
+            (6, 43, DropReason::UnknownVni),    // VNI 43
+            (8, 0x12, DropReason::BadEthernet), // another node's MAC
+            (21, 0x08, DropReason::NotIp),      // EtherType 0x0808
+            (22, 0x55, DropReason::BadInner),   // IP version 5
+        ];
+        for (at, val, want) in cases {
+            let mut d = good.clone();
+            d[at] = val;
+            assert_eq!(process(&b, a_ip(), &d), Verdict::Drop(want), "byte {at}");
+        }
+        for n in 0..good.len() {
+            let v = process(&b, a_ip(), &good[..n]);
+            assert!(matches!(v, Verdict::Drop(_)), "len {n}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn broadcast_mac_and_trailing_padding_are_accepted() {
+        let (a, b) = pair();
+        let mut d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 2));
+        d[8..14].copy_from_slice(&[0xff; 6]);
+        let n = d.len();
+        d.extend_from_slice(&[0u8; 16]);
+        assert_eq!(
+            process(&b, a_ip(), &d),
+            Verdict::Deliver {
+                start: ENCAP_LEN,
+                len: n - ENCAP_LEN
+            }
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The immutable view of the world the dataplane forwards by, and how it is published.
+//!
+//! The control side owns the model (peers, prefixes, settings), compiles it into a
+//! [`Snapshot`] and publishes it through [`Published`]. Workers load the current
+//! snapshot once per batch with a lock-free `arc-swap` load and record the generation
+//! they saw; a writer that must not answer before the dataplane applies its change
+//! waits, bounded, until every worker reports the new generation.
+
+use crate::route::Table;
+use crate::wire::ether;
+use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a destination prefix leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// This host: the prefix is announced by this node and delivered through its TUN.
+    Local,
+    /// A peer, by index into [`Snapshot::peers`].
+    Peer(u16),
+}
+
+/// What the dataplane knows about one peer that is up.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub name: String,
+    /// Where its VXLAN data port is.
+    pub data_addr: SocketAddr,
+    /// The MAC its frames come from and ours go to.
+    pub mac: ether::Address,
+    /// The prefixes it announced: the only inner sources accepted from it.
+    pub allowed: Table<()>,
+}
+
+/// Everything a worker needs to forward a packet, immutable once published.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub node_mac: ether::Address,
+    pub vni: u32,
+    /// The largest inner packet the overlay carries without fragmenting the outer one.
+    pub mtu: u16,
+    pub routes: Table<NextHop>,
+    pub peers: Vec<PeerEntry>,
+    /// Peers' underlay addresses, sorted, for the outside path's sender lookup.
+    peer_by_addr: Vec<(IpAddr, u16)>,
+    /// Source addresses for ICMP errors this node originates.
+    pub router_v4: Option<Ipv4Addr>,
+    pub router_v6: Option<Ipv6Addr>,
+}
+
+/// The parts of a snapshot the control side decides.
+pub struct SnapshotSpec {
+    pub node_mac: ether::Address,
+    pub vni: u32,
+    pub mtu: u16,
+    pub local: Vec<IpNet>,
+    pub peers: Vec<(PeerEntry, Vec<IpNet>)>,
+    pub router_v4: Option<Ipv4Addr>,
+    pub router_v6: Option<Ipv6Addr>,
+}
+
+impl Snapshot {
+    /// Compiles a spec: local prefixes route to this host, each peer's announced
+    /// prefixes to it. A prefix announced both locally and by a peer stays local, and
+    /// between peers the one listed first keeps it, so a peer cannot take over this
+    /// node's traffic by announcing its prefixes.
+    pub fn compile(generation: u64, spec: SnapshotSpec) -> Snapshot {
+        let mut routes: Vec<(IpNet, NextHop)> = Vec::new();
+        let mut peers = Vec::with_capacity(spec.peers.len());
+        for (i, (peer, prefixes)) in spec.peers.into_iter().enumerate() {
+            for p in prefixes {
+                routes.push((p.trunc(), NextHop::Peer(i as u16)));
+            }
+            peers.push(peer);
+        }
+        // Table::build keeps the last entry for a duplicate prefix: reverse the peer
+        // entries so the first peer wins, and put local prefixes last.
+        routes.reverse();
+        routes.extend(spec.local.iter().map(|p| (p.trunc(), NextHop::Local)));
+        let mut peer_by_addr: Vec<(IpAddr, u16)> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.data_addr.ip(), i as u16))
+            .collect();
+        peer_by_addr.sort();
+        Snapshot {
+            generation,
+            node_mac: spec.node_mac,
+            vni: spec.vni,
+            mtu: spec.mtu,
+            routes: Table::build(routes),
+            peers,
+            peer_by_addr,
+            router_v4: spec.router_v4,
+            router_v6: spec.router_v6,
+        }
+    }
+
+    /// The peer whose underlay address `addr` is, if any.
+    #[inline]
+    pub fn peer_by_underlay(&self, addr: IpAddr) -> Option<u16> {
+        let addr = canonical(addr);
+        self.peer_by_addr
+            .binary_search_by(|(a, _)| a.cmp(&addr))
+            .ok()
+            .map(|i| self.peer_by_addr[i].1)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as IPv4.
+pub fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Returned when a worker has not applied a published snapshot in time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("worker {worker} is behind: it has applied generation {seen}, not {wanted}")]
+pub struct Behind {
+    pub worker: usize,
+    pub seen: u64,
+    pub wanted: u64,
+}
+
+/// Something that interrupts a worker's wait for I/O so it loads a new snapshot.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) {
+        // A failed wake only delays the worker until its poll timeout.
+        let _ = mio::Waker::wake(self);
+    }
+}
+
+/// The published snapshot, and what each worker has seen of it.
+pub struct Published {
+    current: ArcSwap<Snapshot>,
+    seen: Box<[CachePadded<AtomicU64>]>,
+    wakers: Mutex<Vec<Option<Arc<dyn Wake>>>>,
+    /// Serialises publishers so generations only grow.
+    publish_lock: Mutex<()>,
+}
+
+impl Published {
+    pub fn new(initial: Snapshot, workers: usize) -> Published {
+        Published {
+            current: ArcSwap::from_pointee(initial),
+            seen: (0..workers)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            wakers: Mutex::new((0..workers).map(|_| None).collect()),
+            publish_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Registers how to interrupt worker `i`'s wait.
+    pub fn set_waker(&self, i: usize, w: Arc<dyn Wake>) {
+        if let Some(slot) = self.wakers.lock().get_mut(i) {
+            *slot = Some(w);
+        }
+    }
+
+    /// The current snapshot. Workers call this once per batch.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The generation worker `i` last reported.
+    pub fn seen(&self, i: usize) -> u64 {
+        self.seen.get(i).map_or(0, |s| s.load(Ordering::Acquire))
+    }
+
+    /// Worker `i` records the generation it forwards with.
+    #[inline]
+    pub fn mark_seen(&self, i: usize, generation: u64) {
+        if let Some(s) = self.seen.get(i) {
+            if s.load(Ordering::Relaxed) != generation {
+                s.store(generation, Ordering::Release);
+            }
+        }
+    }
+
+    /// Publishes the snapshot `build` makes from the next generation number, wakes
+    /// every worker and returns that generation.
+    pub fn publish(&self, build: impl FnOnce(u64) -> Snapshot) -> u64 {
+        let _g = self.publish_lock.lock();
+        let generation = self.current.load().generation + 1;
+        let snap = build(generation);
+        debug_assert_eq!(snap.generation, generation);
+        self.current.store(Arc::new(snap));
+        for w in self.wakers.lock().iter().flatten() {
+            w.wake();
+        }
+        generation
+    }
+
+    /// Waits until every worker has seen `generation`, at most `timeout`.
+    pub fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), Behind> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = self
+                .seen
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.load(Ordering::Acquire) < generation);
+            match behind {
+                None => return Ok(()),
+                Some((worker, s)) if Instant::now() >= deadline => {
+                    return Err(Behind {
+                        worker,
+                        seen: s.load(Ordering::Acquire),
+                        wanted: generation,
+                    })
+                }
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, ip: [u8; 4]) -> PeerEntry {
+        PeerEntry {
+            name: name.into(),
+            data_addr: SocketAddr::new(IpAddr::V4(ip.into()), 4789),
+            mac: ether::Address::for_node(name),
+            allowed: Table::default(),
+        }
+    }
+
+    fn spec(peers: Vec<(PeerEntry, Vec<IpNet>)>) -> SnapshotSpec {
+        SnapshotSpec {
+            node_mac: ether::Address::for_node("me"),
+            vni: 1,
+            mtu: 1450,
+            local: vec!["198.19.1.0/24".parse().unwrap()],
+            peers,
+            router_v4: None,
+            router_v6: None,
+        }
+    }
+
+    #[test]
+    fn local_prefixes_win_over_peers_and_first_peer_wins_ties() {
+        let s = Snapshot::compile(
+            1,
+            spec(vec![
+                (
+                    peer("b", [198, 18, 0, 2]),
+                    vec![
+                        "198.19.2.0/24".parse().unwrap(),
+                        "198.19.1.0/24".parse().unwrap(),
+                    ],
+                ),
+                (
+                    peer("c", [198, 18, 0, 3]),
+                    vec![
+                        "198.19.2.0/24".parse().unwrap(),
+                        "198.19.3.0/24".parse().unwrap(),
+                    ],
+                ),
+            ]),
+        );
+        let r = |a: &str| s.routes.lookup(a.parse().unwrap()).copied();
+        assert_eq!(r("198.19.1.9"), Some(NextHop::Local));
+        assert_eq!(r("198.19.2.9"), Some(NextHop::Peer(0)));
+        assert_eq!(r("198.19.3.9"), Some(NextHop::Peer(1)));
+        assert_eq!(r("198.19.4.9"), None);
+        assert_eq!(s.peer_by_underlay("198.18.0.3".parse().unwrap()), Some(1));
+        assert_eq!(
+            s.peer_by_underlay("::ffff:198.18.0.2".parse().unwrap()),
+            Some(0)
+        );
+        assert_eq!(s.peer_by_underlay("198.18.0.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn publish_wait_and_behind() {
+        let p = Published::new(Snapshot::compile(0, spec(vec![])), 2);
+        let g = p.publish(|g| Snapshot::compile(g, spec(vec![])));
+        assert_eq!(g, 1);
+        p.mark_seen(0, g);
+        let err = p.wait_applied(g, Duration::from_millis(5)).unwrap_err();
+        assert_eq!((err.worker, err.seen, err.wanted), (1, 0, 1));
+        p.mark_seen(1, g);
+        p.wait_applied(g, Duration::from_millis(5)).unwrap();
+    }
+}

@@ -1,0 +1,238 @@
+//! Per-worker counters and latency histograms, and their sums for the API.
+//!
+//! Each worker owns one cache-padded [`WorkerStats`]: it accumulates into a plain
+//! local [`Tally`] while it works a batch and adds the tally to its atomics once per
+//! batch, so counting costs no shared-cache traffic per packet. Batch processing times
+//! go into a worker-local hdrhistogram that is merged into the shared one about once a
+//! second. The control thread only reads.
+
+use crate::pipeline::DropReason;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident => $text:literal, $doc:literal;)*) => {
+        /// A dataplane event counted per worker.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Counter { $(#[doc = $doc] $name,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$name => $text,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    InsidePackets => "inside_packets", "Packets read from the TUN device (after splitting superpackets).";
+    InsideBytes => "inside_bytes", "Bytes of those packets.";
+    ForwardedPackets => "forwarded_packets", "VXLAN datagrams sent to peers.";
+    ForwardedBytes => "forwarded_bytes", "Inner bytes of those datagrams.";
+    OutsidePackets => "outside_packets", "Datagrams received on the data port (after splitting GRO trains).";
+    OutsideBytes => "outside_bytes", "Bytes of those datagrams.";
+    DeliveredPackets => "delivered_packets", "Inner packets written to the TUN device.";
+    DeliveredBytes => "delivered_bytes", "Bytes of those packets.";
+    IcmpErrors => "icmp_errors", "ICMP errors sent back to local senders.";
+    Batches => "batches", "Batches processed.";
+    TunReads => "tun_reads", "Reads from the TUN queue (one superpacket each with offload).";
+    TunWrites => "tun_write_calls", "Batched writes to the TUN queue.";
+    UdpRecvCalls => "udp_recv_calls", "recvmmsg calls that returned data.";
+    UdpSendCalls => "udp_send_calls", "sendmmsg calls.";
+    GsoTrains => "gso_trains", "UDP sends carrying more than one segment (UDP_SEGMENT).";
+}
+
+/// Per-batch accumulation, owned by one worker.
+#[derive(Clone)]
+pub struct Tally {
+    pub counters: [u64; Counter::COUNT],
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            counters: [0; Counter::COUNT],
+            drops: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl Tally {
+    #[inline]
+    pub fn add(&mut self, c: Counter, n: u64) {
+        self.counters[c as usize] += n;
+    }
+    #[inline]
+    pub fn drop(&mut self, r: DropReason, n: u64) {
+        self.drops[r as usize] += n;
+    }
+}
+
+/// The last values read from one worker, or their sum over all workers.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct CounterSnapshot {
+    pub counters: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+impl CounterSnapshot {
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters
+            .get(name)
+            .or_else(|| self.drops.get(name))
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+    fn add(&mut self, o: &CounterSnapshot) {
+        for (k, v) in &o.counters {
+            *self.counters.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.drops {
+            *self.drops.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Batch latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// New histogram for batch times: 1 ns to 10 s at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// The counters one worker publishes.
+pub struct WorkerStats {
+    counters: [AtomicU64; Counter::COUNT],
+    drops: [AtomicU64; DropReason::COUNT],
+    pub tid: AtomicI32,
+    pub cpu: AtomicI32,
+    histogram: Mutex<Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            tid: AtomicI32::new(0),
+            cpu: AtomicI32::new(-1),
+            histogram: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Adds a batch's tally and clears it. Called by the owning worker only.
+    pub fn flush(&self, t: &mut Tally) {
+        for (a, v) in self.counters.iter().zip(t.counters.iter_mut()) {
+            if *v != 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        }
+        for (a, v) in self.drops.iter().zip(t.drops.iter_mut()) {
+            if *v != 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        }
+    }
+
+    /// Merges a worker-local histogram into the shared one and clears it.
+    pub fn merge_histogram(&self, local: &mut Histogram<u64>) {
+        // Same bounds on both sides, so `add` cannot fail.
+        let _ = self.histogram.lock().add(&*local);
+        local.reset();
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| (c.name(), self.counters[*c as usize].load(Ordering::Relaxed)))
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), self.drops[*r as usize].load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    pub fn histogram(&self) -> Histogram<u64> {
+        self.histogram.lock().clone()
+    }
+}
+
+/// Sums per-worker snapshots and histograms.
+pub fn totals<'a>(
+    workers: impl Iterator<Item = &'a WorkerStats>,
+) -> (CounterSnapshot, Histogram<u64>) {
+    let mut c = CounterSnapshot::default();
+    let mut h = new_histogram();
+    for w in workers {
+        c.add(&w.snapshot());
+        let _ = h.add(w.histogram());
+    }
+    (c, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_utils::CachePadded;
+
+    #[test]
+    fn tallies_flush_into_atomics_and_sum() {
+        let ws: Vec<CachePadded<WorkerStats>> = (0..2)
+            .map(|_| CachePadded::new(WorkerStats::default()))
+            .collect();
+        let mut t = Tally::default();
+        t.add(Counter::InsidePackets, 3);
+        t.drop(DropReason::Spoofed, 2);
+        ws[0].flush(&mut t);
+        assert_eq!(t.counters[Counter::InsidePackets as usize], 0);
+        t.add(Counter::InsidePackets, 4);
+        ws[1].flush(&mut t);
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        ws[1].merge_histogram(&mut h);
+        assert_eq!(h.len(), 0);
+        let (c, hist) = totals(ws.iter().map(|w| &**w));
+        assert_eq!(c.get("inside_packets"), 7);
+        assert_eq!(c.get("spoofed"), 2);
+        assert_eq!(c.total_drops(), 2);
+        assert_eq!(hist.len(), 1);
+        assert!((Latency::of(&hist).p50_us - 1.5).abs() < 0.01);
+    }
+}
