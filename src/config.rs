@@ -73,6 +73,7 @@ pub struct DataplaneConfig {
     pub tx_ports: usize,
     pub socket_buffer: usize,
     pub tun_txqueuelen: u32,
+    pub busy_poll_us: u64,
 }
 
 impl Default for DataplaneConfig {
@@ -93,6 +94,7 @@ impl Default for DataplaneConfig {
             tx_ports: 4,
             socket_buffer: 8 << 20,
             tun_txqueuelen: 1000,
+            busy_poll_us: 50,
         }
     }
 }
@@ -241,6 +243,12 @@ impl Config {
             ));
         }
         let c = &self.control;
+        if d.busy_poll_us > 1_000_000 {
+            return Err(invalid(
+                "dataplane.busy_poll_us",
+                format!("{} is more than one second", d.busy_poll_us),
+            ));
+        }
         if c.port == 0 || c.port == d.data_port {
             return Err(invalid(
                 "control.port",

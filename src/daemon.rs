@@ -175,6 +175,7 @@ impl Daemon {
                 published: published.clone(),
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
+                busy_poll: std::time::Duration::from_micros(c.dataplane.busy_poll_us),
             };
             let h = std::thread::Builder::new()
                 .name(format!("tl-worker-{i}"))

@@ -11,4 +11,7 @@ pub mod route;
 pub mod snapshot;
 pub mod stats;
 pub mod sys;
+pub mod testbed;
+#[doc(hidden)]
+pub mod testkit;
 pub mod wire;

@@ -64,46 +64,48 @@ impl Key for u128 {
     }
 }
 
+/// A 256-bit set used while building a node.
 #[derive(Clone, Copy, Default)]
 struct Bits256([u64; 4]);
 
 impl Bits256 {
-    #[inline]
     fn get(&self, i: u8) -> bool {
         self.0[usize::from(i >> 6)] >> (i & 63) & 1 != 0
     }
     fn set(&mut self, i: u8) {
         self.0[usize::from(i >> 6)] |= 1 << (i & 63);
     }
-    /// Set bits strictly below `i`.
-    #[inline]
-    fn rank_below(&self, i: u8) -> u32 {
-        let w = usize::from(i >> 6);
-        let mut n = (self.0[w] & ((1u64 << (i & 63)) - 1)).count_ones();
-        for word in &self.0[..w] {
-            n += word.count_ones();
-        }
-        n
-    }
-    /// Set bits at or below `i`.
-    #[inline]
-    fn rank_upto(&self, i: u8) -> u32 {
-        let w = usize::from(i >> 6);
-        let mask = u64::MAX >> (63 - (i & 63));
-        let mut n = (self.0[w] & mask).count_ones();
-        for word in &self.0[..w] {
-            n += word.count_ones();
-        }
-        n
-    }
+}
+
+/// A quarter of a node: 64 slots. Each word carries the base indices its popcounts
+/// count from, so a lookup touches one 24-byte word per level.
+#[derive(Clone, Copy, Default)]
+struct Word {
+    children: u64,
+    leaf_starts: u64,
+    child_base: u32,
+    leaf_base: u32,
 }
 
 #[derive(Clone, Copy, Default)]
-struct Node {
-    children: Bits256,
-    leaf_starts: Bits256,
-    child_base: u32,
-    leaf_base: u32,
+struct Node([Word; 4]);
+
+impl Node {
+    fn from_bits(children: Bits256, leaf_starts: Bits256, child_base: u32, leaf_base: u32) -> Node {
+        let mut n = Node::default();
+        let (mut c, mut l) = (child_base, leaf_base);
+        for w in 0..4 {
+            n.0[w] = Word {
+                children: children.0[w],
+                leaf_starts: leaf_starts.0[w],
+                child_base: c,
+                leaf_base: l,
+            };
+            c += children.0[w].count_ones();
+            l += leaf_starts.0[w].count_ones();
+        }
+        n
+    }
 }
 
 /// A longest-prefix-match table from keys of type `K` to `u32` ids (0 = no match).
@@ -169,7 +171,8 @@ impl<K: Key> Lpm<K> {
             slot_val[first..first + span].fill(e.2);
         }
         // Children: groups of deeper entries sharing this node's byte.
-        let mut node = Node::default();
+        let mut children = Bits256::default();
+        let mut leaf_starts = Bits256::default();
         let mut groups: Vec<(u8, usize, usize)> = Vec::new();
         let mut i = 0;
         while i < deeper.len() {
@@ -178,36 +181,36 @@ impl<K: Key> Lpm<K> {
             while j < deeper.len() && deeper[j].0.byte(depth) == b {
                 j += 1;
             }
-            node.children.set(b);
+            children.set(b);
             groups.push((b, i, j));
             i = j;
         }
         // Leaves: a run starts wherever the value differs from the previous
         // non-child slot; child slots extend the run before them.
-        node.leaf_base = self.leaves.len() as u32;
+        let leaf_base = self.leaves.len() as u32;
         let mut prev: Option<u32> = None;
         for s in 0..=255u8 {
-            if node.children.get(s) {
+            if children.get(s) {
                 if prev.is_none() {
                     prev = Some(slot_val[usize::from(s)]);
-                    node.leaf_starts.set(s);
+                    leaf_starts.set(s);
                     self.leaves.push(slot_val[usize::from(s)]);
                 }
                 continue;
             }
             let v = slot_val[usize::from(s)];
             if prev != Some(v) {
-                node.leaf_starts.set(s);
+                leaf_starts.set(s);
                 self.leaves.push(v);
                 prev = Some(v);
             }
         }
-        node.child_base = self.nodes.len() as u32;
+        let child_base = self.nodes.len() as u32;
         self.nodes
             .resize(self.nodes.len() + groups.len(), Node::default());
-        self.nodes[idx] = node;
+        self.nodes[idx] = Node::from_bits(children, leaf_starts, child_base, leaf_base);
         for (k, (b, i, j)) in groups.into_iter().enumerate() {
-            let child = node.child_base as usize + k;
+            let child = child_base as usize + k;
             self.build_node(
                 child,
                 depth + 1,
@@ -229,14 +232,19 @@ impl<K: Key> Lpm<K> {
                 return 0;
             };
             let s = key.byte(depth);
-            if n.children.get(s) {
-                idx = n.child_base as usize + n.children.rank_below(s) as usize;
+            let w = &n.0[usize::from(s >> 6)];
+            let bit = u32::from(s & 63);
+            if w.children >> bit & 1 != 0 {
+                let below = w.children & ((1u64 << bit) - 1);
+                idx = (w.child_base + below.count_ones()) as usize;
                 depth += 1;
                 continue;
             }
-            // Slot 0 always starts a run, so the rank is at least 1.
-            let li = n.leaf_base as usize + n.leaf_starts.rank_upto(s) as usize - 1;
-            return self.leaves.get(li).copied().unwrap_or(0);
+            // The run containing slot s started at the last start at or below it;
+            // slot 0 always starts a run, so this never underflows in a valid node.
+            let upto = w.leaf_starts & (u64::MAX >> (63 - bit));
+            let li = (w.leaf_base + upto.count_ones()).wrapping_sub(1);
+            return self.leaves.get(li as usize).copied().unwrap_or(0);
         }
     }
 

@@ -208,73 +208,10 @@ fn reply(
 pub(crate) mod tests {
     use super::*;
     use crate::pipeline::outside;
-    use crate::route::Table;
-    use crate::snapshot::{PeerEntry, SnapshotSpec};
     use etherparse::{IpSlice, PacketBuilder};
-    use std::net::{Ipv6Addr, SocketAddr};
+    use std::net::Ipv6Addr;
 
-    pub const HEADROOM: usize = 64;
-
-    /// Two nodes' snapshots: "a" (198.19.1.0/24 at 198.18.0.1) and "b"
-    /// (198.19.2.0/24 at 198.18.0.2), each with the other as peer 0.
-    pub fn pair() -> (Snapshot, Snapshot) {
-        let mk = |me: &str, mine: &str, other: &str, theirs: &str, their_ip: [u8; 4]| {
-            let theirs_net: ipnet::IpNet = theirs.parse().unwrap();
-            Snapshot::compile(
-                1,
-                SnapshotSpec {
-                    node_mac: ether::Address::for_node(me),
-                    vni: 42,
-                    mtu: 1450,
-                    local: vec![
-                        mine.parse().unwrap(),
-                        "fd00:1::/64".parse::<ipnet::IpNet>().unwrap(),
-                    ]
-                    .into_iter()
-                    .filter(|n: &ipnet::IpNet| me == "a" || n.addr().is_ipv4())
-                    .collect(),
-                    peers: vec![(
-                        PeerEntry {
-                            name: other.into(),
-                            data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
-                            mac: ether::Address::for_node(other),
-                            allowed: Table::build(vec![(theirs_net, ())]),
-                        },
-                        vec![theirs_net],
-                    )],
-                    router_v4: Some(
-                        if me == "a" {
-                            [198, 19, 1, 1]
-                        } else {
-                            [198, 19, 2, 1]
-                        }
-                        .into(),
-                    ),
-                    router_v6: None,
-                },
-            )
-        };
-        (
-            mk("a", "198.19.1.0/24", "b", "198.19.2.0/24", [198, 18, 0, 2]),
-            mk("b", "198.19.2.0/24", "a", "198.19.1.0/24", [198, 18, 0, 1]),
-        )
-    }
-
-    pub fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        PacketBuilder::ipv4(src, dst, ttl)
-            .udp(5000, 6000)
-            .write(&mut v, &vec![7u8; payload])
-            .unwrap();
-        v
-    }
-
-    /// Puts `pkt` into a fresh buffer at HEADROOM.
-    pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
-        let mut b = vec![0u8; HEADROOM + pkt.len() + 16];
-        b[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-        b
-    }
+    pub use crate::testkit::{in_buf, pair, udp4, HEADROOM};
 
     #[test]
     fn forwards_and_encapsulates_in_place() {

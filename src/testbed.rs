@@ -1,0 +1,458 @@
+//! Two tunloom hosts in network namespaces, joined by a veth pair: what `tunloom lab`
+//! measures and what the integration tests drive.
+//!
+//! ```text
+//!  ns tl-<tag>-<pid>-a                              ns tl-<tag>-<pid>-b
+//!  tunloom "a": tl0 198.19.1.1, announces           tunloom "b": tl0 198.19.2.1, announces
+//!  198.19.1.0/24, routes 198.19.0.0/17 ──VXLAN──▶   198.19.2.0/24, routes 198.19.0.0/17
+//!                       tlva 198.18.0.1/24 ═══veth═══ tlvb 198.18.0.2/24
+//! ```
+//!
+//! Everything is removed by name or pid when the value drops (daemons first, then the
+//! namespaces, which takes every device in them), also when a test panics.
+
+use crate::netns::{self, Netns};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Overlay addresses of hosts a and b (on their TUN devices).
+pub const OVERLAY: [&str; 2] = ["198.19.1.1", "198.19.2.1"];
+/// Underlay addresses of hosts a and b (on the veth).
+pub const UNDERLAY: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
+const PREFIX: [&str; 2] = ["198.19.1.0/24", "198.19.2.0/24"];
+const NAMES: [&str; 2] = ["a", "b"];
+
+/// How the two daemons are configured.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub workers: usize,
+    pub offload: bool,
+    pub hello_interval_ms: u64,
+    /// TOML appended to both configurations (e.g. a `[control]` secret).
+    pub extra: String,
+}
+
+impl Default for HostSpec {
+    fn default() -> Self {
+        HostSpec {
+            workers: 0,
+            offload: true,
+            hello_interval_ms: 200,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A process this testbed started; stopped by its pid when dropped.
+pub struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    pub fn new(child: Child, what: impl Into<String>) -> Proc {
+        Proc {
+            child,
+            what: what.into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = crate::sys::signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        log::warn!("{} did not stop in {grace:?}; killed", self.what);
+    }
+
+    /// SIGKILL at once: a crash, as far as peers can tell.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> io::Result<TempDir> {
+        let p = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The two hosts.
+pub struct TwoHosts {
+    // Field order is drop order: daemons stop before their namespaces go.
+    daemons: [Option<Proc>; 2],
+    pub a: Netns,
+    pub b: Netns,
+    pub dir: TempDir,
+    exe: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+fn config(i: usize, spec: &HostSpec) -> String {
+    format!(
+        r#"# written by the tunloom testbed
+[node]
+name = "tb-{name}"
+[dataplane]
+workers = {workers}
+bind = "{underlay}"
+offload = {off}
+udp_gso = {off}
+udp_gro = {off}
+[overlay]
+routes = ["198.19.0.0/17"]
+announce = ["{prefix}"]
+expose = ["{addr}/32"]
+[control]
+hello_interval_ms = {hello}
+[[peers]]
+address = "{peer}"
+{extra}
+"#,
+        name = NAMES[i],
+        workers = spec.workers,
+        underlay = UNDERLAY[i],
+        off = spec.offload,
+        prefix = PREFIX[i],
+        addr = OVERLAY[i],
+        hello = spec.hello_interval_ms,
+        peer = UNDERLAY[1 - i],
+        extra = spec.extra,
+    )
+}
+
+/// Fetches `path` from the management API of the daemon in namespace `ns`.
+pub fn api_get(ns: &str, path: &str) -> io::Result<serde_json::Value> {
+    let (ns, path) = (ns.to_string(), path.to_string());
+    std::thread::spawn(move || -> io::Result<serde_json::Value> {
+        crate::sys::enter_netns(&ns)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
+            .into();
+        agent
+            .get(&format!("http://127.0.0.1:6786{path}"))
+            .call()
+            .map_err(io::Error::other)?
+            .body_mut()
+            .read_json::<serde_json::Value>()
+            .map_err(io::Error::other)
+    })
+    .join()
+    .map_err(|_| io::Error::other("API client thread panicked"))?
+}
+
+impl TwoHosts {
+    /// Creates the namespaces, the veth and both configurations; starts nothing.
+    pub fn create(
+        tag: &str,
+        exe: &Path,
+        spec: &HostSpec,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<TwoHosts> {
+        let pid = std::process::id();
+        let dir = TempDir::new(&format!("tunloom-{tag}-{pid}"))?;
+        let a = Netns::create(&format!("tl-{tag}-{pid}-a"))?;
+        let b = Netns::create(&format!("tl-{tag}-{pid}-b"))?;
+        netns::veth(&a, "tlva", "198.18.0.1/24", &b, "tlvb", "198.18.0.2/24")?;
+        for (i, name) in NAMES.iter().enumerate() {
+            std::fs::write(dir.0.join(format!("{name}.toml")), config(i, spec))?;
+        }
+        Ok(TwoHosts {
+            daemons: [None, None],
+            a,
+            b,
+            dir,
+            exe: exe.to_owned(),
+            stop,
+        })
+    }
+
+    pub fn ns(&self, i: usize) -> &Netns {
+        if i == 0 {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.0.join(format!("{}.toml", NAMES[i]))
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Starts daemon `i` (its log goes to `<dir>/<name>.log`, appended).
+    pub fn start(&mut self, i: usize) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join(format!("{}.log", NAMES[i])))?;
+        let cfg = self.config_path(i);
+        let state = self.dir.0.join(format!("state-{}", NAMES[i]));
+        let args = [
+            "run",
+            "-c",
+            cfg.to_str().unwrap_or_default(),
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+        ];
+        let child = self
+            .ns(i)
+            .command(self.exe.to_str().unwrap_or("tunloom"), &args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", self.exe.display()),
+                )
+            })?;
+        self.daemons[i] = Some(Proc::new(child, format!("tunloom {}", NAMES[i])));
+        Ok(())
+    }
+
+    /// Stops daemon `i`: cleanly (SIGTERM) or as a crash (SIGKILL).
+    pub fn stop(&mut self, i: usize, crash: bool) {
+        if let Some(mut p) = self.daemons[i].take() {
+            if crash {
+                p.kill();
+            } else {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// The pid of daemon `i`, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.daemons[i].as_ref().map(Proc::pid)
+    }
+
+    /// The last lines of daemon `i`'s log.
+    pub fn log(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.0.join(format!("{}.log", NAMES[i])))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub fn stats(&self, i: usize) -> io::Result<serde_json::Value> {
+        api_get(&self.ns(i).name, "/api/v1/stats")
+    }
+
+    /// Waits until every running daemon sees its peer in `state` ("up"/"down").
+    pub fn wait_peers(&mut self, state: &str, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.interrupted() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            }
+            for (i, name) in NAMES.iter().enumerate() {
+                if let Some(status) = self.daemons[i].as_mut().and_then(Proc::exited) {
+                    self.daemons[i] = None;
+                    return Err(io::Error::other(format!(
+                        "tunloom {name} exited ({status}):\n{}",
+                        self.log(i)
+                    )));
+                }
+            }
+            let ok = (0..2).filter(|i| self.daemons[*i].is_some()).all(|i| {
+                self.stats(i).ok().is_some_and(|s| {
+                    s["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p["state"] == state))
+                })
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "peers not {state} within {timeout:?}\n--- a:\n{}\n--- b:\n{}",
+                        self.log(0),
+                        self.log(1)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pings `dst` from host `from`: RTTs (µs) of the replies that came back.
+    pub fn ping(&self, from: usize, dst: &str, count: u32, interval: &str) -> io::Result<Vec<f64>> {
+        let n = count.to_string();
+        let limit = Duration::from_secs(10 + u64::from(count) / 10);
+        let child = self
+            .ns(from)
+            .command("ping", &["-n", "-c", &n, "-i", interval, "-W", "1", dst])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = netns::wait_limited(child, limit)?;
+        Ok(parse_ping(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Runs iperf3 from host `client` to `dst` (a server is started on the other
+    /// host for the run) and returns iperf3's JSON result.
+    pub fn iperf(
+        &self,
+        client: usize,
+        dst: &str,
+        secs: u32,
+        parallel: u32,
+        reverse: bool,
+    ) -> io::Result<serde_json::Value> {
+        let server_ns = self.ns(1 - client);
+        let mut server = Proc::new(
+            server_ns
+                .command("iperf3", &["-s", "-1", "-B", dst, "-p", "5201"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot run iperf3: {e}")))?,
+            "iperf3 server",
+        );
+        let (t, p) = (secs.to_string(), parallel.to_string());
+        let mut args = vec![
+            "-c",
+            dst,
+            "-p",
+            "5201",
+            "-t",
+            &t,
+            "-P",
+            &p,
+            "-J",
+            "--connect-timeout",
+            "2000",
+        ];
+        if reverse {
+            args.push("-R");
+        }
+        let limit = Duration::from_secs(u64::from(secs) + 20);
+        let mut last = String::new();
+        for _ in 0..10 {
+            if self.interrupted() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            }
+            let child = self
+                .ns(client)
+                .command("iperf3", &args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let out = netns::wait_limited(child, limit)?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) if v["end"]["sum_received"]["bytes"].is_u64() => {
+                    server.stop(Duration::from_secs(3));
+                    return Ok(v);
+                }
+                // iperf3 -J reports "unable to connect" with exit status 0; the
+                // server may not be listening yet.
+                Ok(v) => last = v["error"].as_str().unwrap_or("no result").to_string(),
+                Err(_) => {
+                    last = format!(
+                        "{} {}",
+                        text.chars().take(200).collect::<String>(),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(io::Error::other(format!("iperf3 to {dst} failed: {last}")))
+    }
+}
+
+/// RTTs in microseconds from ping's per-reply lines (`time=0.052 ms`).
+pub fn parse_ping(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next())
+        .filter_map(|t| t.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect()
+}
+
+/// Received throughput in Gbit/s from iperf3's `-J` output.
+pub fn iperf_gbps(v: &serde_json::Value) -> Option<f64> {
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64()?;
+    Some((bps / 1e9 * 1000.0).round() / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_lines_are_read_in_microseconds() {
+        let out = "PING 198.19.2.1 (198.19.2.1) 56(84) bytes of data.\n64 bytes from 198.19.2.1: icmp_seq=1 ttl=63 time=0.052 ms\n64 bytes from 198.19.2.1: icmp_seq=2 ttl=63 time=1.10 ms\n\n--- 198.19.2.1 ping statistics ---\nrtt min/avg/max/mdev = 0.052/0.576/1.100/0.524 ms\n";
+        assert_eq!(parse_ping(out), vec![52.0, 1100.0]);
+    }
+
+    #[test]
+    fn iperf_json_is_read_in_gbps() {
+        let j: serde_json::Value =
+            serde_json::from_str(r#"{"end":{"sum_received":{"bits_per_second":5234000000.0}}}"#)
+                .unwrap();
+        assert_eq!(iperf_gbps(&j), Some(5.234));
+        assert_eq!(iperf_gbps(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn configs_point_each_host_at_the_other() {
+        let a = config(0, &HostSpec::default());
+        assert!(a.contains("bind = \"198.18.0.1\"") && a.contains("address = \"198.18.0.2\""));
+        let s = crate::config::Config::parse(&a, Path::new("a.toml")).unwrap();
+        assert_eq!(s.node_name, "tb-a");
+    }
+}

@@ -1,0 +1,95 @@
+//! Fixtures shared by unit tests, benchmarks, integration tests and fuzz targets: a
+//! pair of nodes' snapshots joined by an imaginary underlay, and packet builders.
+//! Not part of tunloom's interface; nothing in the daemon uses it.
+
+use crate::route::Table;
+use crate::snapshot::{PeerEntry, Snapshot, SnapshotSpec};
+use crate::wire::ether;
+use etherparse::PacketBuilder;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+
+/// Headroom the fixtures leave in front of a packet.
+pub const HEADROOM: usize = 64;
+/// Node a's underlay address (node b's is 198.18.0.2).
+pub const A_UNDERLAY: [u8; 4] = [198, 18, 0, 1];
+
+/// Two nodes' snapshots: "a" (198.19.1.0/24 and fd00:1::/64 at 198.18.0.1) and
+/// "b" (198.19.2.0/24 at 198.18.0.2), each with the other as peer 0, VNI 42,
+/// overlay MTU 1450.
+pub fn pair() -> (Snapshot, Snapshot) {
+    let mk =
+        |me: &str, mine: &[&str], other: &str, theirs: &str, their_ip: [u8; 4], router: [u8; 4]| {
+            let theirs: IpNet = theirs.parse().expect("fixture prefix");
+            Snapshot::compile(
+                1,
+                SnapshotSpec {
+                    node_mac: ether::Address::for_node(me),
+                    vni: 42,
+                    mtu: 1450,
+                    local: mine
+                        .iter()
+                        .map(|p| p.parse().expect("fixture prefix"))
+                        .collect(),
+                    peers: vec![(
+                        PeerEntry {
+                            name: other.into(),
+                            data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
+                            mac: ether::Address::for_node(other),
+                            allowed: Table::build(vec![(theirs, ())]),
+                        },
+                        vec![theirs],
+                    )],
+                    router_v4: Some(router.into()),
+                    router_v6: None,
+                },
+            )
+        };
+    (
+        mk(
+            "a",
+            &["198.19.1.0/24", "fd00:1::/64"],
+            "b",
+            "198.19.2.0/24",
+            [198, 18, 0, 2],
+            [198, 19, 1, 1],
+        ),
+        mk(
+            "b",
+            &["198.19.2.0/24"],
+            "a",
+            "198.19.1.0/24",
+            A_UNDERLAY,
+            [198, 19, 2, 1],
+        ),
+    )
+}
+
+/// An IPv4/UDP packet with `payload` bytes.
+pub fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src, dst, ttl)
+        .udp(5000, 6000)
+        .write(&mut v, &vec![7u8; payload])
+        .expect("writing to a Vec cannot fail");
+    v
+}
+
+/// An IPv4/TCP segment from 198.19.1.5:40000 to 198.19.2.7:5201 with `payload`
+/// bytes at sequence `seq`.
+pub fn tcp4(seq: u32, payload: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4([198, 19, 1, 5], [198, 19, 2, 7], 64)
+        .tcp(40000, 5201, seq, 1024)
+        .ack(1)
+        .write(&mut v, &vec![(seq % 251) as u8; payload])
+        .expect("writing to a Vec cannot fail");
+    v
+}
+
+/// `pkt` in a fresh buffer behind `HEADROOM` bytes.
+pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; HEADROOM + pkt.len() + 16];
+    b[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+    b
+}

@@ -1,0 +1,224 @@
+//! The `tunloom` command as an operator meets it: help, configuration errors, a busy
+//! port, a locked state directory, a missing capability, clean shutdown, and the lab
+//! without iperf3.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tunloom::netns::{self, Netns};
+use tunloom::testbed::TempDir;
+
+fn tunloom(args: &[&str]) -> Output {
+    Command::new(common::exe())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_explains_every_command() {
+    let o = tunloom(&["--help"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for word in ["run", "lab", "check"] {
+        assert!(text.contains(word), "{text}");
+    }
+    let o = tunloom(&["run", "--help"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("--config") && text.contains("--state-dir") && text.contains("SIGTERM"),
+        "{text}"
+    );
+    let o = tunloom(&["lab", "--help"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("--duration") && text.contains("--json") && text.contains("--no-offload"),
+        "{text}"
+    );
+}
+
+#[test]
+fn configuration_errors_are_one_clear_line_and_exit_2() {
+    let dir = TempDir::new(&format!("tunloom-cli-{}", std::process::id())).unwrap();
+    let o = tunloom(&["run", "-c", "/nonexistent/tunloom.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot read config file /nonexistent/tunloom.toml"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "[dataplane]\nvni = 99999999\n").unwrap();
+    let o = tunloom(&["run", "-c", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("dataplane.vni") && e.contains("99999999"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    std::fs::write(&bad, "[dataplane]\nworkers = \"two\"\n").unwrap();
+    let o = tunloom(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("workers"), "{}", stderr(&o));
+    let o = tunloom(&[
+        "check",
+        "-c",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/tunloom.toml"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn lab_without_iperf3_says_how_to_install_it() {
+    let o = Command::new(common::exe())
+        .args(["lab", "--duration", "1"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("apt-get install -y iperf3"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Runs `tunloom run` in `ns` with `config` text; returns the child. Its stderr goes
+/// to `<dir>/<name>.log` (a pipe nobody reads could fill and stall the daemon).
+fn daemon(ns: &Netns, dir: &TempDir, name: &str, config: &str, state: &str) -> std::process::Child {
+    let cfg = dir.0.join(format!("{name}.toml"));
+    std::fs::write(&cfg, config).unwrap();
+    let state = dir.0.join(state);
+    let log = std::fs::File::create(dir.0.join(format!("{name}.log"))).unwrap();
+    ns.command(
+        common::exe().to_str().unwrap(),
+        &[
+            "run",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap()
+}
+
+fn log_of(dir: &TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.0.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+fn wait_for_api(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tunloom::testbed::api_get(&ns.name, "/health").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon in {} did not come up",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finish(child: std::process::Child, limit: Duration) -> Output {
+    netns::wait_limited(child, limit).unwrap()
+}
+
+#[test]
+fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
+    if !common::netns_or_skip("busy_port_locked_state_missing_capability_and_clean_shutdown") {
+        return;
+    }
+    let pid = std::process::id();
+    let ns = Netns::create(&format!("tl-cli-{pid}")).unwrap();
+    let dir = TempDir::new(&format!("tunloom-cli-ns-{pid}")).unwrap();
+    let first = daemon(&ns, &dir, "first", "", "state1");
+    wait_for_api(&ns);
+
+    // A second daemon in the same namespace: the control port is taken.
+    let second = daemon(
+        &ns,
+        &dir,
+        "second",
+        "[dataplane]\ntun_name = \"tl1\"\n",
+        "state2",
+    );
+    let o = finish(second, Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(1));
+    let e = log_of(&dir, "second");
+    assert!(
+        e.contains("control port 0.0.0.0:6783 is already in use"),
+        "{e}"
+    );
+
+    // The same state directory: locked.
+    let third = daemon(&ns, &dir, "third", "[control]\nport = 7000\n", "state1");
+    let o = finish(third, Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(1));
+    let e = log_of(&dir, "third");
+    assert!(e.contains("another tunloom is using it"), "{e}");
+
+    // Without CAP_NET_ADMIN (as nobody): says what is missing.
+    if common::has("setpriv") {
+        let cfg = dir.0.join("nobody.toml");
+        std::fs::write(&cfg, "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\n[dataplane]\ntun_name = \"tl2\"\n").unwrap();
+        let state = dir.0.join("state-nobody");
+        std::fs::create_dir_all(&state).unwrap();
+        Command::new("chmod")
+            .args(["0777", state.to_str().unwrap(), dir.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        Command::new("chmod")
+            .args(["0644", cfg.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let child = ns
+            .command(
+                "setpriv",
+                &[
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                    common::exe().to_str().unwrap(),
+                    "run",
+                    "-c",
+                    cfg.to_str().unwrap(),
+                    "--state-dir",
+                    state.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = finish(child, Duration::from_secs(10));
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("needs CAP_NET_ADMIN"), "{}", stderr(&o));
+    } else {
+        eprintln!("setpriv missing: capability check not exercised");
+    }
+
+    // SIGTERM: exits 0 and the TUN device is gone.
+    assert!(ns
+        .run("ip", &["link", "show", "tl0"], Duration::from_secs(5))
+        .is_ok());
+    tunloom::sys::signal(first.id(), libc::SIGTERM).unwrap();
+    let o = finish(first, Duration::from_secs(10));
+    let e = log_of(&dir, "first");
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(e.contains("tunloom stopped"), "{e}");
+    assert!(
+        ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5))
+            .is_err(),
+        "tl0 removed"
+    );
+}

@@ -1,0 +1,182 @@
+//! Two tunloom daemons in network namespaces: traffic both ways, a real TCP transfer,
+//! a peer crash and return, and a storm of garbage at the data and control ports.
+//! Needs root (skipped without it unless TUNLOOM_REQUIRE_NETNS=1).
+
+mod common;
+
+use rand::{Rng, SeedableRng};
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+use tunloom::testbed::{HostSpec, TwoHosts, OVERLAY};
+
+fn drops(stats: &serde_json::Value, reason: &str) -> u64 {
+    stats["total"]["drops"][reason].as_u64().unwrap_or(0)
+}
+
+fn total_drops(stats: &serde_json::Value) -> u64 {
+    stats["total"]["drops_total"].as_u64().unwrap_or(0)
+}
+
+fn peer(stats: &serde_json::Value) -> serde_json::Value {
+    stats["peers"][0].clone()
+}
+
+/// Pings until one reply comes back or `limit` passes.
+fn reachable(h: &TwoHosts, from: usize, dst: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !h.ping(from, dst, 1, "0.2").unwrap_or_default().is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
+    if !common::netns_or_skip("two_hosts_forward_survive_a_crash_and_shrug_off_garbage") {
+        return;
+    }
+    assert!(
+        common::has("ping"),
+        "ping is needed (apt-get install -y iputils-ping)"
+    );
+    assert!(
+        common::has("iperf3"),
+        "iperf3 is needed (apt-get install -y iperf3)"
+    );
+    let mut h =
+        TwoHosts::create("it", &common::exe(), &HostSpec::default(), common::never()).unwrap();
+    h.start(0).unwrap();
+    h.start(1).unwrap();
+    h.wait_peers("up", Duration::from_secs(15)).unwrap();
+
+    // Ping both ways over the overlay.
+    let ab = h.ping(0, OVERLAY[1], 5, "0.05").unwrap();
+    let ba = h.ping(1, OVERLAY[0], 5, "0.05").unwrap();
+    assert_eq!(
+        (ab.len(), ba.len()),
+        (5, 5),
+        "ping a->b {ab:?}, b->a {ba:?}\n{}",
+        h.log(0)
+    );
+
+    // A 3-second TCP transfer moves data, all of it through tunloom.
+    let before = h.stats(1).unwrap();
+    let r = h.iperf(0, OVERLAY[1], 3, 1, false).unwrap();
+    let moved = r["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(moved > 10_000_000, "iperf3 moved only {moved} bytes");
+    let after = h.stats(1).unwrap();
+    let delivered = after["total"]["counters"]["delivered_bytes"]
+        .as_u64()
+        .unwrap()
+        - before["total"]["counters"]["delivered_bytes"]
+            .as_u64()
+            .unwrap();
+    assert!(
+        delivered >= moved,
+        "b delivered {delivered} bytes for {moved} received by iperf3"
+    );
+
+    // Crash b: a withdraws b's routes after 3 missed hellos and counts it.
+    h.stop(1, true);
+    h.wait_peers("down", Duration::from_secs(5)).unwrap();
+    let s = h.stats(0).unwrap();
+    assert_eq!(peer(&s)["state"], "down");
+    assert_eq!(peer(&s)["down_events"], 1);
+    assert_eq!(s["control"]["peer_down_events"], 1);
+    let no_route = drops(&s, "no_route");
+    assert!(h.ping(0, OVERLAY[1], 2, "0.1").unwrap().is_empty());
+    let s = h.stats(0).unwrap();
+    assert!(
+        drops(&s, "no_route") >= no_route + 2,
+        "pings to a withdrawn prefix count as no_route"
+    );
+    assert!(
+        s["total"]["counters"]["icmp_errors"].as_u64().unwrap() >= 2,
+        "senders get unreachable"
+    );
+
+    // b comes back: traffic flows again.
+    h.start(1).unwrap();
+    h.wait_peers("up", Duration::from_secs(15)).unwrap();
+    assert!(
+        reachable(&h, 0, OVERLAY[1], Duration::from_secs(5)),
+        "{}",
+        h.log(0)
+    );
+    assert_eq!(peer(&h.stats(0).unwrap())["up_events"], 2);
+
+    // 10,000 random and truncated datagrams at a's data and control ports, sent
+    // from b's namespace (so the data port sees them from a known peer).
+    let before = h.stats(0).unwrap();
+    let b_ns = h.b.name.clone();
+    let sent = std::thread::spawn(move || {
+        tunloom::sys::enter_netns(&b_ns).unwrap();
+        let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut valid = vec![0x08u8, 0, 0, 0, 0, 0, 1, 0];
+        valid.extend_from_slice(&[0u8; 14]);
+        valid.extend_from_slice(&tunloom::testkit::udp4(
+            [198, 19, 2, 9],
+            [198, 19, 1, 1],
+            64,
+            40,
+        ));
+        let mut n = 0;
+        for i in 0..10_000 {
+            let dgram: Vec<u8> = match i % 3 {
+                0 => (0..rng.random_range(0..1500))
+                    .map(|_| rng.random())
+                    .collect(),
+                1 => valid[..rng.random_range(0..valid.len())].to_vec(),
+                _ => {
+                    let mut v = valid.clone();
+                    let at = rng.random_range(0..v.len());
+                    v[at] = rng.random();
+                    v
+                }
+            };
+            let port = if i % 2 == 0 { 4789 } else { 6783 };
+            if sock.send_to(&dgram, ("198.18.0.1", port)).is_ok() {
+                n += 1;
+            }
+            if i % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        n
+    })
+    .join()
+    .unwrap();
+    assert_eq!(sent, 10_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = h.stats(0).expect("a is still up");
+    assert_eq!(after["node"]["name"], "tb-a");
+    let data_drops = total_drops(&after) - total_drops(&before);
+    let c = &after["control"];
+    let control_drops = c["dropped_malformed"].as_u64().unwrap()
+        - before["control"]["dropped_malformed"].as_u64().unwrap();
+    assert!(
+        data_drops > 3000,
+        "data-port garbage counted as drops: {data_drops}\n{:#}",
+        after["total"]["drops"]
+    );
+    assert!(
+        control_drops > 3000,
+        "control-port garbage counted: {control_drops}"
+    );
+    assert_eq!(
+        peer(&after)["state"],
+        "up",
+        "garbage does not take the peer down"
+    );
+    assert!(
+        reachable(&h, 0, OVERLAY[1], Duration::from_secs(3)),
+        "still forwards after the storm"
+    );
+    assert!(
+        reachable(&h, 1, OVERLAY[0], Duration::from_secs(3)),
+        "both ways"
+    );
+}
