@@ -28,6 +28,7 @@ fn main() {
             duration,
             parallel: 4,
             workers: 0,
+            split_cpus: true,
             offload,
             pings: 200,
         };

@@ -60,6 +60,7 @@ pub struct NodeConfig {
 pub struct DataplaneConfig {
     pub workers: usize,
     pub pin_workers: bool,
+    pub cpus: Vec<usize>,
     pub tun_name: String,
     pub underlay_mtu: u16,
     pub data_port: u16,
@@ -81,6 +82,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             workers: 0,
             pin_workers: true,
+            cpus: Vec::new(),
             tun_name: "tl0".into(),
             underlay_mtu: 1500,
             data_port: 4789,
@@ -94,7 +96,7 @@ impl Default for DataplaneConfig {
             tx_ports: 4,
             socket_buffer: 8 << 20,
             tun_txqueuelen: 1000,
-            busy_poll_us: 50,
+            busy_poll_us: 0,
         }
     }
 }
@@ -243,6 +245,13 @@ impl Config {
             ));
         }
         let c = &self.control;
+        let allowed = crate::sys::allowed_cpus();
+        if let Some(c) = d.cpus.iter().find(|c| !allowed.contains(c)) {
+            return Err(invalid(
+                "dataplane.cpus",
+                format!("CPU {c} is not one this process may run on ({allowed:?})"),
+            ));
+        }
         if d.busy_poll_us > 1_000_000 {
             return Err(invalid(
                 "dataplane.busy_poll_us",

@@ -121,7 +121,11 @@ impl Daemon {
             source: e,
         })?;
 
-        let cpus = sys::allowed_cpus();
+        let cpus = if c.dataplane.cpus.is_empty() {
+            sys::allowed_cpus()
+        } else {
+            c.dataplane.cpus.clone()
+        };
         let n = if c.dataplane.workers == 0 {
             cpus.len().max(1)
         } else {

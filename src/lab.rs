@@ -25,6 +25,8 @@ pub struct LabOptions {
     pub duration: u32,
     pub parallel: u32,
     pub workers: usize,
+    /// Give each host its own half of the CPUs (as two machines would have).
+    pub split_cpus: bool,
     pub offload: bool,
     pub pings: u32,
 }
@@ -197,6 +199,13 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     crate::netns::available().map_err(|e| LabError::Unavailable(format!("the lab {e}")))?;
     let spec = HostSpec {
         workers: o.workers,
+        cpus: if o.split_cpus {
+            let all = crate::sys::allowed_cpus();
+            let half = all.len().div_ceil(2);
+            [all[..half].to_vec(), all[all.len() - half..].to_vec()]
+        } else {
+            [Vec::new(), Vec::new()]
+        },
         offload: o.offload,
         ..HostSpec::default()
     };

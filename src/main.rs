@@ -63,6 +63,10 @@ enum Cmd {
         /// Turn TUN and UDP offloads off in both daemons (to measure what they give).
         #[arg(long)]
         no_offload: bool,
+        /// Let both daemons' workers use every CPU (by default each host gets its
+        /// own half of the CPUs, as two machines would have).
+        #[arg(long)]
+        shared_cpus: bool,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             workers,
             pings,
             no_offload,
+            shared_cpus,
             json,
         } => {
             init_logging("warn");
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
                 duration,
                 parallel,
                 workers,
+                split_cpus: !shared_cpus,
                 offload: !no_offload,
                 pings,
             };

@@ -30,6 +30,8 @@ const NAMES: [&str; 2] = ["a", "b"];
 #[derive(Debug, Clone)]
 pub struct HostSpec {
     pub workers: usize,
+    /// CPUs of host a's and host b's workers (empty: all).
+    pub cpus: [Vec<usize>; 2],
     pub offload: bool,
     pub hello_interval_ms: u64,
     /// TOML appended to both configurations (e.g. a `[control]` secret).
@@ -40,6 +42,7 @@ impl Default for HostSpec {
     fn default() -> Self {
         HostSpec {
             workers: 0,
+            cpus: [Vec::new(), Vec::new()],
             offload: true,
             hello_interval_ms: 200,
             extra: String::new(),
@@ -137,6 +140,7 @@ fn config(i: usize, spec: &HostSpec) -> String {
 name = "tb-{name}"
 [dataplane]
 workers = {workers}
+cpus = {cpus:?}
 bind = "{underlay}"
 offload = {off}
 udp_gso = {off}
@@ -153,6 +157,7 @@ address = "{peer}"
 "#,
         name = NAMES[i],
         workers = spec.workers,
+        cpus = spec.cpus[i],
         underlay = UNDERLAY[i],
         off = spec.offload,
         prefix = PREFIX[i],

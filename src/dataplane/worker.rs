@@ -100,6 +100,7 @@ struct Worker {
     // Outside path.
     rxb: RecvBatch,
     gro: Coalescer,
+    memo: outside::Memo,
 }
 
 /// Runs a worker until `shutdown` is set. Returns an error only for a failure that
@@ -154,18 +155,21 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         send_scratch: SendScratch::new(TX_MSGS, TX_IOVS),
         rxb: RecvBatch::new(RX_MSGS, 65_536),
         gro: Coalescer::new(MAX_TRAINS, MAX_PARTS, setup.vnet),
+        memo: outside::Memo::default(),
     };
     let published = setup.published;
     let mut events = Events::with_capacity(16);
     let mut hist = new_histogram();
     let mut last_hist = Instant::now();
     let mut last_work = Instant::now();
+    let busy_poll = setup.busy_poll;
     // Drain anything that arrived before registration.
     let (mut tun_ready, mut udp_ready) = (true, true);
     while !setup.shutdown.load(Ordering::Relaxed) {
-        // Sleeping costs a wake-up (tens of microseconds on a VM) when the next
-        // packet comes; right after traffic, poll without sleeping for a while.
-        let timeout = if tun_ready || udp_ready || last_work.elapsed() < setup.busy_poll {
+        // Sleeping costs a wake-up when the next packet comes; with busy polling
+        // configured, poll without sleeping for a while after traffic.
+        let spin = !busy_poll.is_zero() && last_work.elapsed() < busy_poll;
+        let timeout = if tun_ready || udp_ready || spin {
             Duration::ZERO
         } else {
             IDLE
@@ -187,18 +191,22 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         published.mark_seen(w.id, snap.generation);
         if tun_ready || udp_ready {
             let t0 = Instant::now();
-            last_work = t0;
             if tun_ready {
                 tun_ready = w.inside(&snap)?;
             }
             if udp_ready {
                 udp_ready = w.outside(&snap);
             }
-            hist.saturating_record(t0.elapsed().as_nanos() as u64);
+            let t1 = Instant::now();
+            hist.saturating_record(t1.duration_since(t0).as_nanos() as u64);
             w.tally.add(Counter::Batches, 1);
             w.stats.flush(&mut w.tally);
-        }
-        if last_hist.elapsed() >= HIST_EVERY {
+            last_work = t1;
+            if t1.duration_since(last_hist) >= HIST_EVERY {
+                w.stats.merge_histogram(&mut hist);
+                last_hist = t1;
+            }
+        } else if last_hist.elapsed() >= HIST_EVERY {
             w.stats.merge_histogram(&mut hist);
             last_hist = Instant::now();
         }
@@ -462,7 +470,12 @@ impl Worker {
                     let end = (at + seg).min(total);
                     self.tally.add(Counter::OutsidePackets, 1);
                     self.tally.add(Counter::OutsideBytes, (end - at) as u64);
-                    match outside::process(snap, src, &self.rxb.get(m).0[at..end]) {
+                    match outside::process_memo(
+                        snap,
+                        src,
+                        &self.rxb.get(m).0[at..end],
+                        &mut self.memo,
+                    ) {
                         Verdict::Deliver { start, len } => {
                             if self.gro.is_full() {
                                 self.write_trains();

@@ -11,13 +11,34 @@ use crate::snapshot::{NextHop, Snapshot};
 use crate::wire::{ether, vxlan};
 use core::net::IpAddr;
 
+/// The last flow the outside path accepted, so the datagrams of one GRO train (all
+/// from one sender, almost always of one inner flow) skip the sender, anti-spoofing
+/// and route lookups after the first. Tied to a snapshot generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memo {
+    generation: u64,
+    flow: Option<(IpAddr, u16, IpAddr, IpAddr)>,
+}
+
 /// Processes one VXLAN datagram (UDP payload) received from underlay address `src`.
 /// On `Deliver`, the inner packet is `dgram[start..start + len]`.
 pub fn process(snap: &Snapshot, src: IpAddr, dgram: &[u8]) -> Verdict {
-    let Some(peer) = snap
-        .peer_by_underlay(src)
-        .and_then(|i| snap.peers.get(usize::from(i)))
-    else {
+    process_memo(snap, src, dgram, &mut Memo::default())
+}
+
+/// [`process`], remembering the last accepted flow in `memo` between calls.
+pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo) -> Verdict {
+    if memo.generation != snap.generation {
+        *memo = Memo {
+            generation: snap.generation,
+            flow: None,
+        };
+    }
+    let peer_idx = match memo.flow {
+        Some((s, p, _, _)) if s == src => Some(p),
+        _ => snap.peer_by_underlay(src),
+    };
+    let Some(peer) = peer_idx.and_then(|i| snap.peers.get(usize::from(i))) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };
     let Ok(vx) = vxlan::Packet::new_checked(dgram) else {
@@ -67,6 +88,13 @@ pub fn process(snap: &Snapshot, src: IpAddr, dgram: &[u8]) -> Verdict {
         }
         _ => return Verdict::Drop(DropReason::NotIp),
     };
+    let peer_idx = peer_idx.unwrap_or_default();
+    if memo.flow == Some((src, peer_idx, src_ip, dst_ip)) {
+        return Verdict::Deliver {
+            start: ENCAP_LEN,
+            len,
+        };
+    }
     if peer.allowed.lookup(src_ip).is_none() {
         return Verdict::Drop(DropReason::Spoofed);
     }
@@ -147,6 +175,28 @@ mod tests {
             let v = process(&b, a_ip(), &good[..n]);
             assert!(matches!(v, Verdict::Drop(_)), "len {n}: {v:?}");
         }
+    }
+
+    #[test]
+    fn the_memo_gives_the_same_verdicts() {
+        let (a, b) = pair();
+        let good = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
+        let spoofed = encapsulated(&a, &udp4([198, 19, 7, 5], [198, 19, 2, 7], 64, 10));
+        let mut memo = Memo::default();
+        for d in [&good, &good, &spoofed, &good, &spoofed] {
+            assert_eq!(
+                process_memo(&b, a_ip(), d, &mut memo),
+                process(&b, a_ip(), d)
+            );
+        }
+        // A new snapshot without the peer: the memo must not keep accepting.
+        let mut b2 = b.clone();
+        b2.generation += 1;
+        b2.peers.clear();
+        assert_eq!(
+            process_memo(&b2, a_ip(), &good, &mut memo),
+            Verdict::Drop(DropReason::UnknownPeer)
+        );
     }
 
     #[test]
