@@ -60,6 +60,11 @@ fn bench_outside(c: &mut Criterion) {
                 black_box(v)
             })
         });
+        // The worker's case: datagrams of one GRO train share a flow.
+        let mut memo = outside::Memo::default();
+        g.bench_with_input(BenchmarkId::new("same_flow", size), &dgram, |bch, d| {
+            bch.iter(|| black_box(outside::process_memo(&b, src, black_box(d), &mut memo)))
+        });
     }
     g.finish();
 }

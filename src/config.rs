@@ -111,6 +111,8 @@ pub struct OverlayConfig {
     /// Addresses put on the TUN device (address/prefix-length), giving the host
     /// itself an address in the overlay. Each is announced as a /32 or /128.
     pub expose: Vec<IpNet>,
+    /// Gateway addresses tunloom answers itself (ICMP echo) on its service thread.
+    pub gateways: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +304,11 @@ impl Config {
         };
         if secret.as_ref().is_some_and(|s| s.len() < 8) {
             return Err(invalid("control.secret", "must be at least 8 bytes".into()));
+        }
+        for g in &self.overlay.gateways {
+            if self.overlay.expose.iter().any(|e| e.addr() == *g) {
+                return Err(invalid("overlay.gateways", format!("{g} is also in overlay.expose; an address is either the host's or tunloom's")));
+            }
         }
         let mut peers = Vec::new();
         for p in &self.peers {

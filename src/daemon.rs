@@ -10,6 +10,7 @@ use crate::control;
 use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::peers::Peers;
+use crate::service::{Service, ServiceQueues};
 use crate::snapshot::{Published, Snapshot};
 use crate::stats::WorkerStats;
 use crate::sys;
@@ -72,6 +73,7 @@ pub struct Shared {
     pub peers: Arc<Peers>,
     pub started: Instant,
     pub offloads: Offloads,
+    pub service: Option<Arc<ServiceQueues>>,
 }
 
 /// A running daemon.
@@ -158,6 +160,9 @@ impl Daemon {
         peers.republish();
 
         let shutdown = Arc::new(AtomicBool::new(false));
+        let gateways = &c.overlay.gateways;
+        let service = (!gateways.is_empty())
+            .then(|| Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
         let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
             .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))
             .collect();
@@ -180,6 +185,7 @@ impl Daemon {
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
                 busy_poll: std::time::Duration::from_micros(c.dataplane.busy_poll_us),
+                service: service.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("tl-worker-{i}"))
@@ -204,8 +210,14 @@ impl Daemon {
             peers: peers.clone(),
             started: Instant::now(),
             offloads,
+            service: service.clone(),
         });
         let mut others = Vec::new();
+        if let Some(q) = &service {
+            let svc = Service::new(q.clone(), gateways, usize::from(settings.mtu));
+            let (sd, p) = (shutdown.clone(), shared.published.clone());
+            others.push(spawn("tl-service", move || svc.run(&p, &sd))?);
+        }
         let sd = shutdown.clone();
         others.push(spawn("tl-peers", move || peers.run(control_sock, &sd))?);
         let (sd, st) = (shutdown.clone(), shared.clone());
@@ -278,6 +290,7 @@ fn empty(settings: &Settings) -> Snapshot {
             vni: settings.config.dataplane.vni,
             mtu: settings.mtu,
             local: Vec::new(),
+            service: Vec::new(),
             peers: Vec::new(),
             router_v4: None,
             router_v6: None,

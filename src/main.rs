@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tunloom::config::Config;
-use tunloom::daemon::{Daemon, StartError};
+use tunloom::daemon::Daemon;
 use tunloom::lab::{self, LabError, LabOptions};
 
 /// Userspace VXLAN overlay gateway for container networks.
@@ -111,10 +111,7 @@ fn main() -> ExitCode {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("tunloom: {e}");
-                    return ExitCode::from(match e {
-                        StartError::StateDir { .. } | StartError::PortInUse { .. } => 1,
-                        _ => 1,
-                    });
+                    return ExitCode::FAILURE;
                 }
             };
             while !stop.load(Ordering::Relaxed) && daemon.healthy() {

@@ -188,6 +188,13 @@ impl Peers {
             vni: s.config.dataplane.vni,
             mtu: s.mtu,
             local: s.announced.clone(),
+            service: s
+                .config
+                .overlay
+                .gateways
+                .iter()
+                .map(|a| IpNet::from(*a))
+                .collect(),
             peers,
             router_v4: first(false).and_then(|a| match a {
                 IpAddr::V4(a) => Some(a),
@@ -522,6 +529,7 @@ mod tests {
             vni: 1,
             mtu: 1450,
             local: vec![],
+            service: vec![],
             peers: vec![],
             router_v4: None,
             router_v6: None,

@@ -24,6 +24,8 @@ pub enum NextHop {
     Local,
     /// A peer, by index into [`Snapshot::peers`].
     Peer(u16),
+    /// This node's service thread: a gateway address tunloom answers itself.
+    Service,
 }
 
 /// What the dataplane knows about one peer that is up.
@@ -61,6 +63,8 @@ pub struct SnapshotSpec {
     pub vni: u32,
     pub mtu: u16,
     pub local: Vec<IpNet>,
+    /// Gateway addresses served by the service thread (host routes).
+    pub service: Vec<IpNet>,
     pub peers: Vec<(PeerEntry, Vec<IpNet>)>,
     pub router_v4: Option<Ipv4Addr>,
     pub router_v6: Option<Ipv6Addr>,
@@ -84,6 +88,7 @@ impl Snapshot {
         // entries so the first peer wins, and put local prefixes last.
         routes.reverse();
         routes.extend(spec.local.iter().map(|p| (p.trunc(), NextHop::Local)));
+        routes.extend(spec.service.iter().map(|p| (p.trunc(), NextHop::Service)));
         let mut peer_by_addr: Vec<(IpAddr, u16)> = peers
             .iter()
             .enumerate()
@@ -200,6 +205,13 @@ impl Published {
         }
     }
 
+    /// Interrupts worker `i`'s wait for I/O.
+    pub fn wake(&self, i: usize) {
+        if let Some(Some(w)) = self.wakers.lock().get(i) {
+            w.wake();
+        }
+    }
+
     /// Publishes the snapshot `build` makes from the next generation number, wakes
     /// every worker and returns that generation.
     pub fn publish(&self, build: impl FnOnce(u64) -> Snapshot) -> u64 {
@@ -257,6 +269,7 @@ mod tests {
             vni: 1,
             mtu: 1450,
             local: vec!["198.19.1.0/24".parse().unwrap()],
+            service: vec![],
             peers,
             router_v4: None,
             router_v6: None,

@@ -40,6 +40,7 @@ counters! {
     DeliveredPackets => "delivered_packets", "Inner packets written to the TUN device.";
     DeliveredBytes => "delivered_bytes", "Bytes of those packets.";
     IcmpErrors => "icmp_errors", "ICMP errors sent back to local senders.";
+    ServicePackets => "service_packets", "Packets for gateway addresses handed to the service thread.";
     Batches => "batches", "Batches processed.";
     TunReads => "tun_reads", "Reads from the TUN queue (one superpacket each with offload).";
     TunWrites => "tun_write_calls", "Batched writes to the TUN queue.";

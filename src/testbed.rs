@@ -24,6 +24,8 @@ pub const OVERLAY: [&str; 2] = ["198.19.1.1", "198.19.2.1"];
 /// Underlay addresses of hosts a and b (on the veth).
 pub const UNDERLAY: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
 const PREFIX: [&str; 2] = ["198.19.1.0/24", "198.19.2.0/24"];
+/// Gateway addresses of hosts a and b, with [`HostSpec::gateways`].
+pub const GATEWAY: [&str; 2] = ["198.19.1.254", "198.19.2.254"];
 const NAMES: [&str; 2] = ["a", "b"];
 
 /// How the two daemons are configured.
@@ -32,6 +34,8 @@ pub struct HostSpec {
     pub workers: usize,
     /// CPUs of host a's and host b's workers (empty: all).
     pub cpus: [Vec<usize>; 2],
+    /// Serve gateway address 198.19.<host>.254 on each host's service thread.
+    pub gateways: bool,
     pub offload: bool,
     pub hello_interval_ms: u64,
     /// TOML appended to both configurations (e.g. a `[control]` secret).
@@ -43,6 +47,7 @@ impl Default for HostSpec {
         HostSpec {
             workers: 0,
             cpus: [Vec::new(), Vec::new()],
+            gateways: false,
             offload: true,
             hello_interval_ms: 200,
             extra: String::new(),
@@ -149,6 +154,7 @@ udp_gro = {off}
 routes = ["198.19.0.0/17"]
 announce = ["{prefix}"]
 expose = ["{addr}/32"]
+gateways = {gateways}
 [control]
 hello_interval_ms = {hello}
 [[peers]]
@@ -162,6 +168,11 @@ address = "{peer}"
         off = spec.offload,
         prefix = PREFIX[i],
         addr = OVERLAY[i],
+        gateways = if spec.gateways {
+            format!("[\"{}\"]", GATEWAY[i])
+        } else {
+            "[]".into()
+        },
         hello = spec.hello_interval_ms,
         peer = UNDERLAY[1 - i],
         extra = spec.extra,
@@ -170,20 +181,59 @@ address = "{peer}"
 
 /// Fetches `path` from the management API of the daemon in namespace `ns`.
 pub fn api_get(ns: &str, path: &str) -> io::Result<serde_json::Value> {
-    let (ns, path) = (ns.to_string(), path.to_string());
-    std::thread::spawn(move || -> io::Result<serde_json::Value> {
+    let (status, body) = api_request(ns, 6786, "GET", path, None, &[])?;
+    if status != 200 {
+        return Err(io::Error::other(format!(
+            "GET {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    serde_json::from_slice(&body).map_err(io::Error::other)
+}
+
+/// Sends one HTTP request to 127.0.0.1:`port` inside namespace `ns`, from a thread
+/// that enters it. Returns status and body, whatever the status.
+pub fn api_request(
+    ns: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> io::Result<(u16, Vec<u8>)> {
+    let ns = ns.to_string();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let method = method.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || -> io::Result<(u16, Vec<u8>)> {
         crate::sys::enter_netns(&ns)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(3)))
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .allow_non_standard_methods(true)
             .build()
             .into();
-        agent
-            .get(&format!("http://127.0.0.1:6786{path}"))
-            .call()
-            .map_err(io::Error::other)?
+        let mut req = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(url.as_str());
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(body.unwrap_or_default())
+            .map_err(io::Error::other)?;
+        let mut resp = agent.run(req).map_err(io::Error::other)?;
+        let status = resp.status().as_u16();
+        let bytes = resp
             .body_mut()
-            .read_json::<serde_json::Value>()
-            .map_err(io::Error::other)
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(io::Error::other)?;
+        Ok((status, bytes))
     })
     .join()
     .map_err(|_| io::Error::other("API client thread panicked"))?

@@ -18,32 +18,36 @@ pub const A_UNDERLAY: [u8; 4] = [198, 18, 0, 1];
 /// "b" (198.19.2.0/24 at 198.18.0.2), each with the other as peer 0, VNI 42,
 /// overlay MTU 1450.
 pub fn pair() -> (Snapshot, Snapshot) {
+    let (a, b) = pair_specs();
+    (Snapshot::compile(1, a), Snapshot::compile(1, b))
+}
+
+/// The specs [`pair`] compiles, for tests that change them first.
+pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
     let mk =
         |me: &str, mine: &[&str], other: &str, theirs: &str, their_ip: [u8; 4], router: [u8; 4]| {
             let theirs: IpNet = theirs.parse().expect("fixture prefix");
-            Snapshot::compile(
-                1,
-                SnapshotSpec {
-                    node_mac: ether::Address::for_node(me),
-                    vni: 42,
-                    mtu: 1450,
-                    local: mine
-                        .iter()
-                        .map(|p| p.parse().expect("fixture prefix"))
-                        .collect(),
-                    peers: vec![(
-                        PeerEntry {
-                            name: other.into(),
-                            data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
-                            mac: ether::Address::for_node(other),
-                            allowed: Table::build(vec![(theirs, ())]),
-                        },
-                        vec![theirs],
-                    )],
-                    router_v4: Some(router.into()),
-                    router_v6: None,
-                },
-            )
+            SnapshotSpec {
+                node_mac: ether::Address::for_node(me),
+                vni: 42,
+                mtu: 1450,
+                local: mine
+                    .iter()
+                    .map(|p| p.parse().expect("fixture prefix"))
+                    .collect(),
+                service: Vec::new(),
+                peers: vec![(
+                    PeerEntry {
+                        name: other.into(),
+                        data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
+                        mac: ether::Address::for_node(other),
+                        allowed: Table::build(vec![(theirs, ())]),
+                    },
+                    vec![theirs],
+                )],
+                router_v4: Some(router.into()),
+                router_v6: None,
+            }
         };
     (
         mk(

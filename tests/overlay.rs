@@ -7,7 +7,7 @@ mod common;
 use rand::{Rng, SeedableRng};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use tunloom::testbed::{HostSpec, TwoHosts, OVERLAY};
+use tunloom::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
 
 fn drops(stats: &serde_json::Value, reason: &str) -> u64 {
     stats["total"]["drops"][reason].as_u64().unwrap_or(0)
@@ -45,8 +45,11 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
         common::has("iperf3"),
         "iperf3 is needed (apt-get install -y iperf3)"
     );
-    let mut h =
-        TwoHosts::create("it", &common::exe(), &HostSpec::default(), common::never()).unwrap();
+    let spec = HostSpec {
+        gateways: true,
+        ..HostSpec::default()
+    };
+    let mut h = TwoHosts::create("it", &common::exe(), &spec, common::never()).unwrap();
     h.start(0).unwrap();
     h.start(1).unwrap();
     h.wait_peers("up", Duration::from_secs(15)).unwrap();
@@ -59,6 +62,21 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
         (5, 5),
         "ping a->b {ab:?}, b->a {ba:?}\n{}",
         h.log(0)
+    );
+
+    // Each host's gateway address is answered by its own tunloom (service thread).
+    let got = h.ping(0, GATEWAY[0], 3, "0.05").unwrap().len();
+    assert_eq!(got, 3, "{:#}", h.stats(0).unwrap());
+    assert_eq!(
+        h.ping(1, GATEWAY[1], 3, "0.05").unwrap().len(),
+        3,
+        "{}",
+        h.log(1)
+    );
+    let svc = &h.stats(0).unwrap()["service"];
+    assert!(
+        svc["handled"].as_u64().unwrap() >= 3 && svc["replies"].as_u64().unwrap() >= 3,
+        "{svc}"
     );
 
     // A 3-second TCP transfer moves data, all of it through tunloom.

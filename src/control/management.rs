@@ -74,6 +74,11 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         },
         "workers": workers,
         "control": s.peers.counters.to_json(),
+        "service": s.service.as_ref().map(|q| json!({
+            "gateways": settings.config.overlay.gateways,
+            "handled": q.handled.load(Ordering::Relaxed),
+            "replies": q.replies.load(Ordering::Relaxed),
+        })),
         "peers": s.peers.views(),
         "announced": settings.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
     })

@@ -23,6 +23,7 @@ use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
 use crate::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
+use crate::service::ServiceQueues;
 use crate::snapshot::{Published, Snapshot};
 use crate::stats::{new_histogram, Counter, Tally, WorkerStats};
 use crate::sys::{self, RecvBatch, SendScratch, TxIov};
@@ -77,6 +78,8 @@ pub struct WorkerSetup {
     pub published: Arc<Published>,
     pub stats: Arc<CachePadded<WorkerStats>>,
     pub shutdown: Arc<AtomicBool>,
+    /// Where packets for gateway addresses go, when any are configured.
+    pub service: Option<Arc<ServiceQueues>>,
     /// Keep polling without sleeping this long after the last packet.
     pub busy_poll: Duration,
 }
@@ -101,6 +104,7 @@ struct Worker {
     rxb: RecvBatch,
     gro: Coalescer,
     memo: outside::Memo,
+    service: Option<Arc<ServiceQueues>>,
 }
 
 /// Runs a worker until `shutdown` is set. Returns an error only for a failure that
@@ -156,6 +160,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         rxb: RecvBatch::new(RX_MSGS, 65_536),
         gro: Coalescer::new(MAX_TRAINS, MAX_PARTS, setup.vnet),
         memo: outside::Memo::default(),
+        service: setup.service,
     };
     let published = setup.published;
     let mut events = Events::with_capacity(16);
@@ -189,6 +194,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         }
         let snap = published.load();
         published.mark_seen(w.id, snap.generation);
+        w.service_replies();
         if tun_ready || udp_ready {
             let t0 = Instant::now();
             if tun_ready {
@@ -378,7 +384,36 @@ impl Worker {
                 self.tally.add(Counter::InsideBytes, len as u64);
                 self.tally.drop(reason, 1);
             }
+            Verdict::Service { start, len: n } => {
+                self.tally.add(Counter::InsidePackets, 1);
+                self.tally.add(Counter::InsideBytes, len as u64);
+                let pkt = &self.read[base + start..base + start + n];
+                match &self.service {
+                    Some(q) if q.submit(self.id, pkt) => self.tally.add(Counter::ServicePackets, 1),
+                    _ => self.tally.drop(DropReason::ServiceBusy, 1),
+                }
+            }
             Verdict::Deliver { .. } => self.tally.drop(DropReason::Malformed, 1),
+        }
+    }
+
+    /// Writes the service thread's replies for this worker to the TUN queue.
+    fn service_replies(&mut self) {
+        let Some(q) = &self.service else { return };
+        while let Some(p) = q.take_reply(self.id) {
+            let vnet0 = [0u8; virtio::HEADER_LEN];
+            let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
+            match sys::write_vectored(
+                &self.tun,
+                &[IoSlice::new(vnet), IoSlice::new(&p.buf[..p.len])],
+            ) {
+                Ok(_) => {
+                    self.tally.add(Counter::DeliveredPackets, 1);
+                    self.tally.add(Counter::DeliveredBytes, p.len as u64);
+                }
+                Err(_) => self.tally.drop(DropReason::TunWrite, 1),
+            }
+            q.recycle(p.buf);
         }
     }
 

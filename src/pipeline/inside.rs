@@ -50,6 +50,14 @@ pub fn process(
     let pkt = &mut pkt[..hdr.total];
     let peer = match snap.routes.lookup(hdr.dst) {
         Some(NextHop::Peer(p)) => *p,
+        // The packet ends at this node (a gateway address): no TTL or MTU rules.
+        Some(NextHop::Service) if gso.is_none() => {
+            return Verdict::Service {
+                start: off,
+                len: hdr.total,
+            }
+        }
+        Some(NextHop::Service) => return Verdict::Drop(DropReason::Malformed),
         Some(NextHop::Local) => {
             return reply(
                 snap,
@@ -286,6 +294,36 @@ pub(crate) mod tests {
             assert_eq!(ip.source_addr(), IpAddr::V4([198, 19, 1, 1].into()));
             assert_eq!(ip.payload().payload[0], 3, "destination unreachable");
         }
+    }
+
+    #[test]
+    fn gateway_addresses_go_to_the_service_thread() {
+        let (a, _) = pair();
+        let mut spec_a = crate::testkit::pair_specs().0;
+        spec_a.service = vec!["198.19.1.254/32".parse().unwrap()];
+        let a_gw = Snapshot::compile(2, spec_a);
+        let pkt = udp4([198, 19, 1, 5], [198, 19, 1, 254], 1, 10);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let v = process(&a_gw, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        assert_eq!(
+            v,
+            Verdict::Service {
+                start: HEADROOM,
+                len: pkt.len()
+            },
+            "TTL 1 is fine: it ends here"
+        );
+        assert_eq!(&buf[HEADROOM..HEADROOM + pkt.len()], &pkt[..], "untouched");
+        // Without the gateway, the same address is local: a hairpin.
+        let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        assert!(matches!(
+            v,
+            Verdict::Reply {
+                reason: DropReason::Hairpin,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum Verdict {
     },
     /// Write `buf[start..start + len]` (the inner IP packet) to the TUN device.
     Deliver { start: usize, len: usize },
+    /// Hand `buf[start..start + len]` (a packet for a gateway address) to the
+    /// service thread.
+    Service { start: usize, len: usize },
     /// The packet is dropped for `reason`, and `scratch[..len]` holds an ICMP error
     /// to write to the TUN device for its sender.
     Reply { len: usize, reason: DropReason },
@@ -82,6 +85,7 @@ drop_reasons! {
     TunWrite => "tun_write", "I/O: the TUN device refused the write.";
     UdpSend => "udp_send", "I/O: the UDP send failed (no buffer space, unreachable peer).";
     RxTruncated => "rx_truncated", "I/O: a datagram larger than the receive buffer.";
+    ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
 }
 
 /// A fast, deterministic hash of an inner packet's flow (addresses, protocol and,

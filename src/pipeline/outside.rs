@@ -18,6 +18,14 @@ use core::net::IpAddr;
 pub struct Memo {
     generation: u64,
     flow: Option<(IpAddr, u16, IpAddr, IpAddr)>,
+    hits: u64,
+}
+
+impl Memo {
+    /// Datagrams accepted from the memo rather than by lookups.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
 }
 
 /// Processes one VXLAN datagram (UDP payload) received from underlay address `src`.
@@ -32,6 +40,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
         *memo = Memo {
             generation: snap.generation,
             flow: None,
+            hits: memo.hits,
         };
     }
     let peer_idx = match memo.flow {
@@ -90,6 +99,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     };
     let peer_idx = peer_idx.unwrap_or_default();
     if memo.flow == Some((src, peer_idx, src_ip, dst_ip)) {
+        memo.hits += 1;
         return Verdict::Deliver {
             start: ENCAP_LEN,
             len,
@@ -101,6 +111,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     if snap.routes.lookup(dst_ip) != Some(&NextHop::Local) {
         return Verdict::Drop(DropReason::NotLocal);
     }
+    memo.flow = Some((src, peer_idx, src_ip, dst_ip));
     // Ethernet padding after the IP packet, if a peer added any, is left behind.
     Verdict::Deliver {
         start: ENCAP_LEN,
@@ -189,6 +200,9 @@ mod tests {
                 process(&b, a_ip(), d)
             );
         }
+        // The second `good` and the one after `spoofed` (which does not replace the
+        // accepted flow) came from the memo.
+        assert_eq!(memo.hits(), 2);
         // A new snapshot without the peer: the memo must not keep accepting.
         let mut b2 = b.clone();
         b2.generation += 1;
