@@ -16,11 +16,7 @@ fn v4_table(n: usize, rng: &mut StdRng) -> (Table<u32>, Vec<Ipv4Addr>) {
         let addr: u32 = rng.random();
         let len: u8 = rng.random_range(8..=32);
         entries.push((
-            ipnet::IpNet::V4(
-                ipnet::Ipv4Net::new(Ipv4Addr::from(addr), len)
-                    .unwrap()
-                    .trunc(),
-            ),
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc()),
             i as u32,
         ));
         if keys.len() < 2048 {
@@ -45,11 +41,7 @@ fn v6_table(n: usize, rng: &mut StdRng) -> (Table<u32>, Vec<Ipv6Addr>) {
             rng.random_range(32..=64)
         };
         entries.push((
-            ipnet::IpNet::V6(
-                ipnet::Ipv6Net::new(Ipv6Addr::from(addr), len)
-                    .unwrap()
-                    .trunc(),
-            ),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc()),
             i as u32,
         ));
         if keys.len() < 2048 {
@@ -68,10 +60,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for n in [100usize, 100_000] {
         let (t, keys) = v4_table(n, &mut rng);
-        eprintln!(
-            "lpm: {n} IPv4 prefixes take {} KiB",
-            t.memory_bytes() / 1024
-        );
+        eprintln!("lpm: {n} IPv4 prefixes take {} KiB", t.memory_bytes() / 1024);
         let mut i = 0usize;
         g.bench_with_input(BenchmarkId::new("v4", n), &n, |b, _| {
             b.iter(|| {
@@ -80,10 +69,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         let (t, keys) = v6_table(n, &mut rng);
-        eprintln!(
-            "lpm: {n} IPv6 prefixes take {} KiB",
-            t.memory_bytes() / 1024
-        );
+        eprintln!("lpm: {n} IPv6 prefixes take {} KiB", t.memory_bytes() / 1024);
         g.bench_with_input(BenchmarkId::new("v6", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 1) & 4095;

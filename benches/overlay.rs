@@ -34,10 +34,7 @@ fn main() {
         };
         match lab::run(&o, exe, Arc::new(AtomicBool::new(false))) {
             Ok(r) => {
-                println!(
-                    "== overlay, offloads {} ==",
-                    if offload { "on" } else { "off" }
-                );
+                println!("== overlay, offloads {} ==", if offload { "on" } else { "off" });
                 print!("{}", r.table());
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             }

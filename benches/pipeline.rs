@@ -88,12 +88,7 @@ fn bench_segment(c: &mut Criterion) {
         b.iter(|| {
             arena.clear();
             out.clear();
-            black_box(segment::split(
-                black_box(&dgram),
-                &gso,
-                &mut arena,
-                &mut out,
-            ))
+            black_box(segment::split(black_box(&dgram), &gso, &mut arena, &mut out))
         })
     });
     g.finish();
@@ -140,9 +135,7 @@ fn bench_checksum(c: &mut Criterion) {
     let data: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
     let mut g = c.benchmark_group("checksum");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    g.bench_function("sum_1400", |b| {
-        b.iter(|| black_box(checksum::sum(black_box(&data))))
-    });
+    g.bench_function("sum_1400", |b| b.iter(|| black_box(checksum::sum(black_box(&data)))));
     g.finish();
 }
 

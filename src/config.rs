@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {key}: {message}")]
@@ -208,10 +205,7 @@ impl Config {
             ));
         }
         if d.vni == 0 || d.vni > crate::wire::vxlan::MAX_VNI {
-            return Err(invalid(
-                "dataplane.vni",
-                format!("{} is outside 1..=16777215", d.vni),
-            ));
+            return Err(invalid("dataplane.vni", format!("{} is outside 1..=16777215", d.vni)));
         }
         let outer = if d.bind.is_ipv6() || d.advertise.is_some_and(|a| a.is_ipv6()) {
             crate::pipeline::OUTER_V6_LEN
@@ -263,10 +257,7 @@ impl Config {
         if c.port == 0 || c.port == d.data_port {
             return Err(invalid(
                 "control.port",
-                format!(
-                    "{} must be non-zero and differ from dataplane.data_port",
-                    c.port
-                ),
+                format!("{} must be non-zero and differ from dataplane.data_port", c.port),
             ));
         }
         if !(50..=60_000).contains(&c.hello_interval_ms) {
@@ -291,12 +282,7 @@ impl Config {
             (Some(s), None) => Some(s.as_bytes().to_vec()),
             (None, Some(f)) => Some(
                 std::fs::read(f)
-                    .map_err(|e| {
-                        invalid(
-                            "control.secret_file",
-                            format!("cannot read {}: {e}", f.display()),
-                        )
-                    })?
+                    .map_err(|e| invalid("control.secret_file", format!("cannot read {}: {e}", f.display())))?
                     .trim_ascii()
                     .to_vec(),
             ),
@@ -307,7 +293,10 @@ impl Config {
         }
         for g in &self.overlay.gateways {
             if self.overlay.expose.iter().any(|e| e.addr() == *g) {
-                return Err(invalid("overlay.gateways", format!("{g} is also in overlay.expose; an address is either the host's or tunloom's")));
+                return Err(invalid(
+                    "overlay.gateways",
+                    format!("{g} is also in overlay.expose; an address is either the host's or tunloom's"),
+                ));
             }
         }
         let mut peers = Vec::new();
@@ -336,8 +325,7 @@ impl Config {
         let nickname: String = nickname.chars().take(control::MAX_NAME_LEN).collect();
         let mut announced: Vec<IpNet> = self.overlay.announce.iter().map(IpNet::trunc).collect();
         for e in &self.overlay.expose {
-            let host_net =
-                IpNet::new(e.addr(), e.max_prefix_len()).expect("max prefix length is valid");
+            let host_net = IpNet::new(e.addr(), e.max_prefix_len()).expect("max prefix length is valid");
             if !announced.iter().any(|a| a.contains(&e.addr())) {
                 announced.push(host_net);
             }
@@ -359,9 +347,7 @@ fn parse_peer(s: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    s.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, default_port))
+    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
 }
 
 /// This machine's host name, or "localhost" when it has none.
@@ -399,10 +385,8 @@ mod tests {
 
     #[test]
     fn exposed_addresses_are_announced_as_host_routes_unless_covered() {
-        let s = parse(
-            "[overlay]\nannounce = [\"198.19.1.0/24\"]\nexpose = [\"198.19.1.1/16\", \"198.19.9.1/16\"]\n",
-        )
-        .unwrap();
+        let s = parse("[overlay]\nannounce = [\"198.19.1.0/24\"]\nexpose = [\"198.19.1.1/16\", \"198.19.9.1/16\"]\n")
+            .unwrap();
         assert_eq!(
             s.announced,
             vec![
@@ -414,16 +398,10 @@ mod tests {
 
     #[test]
     fn peers_take_the_control_port_by_default() {
-        let s = parse(
-            "[[peers]]\naddress = \"198.18.0.2\"\n[[peers]]\naddress = \"198.18.0.3:7000\"\n",
-        )
-        .unwrap();
+        let s = parse("[[peers]]\naddress = \"198.18.0.2\"\n[[peers]]\naddress = \"198.18.0.3:7000\"\n").unwrap();
         assert_eq!(
             s.peers,
-            vec![
-                "198.18.0.2:6783".parse().unwrap(),
-                "198.18.0.3:7000".parse().unwrap()
-            ]
+            vec!["198.18.0.2:6783".parse().unwrap(), "198.18.0.3:7000".parse().unwrap()]
         );
     }
 
@@ -431,10 +409,7 @@ mod tests {
     fn errors_name_the_key_and_the_problem() {
         let cases = [
             ("[dataplane]\nvni = 0\n", "dataplane.vni"),
-            (
-                "[dataplane]\nunderlay_mtu = 1000\n",
-                "dataplane.underlay_mtu",
-            ),
+            ("[dataplane]\nunderlay_mtu = 1000\n", "dataplane.underlay_mtu"),
             ("[dataplane]\ntun_name = \"a/b\"\n", "dataplane.tun_name"),
             ("[control]\nport = 4789\n", "control.port"),
             ("[control]\nsecret = \"short\"\n", "control.secret"),

@@ -28,10 +28,7 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{what} {addr} is already in use (is another tunloom or service running?)")]
-    PortInUse {
-        what: &'static str,
-        addr: SocketAddr,
-    },
+    PortInUse { what: &'static str, addr: SocketAddr },
     #[error("cannot bind {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -102,9 +99,7 @@ fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(err("another tunloom is using it".into())),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(err(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(err(format!("cannot lock {}: {e}", path.display()))),
     }
 }
 
@@ -115,8 +110,7 @@ impl Daemon {
         let lock = lock_state_dir(state_dir)?;
 
         let control_addr = SocketAddr::new(c.dataplane.bind, c.control.port);
-        let control_sock =
-            UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
+        let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
         let api = TcpListener::bind(c.api.listen).map_err(bind_err("API address", c.api.listen))?;
         let api_addr = api.local_addr().map_err(|e| StartError::Io {
             what: "reading the API address".into(),
@@ -161,8 +155,7 @@ impl Daemon {
 
         let shutdown = Arc::new(AtomicBool::new(false));
         let gateways = &c.overlay.gateways;
-        let service = (!gateways.is_empty())
-            .then(|| Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
+        let service = (!gateways.is_empty()).then(|| Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
         let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
             .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))
             .collect();

@@ -93,6 +93,9 @@ pub struct Setup {
     pub kernel: String,
     /// Packets tunloom dropped during the run, by reason (only non-zero reasons).
     pub tunloom_drops: serde_json::Value,
+    /// TCP retransmissions in the single-stream, parallel and reverse runs.
+    pub tunloom_retransmits: [u64; 3],
+    pub kernel_retransmits: [u64; 3],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,9 +139,10 @@ impl Report {
             self.setup.cpus,
             self.setup.kernel
         ));
+        s.push_str(&format!("tunloom drops during the run: {}\n", self.setup.tunloom_drops));
         s.push_str(&format!(
-            "tunloom drops during the run: {}\n",
-            self.setup.tunloom_drops
+            "TCP retransmissions (1 stream, parallel, reverse): tunloom {:?}, kernel {:?}\n",
+            self.setup.tunloom_retransmits, self.setup.kernel_retransmits
         ));
         s
     }
@@ -158,15 +162,11 @@ fn rtts(hosts: &TwoHosts, dst: &str, count: u32) -> Result<(f64, f64), LabError>
     Ok((percentile(&r, 0.50), percentile(&r, 0.99)))
 }
 
-fn gbps(
-    hosts: &TwoHosts,
-    dst: &str,
-    secs: u32,
-    parallel: u32,
-    reverse: bool,
-) -> Result<f64, LabError> {
+/// Throughput (Gbit/s) and TCP retransmissions of one iperf3 run.
+fn gbps(hosts: &TwoHosts, dst: &str, secs: u32, parallel: u32, reverse: bool) -> Result<(f64, u64), LabError> {
     let v = hosts.iperf(0, dst, secs, parallel, reverse)?;
-    iperf_gbps(&v).ok_or_else(|| LabError::Failed(format!("iperf3 to {dst} gave no throughput")))
+    let g = iperf_gbps(&v).ok_or_else(|| LabError::Failed(format!("iperf3 to {dst} gave no throughput")))?;
+    Ok((g, v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -245,19 +245,18 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     let _ = hosts.ping(0, kv, 5, "0.01");
     (t.rtt_p50_us, t.rtt_p99_us) = rtts(&hosts, tl, o.pings)?;
     (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, kv, o.pings)?;
-    t.tcp_gbps = gbps(&hosts, tl, o.duration, 1, false)?;
-    k.tcp_gbps = gbps(&hosts, kv, o.duration, 1, false)?;
-    t.tcp_parallel_gbps = gbps(&hosts, tl, o.duration, o.parallel, false)?;
-    k.tcp_parallel_gbps = gbps(&hosts, kv, o.duration, o.parallel, false)?;
-    t.tcp_reverse_gbps = gbps(&hosts, tl, o.duration, 1, true)?;
-    k.tcp_reverse_gbps = gbps(&hosts, kv, o.duration, 1, true)?;
+    let mut retransmits = [[0u64; 3]; 2];
+    (t.tcp_gbps, retransmits[0][0]) = gbps(&hosts, tl, o.duration, 1, false)?;
+    (k.tcp_gbps, retransmits[1][0]) = gbps(&hosts, kv, o.duration, 1, false)?;
+    (t.tcp_parallel_gbps, retransmits[0][1]) = gbps(&hosts, tl, o.duration, o.parallel, false)?;
+    (k.tcp_parallel_gbps, retransmits[1][1]) = gbps(&hosts, kv, o.duration, o.parallel, false)?;
+    (t.tcp_reverse_gbps, retransmits[0][2]) = gbps(&hosts, tl, o.duration, 1, true)?;
+    (k.tcp_reverse_gbps, retransmits[1][2]) = gbps(&hosts, kv, o.duration, 1, true)?;
     let mut drops = serde_json::Map::new();
     let mut workers = o.workers;
     for i in 0..2 {
         if let Ok(s) = hosts.stats(i) {
-            workers = s["dataplane"]["workers"]
-                .as_u64()
-                .map_or(workers, |w| w as usize);
+            workers = s["dataplane"]["workers"].as_u64().map_or(workers, |w| w as usize);
             for (reason, n) in s["total"]["drops"].as_object().into_iter().flatten() {
                 let n = n.as_u64().unwrap_or(0);
                 if n > 0 {
@@ -283,6 +282,8 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
                 .trim()
                 .to_string(),
             tunloom_drops: serde_json::Value::Object(drops),
+            tunloom_retransmits: retransmits[0],
+            kernel_retransmits: retransmits[1],
         },
     })
 }
@@ -304,10 +305,7 @@ mod tests {
             ..Default::default()
         };
         let r = Figures::ratio(&t, &k);
-        assert_eq!(
-            (r.rtt_p50_us, r.tcp_gbps, r.tcp_reverse_gbps),
-            (2.0, 0.5, 0.0)
-        );
+        assert_eq!((r.rtt_p50_us, r.tcp_gbps, r.tcp_reverse_gbps), (2.0, 0.5, 0.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
     }

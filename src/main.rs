@@ -152,14 +152,14 @@ fn main() -> ExitCode {
                 offload: !no_offload,
                 pings,
             };
-            eprintln!("tunloom lab: two hosts in network namespaces; {duration} s per iperf3 run; this takes about {} s", 6 * duration + 25);
+            eprintln!(
+                "tunloom lab: two hosts in network namespaces; {duration} s per iperf3 run; this takes about {} s",
+                6 * duration + 25
+            );
             match lab::run(&opts, &exe, signals()) {
                 Ok(report) => {
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&report).unwrap_or_default()
-                        );
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
                     } else {
                         print!("{}", report.table());
                     }
@@ -181,10 +181,7 @@ fn main() -> ExitCode {
                 println!("overlay MTU {} on {}", s.mtu, s.config.dataplane.tun_name);
                 println!(
                     "announces {:?}",
-                    s.announced
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
+                    s.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>()
                 );
                 println!("static peers {:?}", s.peers);
                 println!("configuration OK");

@@ -44,9 +44,7 @@ impl Netns {
             let _ = ip(&["netns", "del", name]);
         }
         ip(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_string(),
-        };
+        let ns = Netns { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -84,10 +82,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!(
-                "warning: could not delete network namespace {}: {e}",
-                self.name
-            );
+            eprintln!("warning: could not delete network namespace {}: {e}", self.name);
         }
     }
 }
@@ -113,14 +108,7 @@ pub fn wait_limited(mut child: Child, limit: Duration) -> io::Result<Output> {
 
 /// Connects two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), gives
 /// each end its address and brings both up.
-pub fn veth(
-    a: &Netns,
-    a_if: &str,
-    a_addr: &str,
-    b: &Netns,
-    b_if: &str,
-    b_addr: &str,
-) -> io::Result<()> {
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) -> io::Result<()> {
     a.ip(&[
         "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
     ])?;
@@ -143,9 +131,7 @@ pub fn available() -> Result<(), String> {
         })
         .unwrap_or_else(|| "1".into());
     if uid != "0" {
-        return Err(
-            "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces".into(),
-        );
+        return Err("needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces".into());
     }
     if Command::new("ip").arg("-V").output().is_err() {
         return Err("needs iproute2 (`ip`)".into());

@@ -137,10 +137,7 @@ impl Peers {
         let announced = settings
             .announced
             .iter()
-            .map(|p| Announce {
-                prefix: *p,
-                version,
-            })
+            .map(|p| Announce { prefix: *p, version })
             .collect();
         let table = settings.peers.iter().map(|a| Peer::new(*a, true)).collect();
         Peers {
@@ -188,13 +185,7 @@ impl Peers {
             vni: s.config.dataplane.vni,
             mtu: s.mtu,
             local: s.announced.clone(),
-            service: s
-                .config
-                .overlay
-                .gateways
-                .iter()
-                .map(|a| IpNet::from(*a))
-                .collect(),
+            service: s.config.overlay.gateways.iter().map(|a| IpNet::from(*a)).collect(),
             peers,
             router_v4: first(false).and_then(|a| match a {
                 IpAddr::V4(a) => Some(a),
@@ -228,9 +219,7 @@ impl Peers {
                 },
                 control_address: p.control_addr,
                 data_address: p.data_addr,
-                last_seen_ms_ago: p
-                    .last_seen
-                    .map(|t| now.duration_since(t).as_millis() as u64),
+                last_seen_ms_ago: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
                 prefixes: p.prefixes.iter().map(|a| a.prefix.to_string()).collect(),
                 static_peer: p.from_config,
                 up_events: p.up_events,
@@ -250,15 +239,15 @@ impl Peers {
             self.seq.store(next, Ordering::Relaxed);
             next
         };
-        let underlay =
-            s.config
-                .dataplane
-                .advertise
-                .unwrap_or(if s.config.dataplane.bind.is_ipv6() {
-                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                });
+        let underlay = s
+            .config
+            .dataplane
+            .advertise
+            .unwrap_or(if s.config.dataplane.bind.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            });
         let base = control::Repr {
             kind,
             seq,
@@ -270,11 +259,7 @@ impl Peers {
             nickname: &s.nickname,
             prefixes: Prefixes::Slice(&[]),
         };
-        let all: &[Announce] = if kind == Kind::Hello {
-            &self.announced
-        } else {
-            &[]
-        };
+        let all: &[Announce] = if kind == Kind::Hello { &self.announced } else { &[] };
         let per = base.prefixes_per_page(s.secret.is_some()).max(1);
         let chunks: Vec<&[Announce]> = if all.is_empty() {
             vec![&[][..]]
@@ -331,9 +316,7 @@ impl Peers {
         };
         if let Err(e) = packet.verify(self.settings.secret.as_deref()) {
             debug_assert_eq!(e, WireError::Unauthenticated);
-            self.counters
-                .unauthenticated
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.unauthenticated.fetch_add(1, Ordering::Relaxed);
             log::debug!("control: unauthenticated message from {from}");
             return false;
         }
@@ -346,11 +329,11 @@ impl Peers {
             return false;
         }
         let mut table = self.table.lock();
-        let idx = match table.iter().position(|p| p.name == msg.name).or_else(|| {
-            table
-                .iter()
-                .position(|p| p.name.is_empty() && p.control_addr == from)
-        }) {
+        let idx = match table
+            .iter()
+            .position(|p| p.name == msg.name)
+            .or_else(|| table.iter().position(|p| p.name.is_empty() && p.control_addr == from))
+        {
             Some(i) => i,
             None => {
                 if msg.kind == Kind::Bye {
@@ -366,11 +349,7 @@ impl Peers {
             return false;
         }
         if peer.name.is_empty() {
-            log::info!(
-                "control: peer {} ({}) at {from} says hello",
-                msg.name,
-                msg.nickname
-            );
+            log::info!("control: peer {} ({}) at {from} says hello", msg.name, msg.nickname);
         }
         peer.name = msg.name.to_string();
         peer.nickname = msg.nickname.to_string();
@@ -485,11 +464,7 @@ impl Peers {
                         self.republish();
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => log::debug!("control: receive: {e}"),
             }
         }
@@ -504,7 +479,9 @@ mod tests {
     use std::path::Path;
 
     fn node(name: &str, announce: &str, secret: Option<&str>) -> Peers {
-        let mut text = format!("[node]\nname = \"{name}\"\n[overlay]\nannounce = [\"{announce}\"]\n[control]\nhello_interval_ms = 100\n");
+        let mut text = format!(
+            "[node]\nname = \"{name}\"\n[overlay]\nannounce = [\"{announce}\"]\n[control]\nhello_interval_ms = 100\n"
+        );
         if let Some(s) = secret {
             text.push_str(&format!("secret = \"{s}\"\n"));
         }
@@ -612,16 +589,10 @@ mod tests {
     fn large_states_are_paged_and_applied_only_when_complete() {
         let text = {
             let nets: Vec<String> = (0..200).map(|i| format!("\"fd00:{i:x}::/64\"")).collect();
-            format!(
-                "[node]\nname = \"big\"\n[overlay]\nannounce = [{}]\n",
-                nets.join(",")
-            )
+            format!("[node]\nname = \"big\"\n[overlay]\nannounce = [{}]\n", nets.join(","))
         };
         let s = Arc::new(Config::parse(&text, Path::new("t")).unwrap());
-        let big = Peers::new(
-            s,
-            Arc::new(Published::new(Snapshot::compile(0, empty_spec()), 1)),
-        );
+        let big = Peers::new(s, Arc::new(Published::new(Snapshot::compile(0, empty_spec()), 1)));
         let b = node("b", "198.19.2.0/24", None);
         let pages = hello(&big, Kind::Hello);
         assert!(pages.len() > 1);

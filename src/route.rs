@@ -133,8 +133,7 @@ impl<K: Key> Lpm<K> {
         list.sort_by(|a, b| (a.0, a.1, b.3).cmp(&(b.0, b.1, a.3)));
         list.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
         let prefixes = list.len();
-        let mut entries: Vec<(K, u32, u32)> =
-            list.into_iter().map(|(k, l, v, _)| (k, l, v)).collect();
+        let mut entries: Vec<(K, u32, u32)> = list.into_iter().map(|(k, l, v, _)| (k, l, v)).collect();
         let mut t = Lpm {
             nodes: vec![Node::default()],
             leaves: Vec::new(),
@@ -149,13 +148,7 @@ impl<K: Key> Lpm<K> {
 
     /// Fills node `idx` at byte depth `depth` from `entries` (all inside this node's
     /// span, all longer than `8 * depth` bits), `inherited` covering the rest.
-    fn build_node(
-        &mut self,
-        idx: usize,
-        depth: u32,
-        entries: &mut [(K, u32, u32)],
-        inherited: u32,
-    ) {
+    fn build_node(&mut self, idx: usize, depth: u32, entries: &mut [(K, u32, u32)], inherited: u32) {
         let lo = 8 * depth;
         let hi = lo + 8;
         let mut slot_val = [inherited; 256];
@@ -206,17 +199,11 @@ impl<K: Key> Lpm<K> {
             }
         }
         let child_base = self.nodes.len() as u32;
-        self.nodes
-            .resize(self.nodes.len() + groups.len(), Node::default());
+        self.nodes.resize(self.nodes.len() + groups.len(), Node::default());
         self.nodes[idx] = Node::from_bits(children, leaf_starts, child_base, leaf_base);
         for (k, (b, i, j)) in groups.into_iter().enumerate() {
             let child = child_base as usize + k;
-            self.build_node(
-                child,
-                depth + 1,
-                &mut deeper[i..j],
-                slot_val[usize::from(b)],
-            );
+            self.build_node(child, depth + 1, &mut deeper[i..j], slot_val[usize::from(b)]);
         }
     }
 
@@ -396,11 +383,7 @@ mod tests {
             } else {
                 gen(&mut rng)
             };
-            assert_eq!(
-                t.lookup(key),
-                oracle(&entries, key),
-                "key {key:?} seed {seed}"
-            );
+            assert_eq!(t.lookup(key), oracle(&entries, key), "key {key:?} seed {seed}");
         }
     }
 

@@ -194,11 +194,7 @@ impl Service {
             mtu,
         };
         let started = Instant::now();
-        let mut iface = Interface::new(
-            Config::new(HardwareAddress::Ip),
-            &mut dev,
-            SmolInstant::from_micros(0),
-        );
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SmolInstant::from_micros(0));
         // Workers hand over only packets routed to a gateway, so the interface
         // accepts any destination ("any IP") and answers from the address asked for.
         iface.set_any_ip(true);
@@ -254,9 +250,7 @@ impl Service {
                 let delay = self
                     .iface
                     .poll_delay(self.now(), &self.sockets)
-                    .map_or(Duration::from_millis(100), |d| {
-                        Duration::from_micros(d.total_micros())
-                    })
+                    .map_or(Duration::from_millis(100), |d| Duration::from_micros(d.total_micros()))
                     .min(Duration::from_millis(100));
                 std::thread::park_timeout(delay);
             }
@@ -286,10 +280,7 @@ mod tests {
         let r = q.take_reply(1).expect("a reply for worker 1");
         let ip = IpSlice::from_slice(&r.buf[..r.len]).unwrap();
         assert_eq!(ip.source_addr(), gw);
-        assert_eq!(
-            ip.destination_addr(),
-            "198.19.1.5".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(ip.destination_addr(), "198.19.1.5".parse::<IpAddr>().unwrap());
         let icmp = etherparse::Icmpv4Slice::from_slice(ip.payload().payload).unwrap();
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(h) if h.id == 7 && h.seq == 9));
         assert_eq!(icmp.payload(), b"hello");

@@ -161,9 +161,7 @@ impl Published {
     pub fn new(initial: Snapshot, workers: usize) -> Published {
         Published {
             current: ArcSwap::from_pointee(initial),
-            seen: (0..workers)
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            seen: (0..workers).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
             wakers: Mutex::new((0..workers).map(|_| None).collect()),
             publish_lock: Mutex::new(()),
         }
@@ -283,17 +281,11 @@ mod tests {
             spec(vec![
                 (
                     peer("b", [198, 18, 0, 2]),
-                    vec![
-                        "198.19.2.0/24".parse().unwrap(),
-                        "198.19.1.0/24".parse().unwrap(),
-                    ],
+                    vec!["198.19.2.0/24".parse().unwrap(), "198.19.1.0/24".parse().unwrap()],
                 ),
                 (
                     peer("c", [198, 18, 0, 3]),
-                    vec![
-                        "198.19.2.0/24".parse().unwrap(),
-                        "198.19.3.0/24".parse().unwrap(),
-                    ],
+                    vec!["198.19.2.0/24".parse().unwrap(), "198.19.3.0/24".parse().unwrap()],
                 ),
             ]),
         );
@@ -303,10 +295,7 @@ mod tests {
         assert_eq!(r("198.19.3.9"), Some(NextHop::Peer(1)));
         assert_eq!(r("198.19.4.9"), None);
         assert_eq!(s.peer_by_underlay("198.18.0.3".parse().unwrap()), Some(1));
-        assert_eq!(
-            s.peer_by_underlay("::ffff:198.18.0.2".parse().unwrap()),
-            Some(0)
-        );
+        assert_eq!(s.peer_by_underlay("::ffff:198.18.0.2".parse().unwrap()), Some(0));
         assert_eq!(s.peer_by_underlay("198.18.0.9".parse().unwrap()), None);
     }
 

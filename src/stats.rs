@@ -196,9 +196,7 @@ impl WorkerStats {
 }
 
 /// Sums per-worker snapshots and histograms.
-pub fn totals<'a>(
-    workers: impl Iterator<Item = &'a WorkerStats>,
-) -> (CounterSnapshot, Histogram<u64>) {
+pub fn totals<'a>(workers: impl Iterator<Item = &'a WorkerStats>) -> (CounterSnapshot, Histogram<u64>) {
     let mut c = CounterSnapshot::default();
     let mut h = new_histogram();
     for w in workers {
@@ -215,9 +213,7 @@ mod tests {
 
     #[test]
     fn tallies_flush_into_atomics_and_sum() {
-        let ws: Vec<CachePadded<WorkerStats>> = (0..2)
-            .map(|_| CachePadded::new(WorkerStats::default()))
-            .collect();
+        let ws: Vec<CachePadded<WorkerStats>> = (0..2).map(|_| CachePadded::new(WorkerStats::default())).collect();
         let mut t = Tally::default();
         t.add(Counter::InsidePackets, 3);
         t.drop(DropReason::Spoofed, 2);

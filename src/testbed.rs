@@ -204,10 +204,7 @@ pub fn api_request(
     let ns = ns.to_string();
     let url = format!("http://127.0.0.1:{port}{path}");
     let method = method.to_string();
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     std::thread::spawn(move || -> io::Result<(u16, Vec<u8>)> {
         crate::sys::enter_netns(&ns)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -216,15 +213,11 @@ pub fn api_request(
             .allow_non_standard_methods(true)
             .build()
             .into();
-        let mut req = ureq::http::Request::builder()
-            .method(method.as_str())
-            .uri(url.as_str());
+        let mut req = ureq::http::Request::builder().method(method.as_str()).uri(url.as_str());
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let req = req
-            .body(body.unwrap_or_default())
-            .map_err(io::Error::other)?;
+        let req = req.body(body.unwrap_or_default()).map_err(io::Error::other)?;
         let mut resp = agent.run(req).map_err(io::Error::other)?;
         let status = resp.status().as_u16();
         let bytes = resp
@@ -241,12 +234,7 @@ pub fn api_request(
 
 impl TwoHosts {
     /// Creates the namespaces, the veth and both configurations; starts nothing.
-    pub fn create(
-        tag: &str,
-        exe: &Path,
-        spec: &HostSpec,
-        stop: Arc<AtomicBool>,
-    ) -> io::Result<TwoHosts> {
+    pub fn create(tag: &str, exe: &Path, spec: &HostSpec, stop: Arc<AtomicBool>) -> io::Result<TwoHosts> {
         let pid = std::process::id();
         let dir = TempDir::new(&format!("tunloom-{tag}-{pid}"))?;
         let a = Netns::create(&format!("tl-{tag}-{pid}-a"))?;
@@ -303,12 +291,7 @@ impl TwoHosts {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start {}: {e}", self.exe.display()),
-                )
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", self.exe.display())))?;
         self.daemons[i] = Some(Proc::new(child, format!("tunloom {}", NAMES[i])));
         Ok(())
     }
@@ -331,8 +314,7 @@ impl TwoHosts {
 
     /// The last lines of daemon `i`'s log.
     pub fn log(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.0.join(format!("{}.log", NAMES[i])))
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.0.join(format!("{}.log", NAMES[i]))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -497,8 +479,7 @@ mod tests {
     #[test]
     fn iperf_json_is_read_in_gbps() {
         let j: serde_json::Value =
-            serde_json::from_str(r#"{"end":{"sum_received":{"bits_per_second":5234000000.0}}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"end":{"sum_received":{"bits_per_second":5234000000.0}}}"#).unwrap();
         assert_eq!(iperf_gbps(&j), Some(5.234));
         assert_eq!(iperf_gbps(&serde_json::json!({})), None);
     }

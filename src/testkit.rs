@@ -24,31 +24,27 @@ pub fn pair() -> (Snapshot, Snapshot) {
 
 /// The specs [`pair`] compiles, for tests that change them first.
 pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
-    let mk =
-        |me: &str, mine: &[&str], other: &str, theirs: &str, their_ip: [u8; 4], router: [u8; 4]| {
-            let theirs: IpNet = theirs.parse().expect("fixture prefix");
-            SnapshotSpec {
-                node_mac: ether::Address::for_node(me),
-                vni: 42,
-                mtu: 1450,
-                local: mine
-                    .iter()
-                    .map(|p| p.parse().expect("fixture prefix"))
-                    .collect(),
-                service: Vec::new(),
-                peers: vec![(
-                    PeerEntry {
-                        name: other.into(),
-                        data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
-                        mac: ether::Address::for_node(other),
-                        allowed: Table::build(vec![(theirs, ())]),
-                    },
-                    vec![theirs],
-                )],
-                router_v4: Some(router.into()),
-                router_v6: None,
-            }
-        };
+    let mk = |me: &str, mine: &[&str], other: &str, theirs: &str, their_ip: [u8; 4], router: [u8; 4]| {
+        let theirs: IpNet = theirs.parse().expect("fixture prefix");
+        SnapshotSpec {
+            node_mac: ether::Address::for_node(me),
+            vni: 42,
+            mtu: 1450,
+            local: mine.iter().map(|p| p.parse().expect("fixture prefix")).collect(),
+            service: Vec::new(),
+            peers: vec![(
+                PeerEntry {
+                    name: other.into(),
+                    data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
+                    mac: ether::Address::for_node(other),
+                    allowed: Table::build(vec![(theirs, ())]),
+                },
+                vec![theirs],
+            )],
+            router_v4: Some(router.into()),
+            router_v6: None,
+        }
+    };
     (
         mk(
             "a",

@@ -10,8 +10,7 @@ use tunloom::netns::Netns;
 use tunloom::testbed::{api_request, Proc, TempDir};
 
 fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 #[test]
@@ -69,10 +68,7 @@ fn management_api_answers_and_errors_in_json() {
     assert_eq!(status, 200);
     let s = json(&body);
     let workers = s["workers"].as_array().unwrap();
-    assert_eq!(
-        workers.len() as u64,
-        s["dataplane"]["workers"].as_u64().unwrap()
-    );
+    assert_eq!(workers.len() as u64, s["dataplane"]["workers"].as_u64().unwrap());
     for w in workers {
         assert!(w["tid"].as_i64().unwrap() > 0);
         assert!(w["counters"]["inside_packets"].is_u64() && w["drops"]["spoofed"].is_u64());
@@ -88,27 +84,13 @@ fn management_api_answers_and_errors_in_json() {
     // Unknown path: 404 with a JSON error that names it.
     let (status, body) = get("/api/v1/nope").unwrap();
     assert_eq!(status, 404);
-    assert!(json(&body)["error"]
-        .as_str()
-        .unwrap()
-        .contains("/api/v1/nope"));
+    assert!(json(&body)["error"].as_str().unwrap().contains("/api/v1/nope"));
     // Wrong method: 405, with Allow.
     let (status, body) = api_request(&ns.name, 6786, "DELETE", "/api/v1/stats", None, &[]).unwrap();
     assert_eq!(status, 405);
-    assert!(json(&body)["error"]
-        .as_str()
-        .unwrap()
-        .contains("allowed: GET"));
+    assert!(json(&body)["error"].as_str().unwrap().contains("allowed: GET"));
     // A 3 MiB body: 413, without the daemon reading it all.
-    let (status, body) = api_request(
-        &ns.name,
-        6786,
-        "POST",
-        "/api/v1/stats",
-        Some(vec![b'x'; 3 << 20]),
-        &[],
-    )
-    .unwrap();
+    let (status, body) = api_request(&ns.name, 6786, "POST", "/api/v1/stats", Some(vec![b'x'; 3 << 20]), &[]).unwrap();
     assert_eq!(status, 413);
     assert!(json(&body)["error"].as_str().unwrap().contains("limit"));
     // Still serving.

@@ -81,11 +81,7 @@ fn lab_without_iperf3_says_how_to_install_it() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("apt-get install -y iperf3"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("apt-get install -y iperf3"), "{}", stderr(&o));
 }
 
 /// Runs `tunloom run` in `ns` with `config` text; returns the child. Its stderr goes
@@ -118,11 +114,7 @@ fn log_of(dir: &TempDir, name: &str) -> String {
 fn wait_for_api(ns: &Netns) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tunloom::testbed::api_get(&ns.name, "/health").is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon in {} did not come up",
-            ns.name
-        );
+        assert!(Instant::now() < deadline, "daemon in {} did not come up", ns.name);
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -143,20 +135,11 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     wait_for_api(&ns);
 
     // A second daemon in the same namespace: the control port is taken.
-    let second = daemon(
-        &ns,
-        &dir,
-        "second",
-        "[dataplane]\ntun_name = \"tl1\"\n",
-        "state2",
-    );
+    let second = daemon(&ns, &dir, "second", "[dataplane]\ntun_name = \"tl1\"\n", "state2");
     let o = finish(second, Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(1));
     let e = log_of(&dir, "second");
-    assert!(
-        e.contains("control port 0.0.0.0:6783 is already in use"),
-        "{e}"
-    );
+    assert!(e.contains("control port 0.0.0.0:6783 is already in use"), "{e}");
 
     // The same state directory: locked.
     let third = daemon(&ns, &dir, "third", "[control]\nport = 7000\n", "state1");
@@ -168,7 +151,11 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     // Without CAP_NET_ADMIN (as nobody): says what is missing.
     if common::has("setpriv") {
         let cfg = dir.0.join("nobody.toml");
-        std::fs::write(&cfg, "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\n[dataplane]\ntun_name = \"tl2\"\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\n[dataplane]\ntun_name = \"tl2\"\n",
+        )
+        .unwrap();
         let state = dir.0.join("state-nobody");
         std::fs::create_dir_all(&state).unwrap();
         Command::new("chmod")
@@ -208,17 +195,14 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     }
 
     // SIGTERM: exits 0 and the TUN device is gone.
-    assert!(ns
-        .run("ip", &["link", "show", "tl0"], Duration::from_secs(5))
-        .is_ok());
+    assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
     tunloom::sys::signal(first.id(), libc::SIGTERM).unwrap();
     let o = finish(first, Duration::from_secs(10));
     let e = log_of(&dir, "first");
     assert_eq!(o.status.code(), Some(0), "{e}");
     assert!(e.contains("tunloom stopped"), "{e}");
     assert!(
-        ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5))
-            .is_err(),
+        ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
         "tl0 removed"
     );
 }

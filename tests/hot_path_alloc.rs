@@ -140,14 +140,7 @@ fn the_pipeline_allocates_nothing_per_packet() {
             Verdict::Deliver { .. }
         ));
         buf2[HEADROOM..HEADROOM + unroutable.len()].copy_from_slice(&unroutable);
-        let v = inside::process(
-            &a,
-            &mut buf2,
-            HEADROOM,
-            unroutable.len(),
-            None,
-            &mut scratch,
-        );
+        let v = inside::process(&a, &mut buf2, HEADROOM, unroutable.len(), None, &mut scratch);
         assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");
         arena.clear();
         seg_out.clear();
@@ -187,18 +180,9 @@ fn worker_threads_allocate_nothing_while_forwarding() {
     if !common::netns_or_skip("worker_threads_allocate_nothing_while_forwarding") {
         return;
     }
-    assert!(
-        common::has("iperf3") && common::has("ping"),
-        "needs iperf3 and ping"
-    );
+    assert!(common::has("iperf3") && common::has("ping"), "needs iperf3 and ping");
     use tunloom::testbed::{HostSpec, TwoHosts, OVERLAY};
-    let mut h = TwoHosts::create(
-        "alloc",
-        &common::exe(),
-        &HostSpec::default(),
-        common::never(),
-    )
-    .unwrap();
+    let mut h = TwoHosts::create("alloc", &common::exe(), &HostSpec::default(), common::never()).unwrap();
     // Host a runs in this process (so this allocator sees its workers), b as a process.
     let settings = tunloom::config::Config::load(&h.config_path(0)).unwrap();
     let (ns, state) = (h.a.name.clone(), h.dir.0.join("state-a"));
@@ -225,10 +209,7 @@ fn worker_threads_allocate_nothing_while_forwarding() {
     traffic(1); // warm-up: first-use allocations (thread-locals, lazy tables)
     let before: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();
     // The allocator does see these threads: each allocated its buffers at start.
-    assert!(
-        before.iter().all(|n| *n > 0),
-        "allocator sees the workers: {before:?}"
-    );
+    assert!(before.iter().all(|n| *n > 0), "allocator sees the workers: {before:?}");
     let forwarded_before = daemon
         .shared
         .workers

@@ -37,14 +37,8 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     if !common::netns_or_skip("two_hosts_forward_survive_a_crash_and_shrug_off_garbage") {
         return;
     }
-    assert!(
-        common::has("ping"),
-        "ping is needed (apt-get install -y iputils-ping)"
-    );
-    assert!(
-        common::has("iperf3"),
-        "iperf3 is needed (apt-get install -y iperf3)"
-    );
+    assert!(common::has("ping"), "ping is needed (apt-get install -y iputils-ping)");
+    assert!(common::has("iperf3"), "iperf3 is needed (apt-get install -y iperf3)");
     let spec = HostSpec {
         gateways: true,
         ..HostSpec::default()
@@ -67,12 +61,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     // Each host's gateway address is answered by its own tunloom (service thread).
     let got = h.ping(0, GATEWAY[0], 3, "0.05").unwrap().len();
     assert_eq!(got, 3, "{:#}", h.stats(0).unwrap());
-    assert_eq!(
-        h.ping(1, GATEWAY[1], 3, "0.05").unwrap().len(),
-        3,
-        "{}",
-        h.log(1)
-    );
+    assert_eq!(h.ping(1, GATEWAY[1], 3, "0.05").unwrap().len(), 3, "{}", h.log(1));
     let svc = &h.stats(0).unwrap()["service"];
     assert!(
         svc["handled"].as_u64().unwrap() >= 3 && svc["replies"].as_u64().unwrap() >= 3,
@@ -85,12 +74,8 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     let moved = r["end"]["sum_received"]["bytes"].as_u64().unwrap();
     assert!(moved > 10_000_000, "iperf3 moved only {moved} bytes");
     let after = h.stats(1).unwrap();
-    let delivered = after["total"]["counters"]["delivered_bytes"]
-        .as_u64()
-        .unwrap()
-        - before["total"]["counters"]["delivered_bytes"]
-            .as_u64()
-            .unwrap();
+    let delivered = after["total"]["counters"]["delivered_bytes"].as_u64().unwrap()
+        - before["total"]["counters"]["delivered_bytes"].as_u64().unwrap();
     assert!(
         delivered >= moved,
         "b delivered {delivered} bytes for {moved} received by iperf3"
@@ -118,11 +103,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     // b comes back: traffic flows again.
     h.start(1).unwrap();
     h.wait_peers("up", Duration::from_secs(15)).unwrap();
-    assert!(
-        reachable(&h, 0, OVERLAY[1], Duration::from_secs(5)),
-        "{}",
-        h.log(0)
-    );
+    assert!(reachable(&h, 0, OVERLAY[1], Duration::from_secs(5)), "{}", h.log(0));
     assert_eq!(peer(&h.stats(0).unwrap())["up_events"], 2);
 
     // 10,000 random and truncated datagrams at a's data and control ports, sent
@@ -135,18 +116,11 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut valid = vec![0x08u8, 0, 0, 0, 0, 0, 1, 0];
         valid.extend_from_slice(&[0u8; 14]);
-        valid.extend_from_slice(&tunloom::testkit::udp4(
-            [198, 19, 2, 9],
-            [198, 19, 1, 1],
-            64,
-            40,
-        ));
+        valid.extend_from_slice(&tunloom::testkit::udp4([198, 19, 2, 9], [198, 19, 1, 1], 64, 40));
         let mut n = 0;
         for i in 0..10_000 {
             let dgram: Vec<u8> = match i % 3 {
-                0 => (0..rng.random_range(0..1500))
-                    .map(|_| rng.random())
-                    .collect(),
+                0 => (0..rng.random_range(0..1500)).map(|_| rng.random()).collect(),
                 1 => valid[..rng.random_range(0..valid.len())].to_vec(),
                 _ => {
                     let mut v = valid.clone();
@@ -173,28 +147,18 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     assert_eq!(after["node"]["name"], "tb-a");
     let data_drops = total_drops(&after) - total_drops(&before);
     let c = &after["control"];
-    let control_drops = c["dropped_malformed"].as_u64().unwrap()
-        - before["control"]["dropped_malformed"].as_u64().unwrap();
+    let control_drops =
+        c["dropped_malformed"].as_u64().unwrap() - before["control"]["dropped_malformed"].as_u64().unwrap();
     assert!(
         data_drops > 3000,
         "data-port garbage counted as drops: {data_drops}\n{:#}",
         after["total"]["drops"]
     );
-    assert!(
-        control_drops > 3000,
-        "control-port garbage counted: {control_drops}"
-    );
-    assert_eq!(
-        peer(&after)["state"],
-        "up",
-        "garbage does not take the peer down"
-    );
+    assert!(control_drops > 3000, "control-port garbage counted: {control_drops}");
+    assert_eq!(peer(&after)["state"], "up", "garbage does not take the peer down");
     assert!(
         reachable(&h, 0, OVERLAY[1], Duration::from_secs(3)),
         "still forwards after the storm"
     );
-    assert!(
-        reachable(&h, 1, OVERLAY[0], Duration::from_secs(3)),
-        "both ways"
-    );
+    assert!(reachable(&h, 1, OVERLAY[0], Duration::from_secs(3)), "both ways");
 }

@@ -52,32 +52,17 @@ fn handle<S>(face: &str, router: &Router<S>, state: &S, mut raw: tiny_http::Requ
     let headers: Vec<(String, String)> = raw
         .headers()
         .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_string(),
-                h.value.as_str().to_string(),
-            )
-        })
+        .map(|h| (h.field.as_str().as_str().to_string(), h.value.as_str().to_string()))
         .collect();
     let too_big = |style| match style {
-        ErrorStyle::Json => Response::error(
-            413,
-            &format!("request body exceeds the {MAX_BODY}-byte limit"),
-        ),
-        ErrorStyle::Text => Response::text(
-            413,
-            format!("request body exceeds the {MAX_BODY}-byte limit\n"),
-        ),
+        ErrorStyle::Json => Response::error(413, &format!("request body exceeds the {MAX_BODY}-byte limit")),
+        ErrorStyle::Text => Response::text(413, format!("request body exceeds the {MAX_BODY}-byte limit\n")),
     };
     let resp = if raw.body_length().is_some_and(|n| n > MAX_BODY) {
         too_big(router.style)
     } else {
         let mut body = Vec::new();
-        match raw
-            .as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body)
-        {
+        match raw.as_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
             Err(e) => Response::error(400, &format!("cannot read request body: {e}")),
             Ok(_) if body.len() > MAX_BODY => too_big(router.style),
             Ok(_) => {
@@ -88,31 +73,24 @@ fn handle<S>(face: &str, router: &Router<S>, state: &S, mut raw: tiny_http::Requ
                     headers,
                     body,
                 };
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    router.dispatch(state, &req)
-                }))
-                .unwrap_or_else(|_| {
-                    log::error!("{face}: handler for {method} {path} panicked");
-                    Response::error(500, "internal error; the request was not applied")
-                })
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router.dispatch(state, &req))).unwrap_or_else(
+                    |_| {
+                        log::error!("{face}: handler for {method} {path} panicked");
+                        Response::error(500, "internal error; the request was not applied")
+                    },
+                )
             }
         }
     };
     let status = resp.status;
     log::info!(
         "{face}: {} {method} {path} {status} {:.1}ms",
-        raw.remote_addr()
-            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+        raw.remote_addr().map_or_else(|| "-".to_string(), |a| a.to_string()),
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    let mut out = tiny_http::Response::from_data(if method == "HEAD" {
-        Vec::new()
-    } else {
-        resp.body
-    })
-    .with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], resp.content_type.as_bytes())
-    {
+    let mut out =
+        tiny_http::Response::from_data(if method == "HEAD" { Vec::new() } else { resp.body }).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], resp.content_type.as_bytes()) {
         out.add_header(h);
     }
     for (k, v) in resp.headers {

@@ -16,10 +16,7 @@ pub struct Request {
 
 impl Request {
     pub fn query(&self, key: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -57,8 +54,7 @@ impl Response {
 
     /// The JSON error shape every JSON face uses: `{"error": "..."}`.
     pub fn error(status: u16, message: &str) -> Response {
-        let mut body =
-            serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+        let mut body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
         body.push(b'\n');
         Response {
             status,
@@ -89,10 +85,7 @@ pub struct Params(Vec<(&'static str, String)>);
 
 impl Params {
     pub fn get(&self, name: &str) -> &str {
-        self.0
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map_or("", |(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| *k == name).map_or("", |(_, v)| v.as_str())
     }
 }
 
@@ -139,22 +132,16 @@ impl<S> Router<S> {
             .trim_start_matches('/')
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(
-                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(p) => match p.strip_suffix('*') {
-                        Some(rest) => Seg::Rest(rest),
-                        None => Seg::Param(p),
-                    },
-                    None => Seg::Lit(s),
+            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(p) => match p.strip_suffix('*') {
+                    Some(rest) => Seg::Rest(rest),
+                    None => Seg::Param(p),
                 },
-            )
+                None => Seg::Lit(s),
+            })
             .collect();
         let key = format!("{segs:?}");
-        if let Some(r) = self
-            .routes
-            .iter_mut()
-            .find(|r| format!("{:?}", r.pattern) == key)
-        {
+        if let Some(r) = self.routes.iter_mut().find(|r| format!("{:?}", r.pattern) == key) {
             r.methods.push((method, h));
         } else {
             self.routes.push(Route {
@@ -293,13 +280,11 @@ mod tests {
 
     fn router() -> Router<()> {
         let mut r = Router::new(ErrorStyle::Json);
-        r.add("GET", "/a/{id}", |_, _, p| {
-            Response::text(200, p.get("id").to_string())
-        })
-        .add("DELETE", "/a/{id}", |_, _, _| Response::text(204, ""))
-        .add("PUT", "/ip/{id}/{cidr*}", |_, _, p| {
-            Response::text(200, format!("{}|{}", p.get("id"), p.get("cidr")))
-        });
+        r.add("GET", "/a/{id}", |_, _, p| Response::text(200, p.get("id").to_string()))
+            .add("DELETE", "/a/{id}", |_, _, _| Response::text(204, ""))
+            .add("PUT", "/ip/{id}/{cidr*}", |_, _, p| {
+                Response::text(200, format!("{}|{}", p.get("id"), p.get("cidr")))
+            });
         r
     }
 

@@ -70,11 +70,7 @@ impl TxBatch {
         let len: usize = parts.iter().map(|p| p.len as usize).sum();
         let first = self.iovs.len() as u32;
         self.iovs.extend_from_slice(parts);
-        if let (Some(m), Some(&s), Some(n)) = (
-            self.msgs.last_mut(),
-            self.socks.last(),
-            self.dgrams.last_mut(),
-        ) {
+        if let (Some(m), Some(&s), Some(n)) = (self.msgs.last_mut(), self.socks.last(), self.dgrams.last_mut()) {
             let fits = self.gso
                 && !self.closed
                 && m.dst == dst
@@ -147,27 +143,15 @@ mod tests {
         b.push(&two(600), dst(2), 0);
         b.push(&two(1472), dst(2), 0); // after the short tail: new train
         assert_eq!(b.msgs.len(), 2);
-        assert_eq!(
-            (b.msgs[0].segment, b.msgs[0].count, b.dgrams[0]),
-            (1472, 8, 4)
-        );
-        assert_eq!(
-            (b.msgs[1].first, b.msgs[1].count, b.msgs[1].segment),
-            (8, 2, 0)
-        );
+        assert_eq!((b.msgs[0].segment, b.msgs[0].count, b.dgrams[0]), (1472, 8, 4));
+        assert_eq!((b.msgs[1].first, b.msgs[1].count, b.msgs[1].segment), (8, 2, 0));
         assert_eq!(b.msg_len(0), 3 * 1472 + 600);
     }
 
     #[test]
     fn trains_split_by_peer_socket_size_and_limits() {
         let mut b = TxBatch::new(200, 400, true);
-        let one = |len| {
-            [TxIov {
-                buf: 0,
-                start: 0,
-                len,
-            }]
-        };
+        let one = |len| [TxIov { buf: 0, start: 0, len }];
         b.push(&one(1000), dst(2), 0);
         b.push(&one(1000), dst(3), 0); // other peer
         b.push(&one(1000), dst(3), 1); // other socket

@@ -129,16 +129,10 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         }
     }
     let mut poll = Poll::new()?;
-    poll.registry().register(
-        &mut SourceFd(&setup.tun.as_raw_fd()),
-        TUN,
-        Interest::READABLE,
-    )?;
-    poll.registry().register(
-        &mut SourceFd(&setup.rx.as_raw_fd()),
-        UDP,
-        Interest::READABLE,
-    )?;
+    poll.registry()
+        .register(&mut SourceFd(&setup.tun.as_raw_fd()), TUN, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&setup.rx.as_raw_fd()), UDP, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     setup.published.set_waker(setup.id, waker);
 
@@ -231,11 +225,7 @@ impl Worker {
             // The packet lands at `base + HEADROOM`; a virtio-net header just before it.
             let base = self.read_used;
             let pkt_at = base + HEADROOM;
-            let read_at = if self.vnet {
-                pkt_at - virtio::HEADER_LEN
-            } else {
-                pkt_at
-            };
+            let read_at = if self.vnet { pkt_at - virtio::HEADER_LEN } else { pkt_at };
             let n = match self.tun.recv(&mut self.read[read_at..read_at + MAX_READ]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -328,22 +318,15 @@ impl Worker {
                     }
                     Some(g) => {
                         self.segs.clear();
-                        let r = segment::split(
-                            &self.read[start..start + dlen],
-                            &g,
-                            &mut self.hdrs,
-                            &mut self.segs,
-                        );
+                        let r = segment::split(&self.read[start..start + dlen], &g, &mut self.hdrs, &mut self.segs);
                         if r.is_err() {
                             self.tally.drop(DropReason::Malformed, 1);
                             return;
                         }
                         for s in &self.segs {
                             self.tally.add(Counter::InsidePackets, 1);
-                            self.tally.add(
-                                Counter::InsideBytes,
-                                (s.hdr_len - ENCAP_LEN + s.payload_len) as u64,
-                            );
+                            self.tally
+                                .add(Counter::InsideBytes, (s.hdr_len - ENCAP_LEN + s.payload_len) as u64);
                             let parts = [
                                 TxIov {
                                     buf: 1,
@@ -368,10 +351,7 @@ impl Worker {
                 self.tally.add(Counter::IcmpErrors, 1);
                 let vnet0 = [0u8; virtio::HEADER_LEN];
                 let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
-                match sys::write_vectored(
-                    &self.tun,
-                    &[IoSlice::new(vnet), IoSlice::new(&self.icmp[..n])],
-                ) {
+                match sys::write_vectored(&self.tun, &[IoSlice::new(vnet), IoSlice::new(&self.icmp[..n])]) {
                     Ok(_) => {
                         self.tally.add(Counter::DeliveredPackets, 1);
                         self.tally.add(Counter::DeliveredBytes, n as u64);
@@ -403,10 +383,7 @@ impl Worker {
         while let Some(p) = q.take_reply(self.id) {
             let vnet0 = [0u8; virtio::HEADER_LEN];
             let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
-            match sys::write_vectored(
-                &self.tun,
-                &[IoSlice::new(vnet), IoSlice::new(&p.buf[..p.len])],
-            ) {
+            match sys::write_vectored(&self.tun, &[IoSlice::new(vnet), IoSlice::new(&p.buf[..p.len])]) {
                 Ok(_) => {
                     self.tally.add(Counter::DeliveredPackets, 1);
                     self.tally.add(Counter::DeliveredBytes, p.len as u64);
@@ -463,8 +440,7 @@ impl Worker {
                     }
                 } else {
                     for k in failed..j {
-                        self.tally
-                            .drop(DropReason::UdpSend, u64::from(self.txb.dgrams[k]));
+                        self.tally.drop(DropReason::UdpSend, u64::from(self.txb.dgrams[k]));
                     }
                     if e.kind() != io::ErrorKind::WouldBlock {
                         log::debug!("worker {}: UDP send failed: {e}", self.id);
@@ -505,12 +481,7 @@ impl Worker {
                     let end = (at + seg).min(total);
                     self.tally.add(Counter::OutsidePackets, 1);
                     self.tally.add(Counter::OutsideBytes, (end - at) as u64);
-                    match outside::process_memo(
-                        snap,
-                        src,
-                        &self.rxb.get(m).0[at..end],
-                        &mut self.memo,
-                    ) {
+                    match outside::process_memo(snap, src, &self.rxb.get(m).0[at..end], &mut self.memo) {
                         Verdict::Deliver { start, len } => {
                             if self.gro.is_full() {
                                 self.write_trains();
@@ -540,8 +511,7 @@ impl Worker {
         let bufs = self.rxb.buffers();
         let mut iov = [IoSlice::new(&[]); crate::pipeline::coalesce::MAX_SEGMENTS + 1];
         for t in &self.gro.trains {
-            let slice =
-                |r: &Range| &bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize];
+            let slice = |r: &Range| &bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize];
             let mut k = 0;
             if self.vnet {
                 iov[k] = IoSlice::new(&t.vnet);
@@ -556,8 +526,7 @@ impl Worker {
             self.tally.add(Counter::TunWrites, 1);
             match sys::write_vectored(&self.tun, &iov[..k]) {
                 Ok(_) => {
-                    self.tally
-                        .add(Counter::DeliveredPackets, 1 + t.count as u64);
+                    self.tally.add(Counter::DeliveredPackets, 1 + t.count as u64);
                     self.tally.add(Counter::DeliveredBytes, t.len as u64);
                 }
                 Err(e) => {

@@ -133,8 +133,7 @@ impl Coalescer {
         if let (Some(o), Some(t)) = (self.open, self.trains.last()) {
             if !o.closed && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {
                 if let Some(s) = tcp_segment(pkt) {
-                    let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..]
-                        [..(o.l3 + o.l4)];
+                    let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + o.l4)];
                     if continues(&o, head, pkt, &s) {
                         let off = (s.l3 + s.l4) as u32;
                         self.parts.push(Range {
@@ -299,20 +298,14 @@ mod tests {
         let h = t.head;
         let mut v = bufs[h.buf as usize][h.start as usize..(h.start + h.len) as usize].to_vec();
         for r in &c.parts[t.first..t.first + t.count] {
-            v.extend_from_slice(
-                &bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize],
-            );
+            v.extend_from_slice(&bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize]);
         }
         v
     }
 
     #[test]
     fn contiguous_segments_become_one_superpacket() {
-        let pkts = [
-            seg(1000, 1000, false),
-            seg(2000, 1000, false),
-            seg(3000, 400, true),
-        ];
+        let pkts = [seg(1000, 1000, false), seg(2000, 1000, false), seg(3000, 400, true)];
         let (c, bufs) = run(&pkts, true);
         assert_eq!(c.trains.len(), 1);
         let t = c.trains[0];
@@ -341,8 +334,7 @@ mod tests {
         assert!(tcp.psh(), "the last segment's PSH is the train's");
         assert_eq!(
             tcp.checksum(),
-            tcp.calc_checksum_ipv4([198, 19, 1, 1], [198, 19, 2, 1])
-                .unwrap()
+            tcp.calc_checksum_ipv4([198, 19, 1, 1], [198, 19, 2, 1]).unwrap()
         );
         let payload: Vec<u8> = pkts.iter().flat_map(|p| p[40..].to_vec()).collect();
         assert_eq!(&whole[40..], &payload[..]);

@@ -38,9 +38,7 @@ pub fn process(
     let wire_len = match gso {
         None => hdr.total,
         Some(g) => match segment::l4_len(pkt, g) {
-            Ok(l4) if g.size > 0 => {
-                g.l3_len + l4 + g.size.min(hdr.total.saturating_sub(g.l3_len + l4))
-            }
+            Ok(l4) if g.size > 0 => g.l3_len + l4 + g.size.min(hdr.total.saturating_sub(g.l3_len + l4)),
             _ => return Verdict::Drop(DropReason::Malformed),
         },
     };
@@ -48,6 +46,15 @@ pub fn process(
         hdr.dont_fragment = true;
     }
     let pkt = &mut pkt[..hdr.total];
+    // The overlay carries unicast only; the host's own multicast (IPv6 router
+    // solicitations, MLD reports on tl0) ends here, without an ICMP error.
+    let multicast = match hdr.dst {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    };
+    if multicast {
+        return Verdict::Drop(DropReason::Multicast);
+    }
     let peer = match snap.routes.lookup(hdr.dst) {
         Some(NextHop::Peer(p)) => *p,
         // The packet ends at this node (a gateway address): no TTL or MTU rules.
@@ -58,26 +65,8 @@ pub fn process(
             }
         }
         Some(NextHop::Service) => return Verdict::Drop(DropReason::Malformed),
-        Some(NextHop::Local) => {
-            return reply(
-                snap,
-                pkt,
-                &hdr,
-                icmp::Kind::Unreachable,
-                DropReason::Hairpin,
-                scratch,
-            )
-        }
-        None => {
-            return reply(
-                snap,
-                pkt,
-                &hdr,
-                icmp::Kind::Unreachable,
-                DropReason::NoRoute,
-                scratch,
-            )
-        }
+        Some(NextHop::Local) => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::Hairpin, scratch),
+        None => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::NoRoute, scratch),
     };
     let Some(peer_entry) = snap.peers.get(usize::from(peer)) else {
         return Verdict::Drop(DropReason::NoRoute);
@@ -113,9 +102,7 @@ pub fn process(
             ether::ethertype::IPV4
         },
     }
-    .emit(&mut ether::Frame::new_unchecked(
-        &mut encap[vxlan::HEADER_LEN..],
-    ));
+    .emit(&mut ether::Frame::new_unchecked(&mut encap[vxlan::HEADER_LEN..]));
     Verdict::Forward {
         peer,
         start,
@@ -140,11 +127,7 @@ impl Header {
         match pkt.first()? >> 4 {
             4 => {
                 let h = etherparse::Ipv4HeaderSlice::from_slice(pkt).ok()?;
-                let total = if whole {
-                    pkt.len()
-                } else {
-                    usize::from(h.total_len())
-                };
+                let total = if whole { pkt.len() } else { usize::from(h.total_len()) };
                 if total < h.slice().len() || total > pkt.len() {
                     return None;
                 }
@@ -228,16 +211,10 @@ pub(crate) mod tests {
         let mut buf = in_buf(&pkt);
         let mut scratch = [0u8; 1500];
         let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
-        let Verdict::Forward {
-            peer, start, len, ..
-        } = v
-        else {
+        let Verdict::Forward { peer, start, len, .. } = v else {
             panic!("{v:?}")
         };
-        assert_eq!(
-            (peer, start, len),
-            (0, HEADROOM - ENCAP_LEN, pkt.len() + ENCAP_LEN)
-        );
+        assert_eq!((peer, start, len), (0, HEADROOM - ENCAP_LEN, pkt.len() + ENCAP_LEN));
         let out = &buf[start..start + len];
         // VXLAN: I flag, VNI 42.
         assert_eq!(&out[..8], &[0x08, 0, 0, 0, 0, 0, 42, 0]);
@@ -258,9 +235,7 @@ pub(crate) mod tests {
         let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1000);
         let mut buf = in_buf(&pkt);
         let mut scratch = [0u8; 1500];
-        let Verdict::Forward { start, len, .. } =
-            process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch)
-        else {
+        let Verdict::Forward { start, len, .. } = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch) else {
             panic!()
         };
         let dgram = &buf[start..start + len];
@@ -324,6 +299,18 @@ pub(crate) mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn multicast_and_broadcast_stay_home() {
+        let (a, _) = pair();
+        let mut scratch = [0u8; 1500];
+        for dst in [[224, 0, 0, 251], [255, 255, 255, 255]] {
+            let pkt = udp4([198, 19, 1, 5], dst, 64, 10);
+            let mut buf = in_buf(&pkt);
+            let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+            assert_eq!(v, Verdict::Drop(DropReason::Multicast));
+        }
     }
 
     #[test]
@@ -398,9 +385,7 @@ pub(crate) mod tests {
         // Each segment, reassembled, passes the outside path at the peer.
         for s in &segs {
             let mut d = arena.bytes()[s.hdr_start..s.hdr_start + s.hdr_len].to_vec();
-            d.extend_from_slice(
-                &buf[start + s.payload_start..start + s.payload_start + s.payload_len],
-            );
+            d.extend_from_slice(&buf[start + s.payload_start..start + s.payload_start + s.payload_len]);
             assert!(d.len() - ENCAP_LEN <= 1450);
             let v = crate::pipeline::outside::process(&b, "198.18.0.1".parse().unwrap(), &d);
             assert!(matches!(v, Verdict::Deliver { .. }), "{v:?}");

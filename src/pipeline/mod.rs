@@ -69,6 +69,7 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     Malformed => "malformed", "Inside: not a well-formed IPv4/IPv6 packet.";
+    Multicast => "multicast", "Inside: a multicast or broadcast destination (the overlay carries unicast).";
     NoRoute => "no_route", "Inside: no overlay route for the destination.";
     Hairpin => "hairpin", "Inside: the destination is local, yet the host sent it into the TUN.";
     TtlExpired => "ttl_expired", "Inside: TTL / hop limit ran out here.";
@@ -103,25 +104,14 @@ pub fn flow_hash(pkt: &[u8]) -> u32 {
         Some(4) if pkt.len() >= 20 => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             let proto = pkt[9];
-            h = mix(
-                h,
-                u64::from(u32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]])),
-            );
-            h = mix(
-                h,
-                u64::from(u32::from_be_bytes([pkt[16], pkt[17], pkt[18], pkt[19]])),
-            );
+            h = mix(h, u64::from(u32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]])));
+            h = mix(h, u64::from(u32::from_be_bytes([pkt[16], pkt[17], pkt[18], pkt[19]])));
             h = mix(h, u64::from(proto));
             let first_fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff == 0;
             if first_fragment && matches!(proto, 6 | 17) && pkt.len() >= ihl + 4 {
                 h = mix(
                     h,
-                    u64::from(u32::from_be_bytes([
-                        pkt[ihl],
-                        pkt[ihl + 1],
-                        pkt[ihl + 2],
-                        pkt[ihl + 3],
-                    ])),
+                    u64::from(u32::from_be_bytes([pkt[ihl], pkt[ihl + 1], pkt[ihl + 2], pkt[ihl + 3]])),
                 );
             }
         }
@@ -134,16 +124,10 @@ pub fn flow_hash(pkt: &[u8]) -> u32 {
             let next = pkt[6];
             h = mix(h, u64::from(next));
             if matches!(next, 6 | 17) && pkt.len() >= 44 {
-                h = mix(
-                    h,
-                    u64::from(u32::from_be_bytes([pkt[40], pkt[41], pkt[42], pkt[43]])),
-                );
+                h = mix(h, u64::from(u32::from_be_bytes([pkt[40], pkt[41], pkt[42], pkt[43]])));
             } else {
                 // Extension headers: the flow label stands in for the ports.
-                h = mix(
-                    h,
-                    u64::from(u32::from_be_bytes([0, pkt[1] & 0x0f, pkt[2], pkt[3]])),
-                );
+                h = mix(h, u64::from(u32::from_be_bytes([0, pkt[1] & 0x0f, pkt[2], pkt[3]])));
             }
         }
         _ => {}

@@ -75,11 +75,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
             if total < h.slice().len() || total > inner.len() || h.ttl() == 0 {
                 return Verdict::Drop(DropReason::BadInner);
             }
-            (
-                total,
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-            )
+            (total, IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()))
         }
         ether::ethertype::IPV6 => {
             let Ok(h) = etherparse::Ipv6HeaderSlice::from_slice(inner) else {
@@ -89,21 +85,14 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
             if h.payload_length() == 0 || total > inner.len() || h.hop_limit() == 0 {
                 return Verdict::Drop(DropReason::BadInner);
             }
-            (
-                total,
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-            )
+            (total, IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()))
         }
         _ => return Verdict::Drop(DropReason::NotIp),
     };
     let peer_idx = peer_idx.unwrap_or_default();
     if memo.flow == Some((src, peer_idx, src_ip, dst_ip)) {
         memo.hits += 1;
-        return Verdict::Deliver {
-            start: ENCAP_LEN,
-            len,
-        };
+        return Verdict::Deliver { start: ENCAP_LEN, len };
     }
     if peer.allowed.lookup(src_ip).is_none() {
         return Verdict::Drop(DropReason::Spoofed);
@@ -113,10 +102,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     }
     memo.flow = Some((src, peer_idx, src_ip, dst_ip));
     // Ethernet padding after the IP packet, if a peer added any, is left behind.
-    Verdict::Deliver {
-        start: ENCAP_LEN,
-        len,
-    }
+    Verdict::Deliver { start: ENCAP_LEN, len }
 }
 
 #[cfg(test)]
@@ -152,10 +138,7 @@ mod tests {
         let (a, b) = pair();
         // Node a forwards for 198.19.2.0/24 whatever the source; b checks it.
         let spoofed = encapsulated(&a, &udp4([198, 19, 7, 5], [198, 19, 2, 7], 64, 10));
-        assert_eq!(
-            process(&b, a_ip(), &spoofed),
-            Verdict::Drop(DropReason::Spoofed)
-        );
+        assert_eq!(process(&b, a_ip(), &spoofed), Verdict::Drop(DropReason::Spoofed));
         // A destination b does not serve: rewrite the inner destination after encap.
         let mut d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
         d[ENCAP_LEN + 18] = 3; // 198.19.3.7
@@ -166,10 +149,7 @@ mod tests {
     fn rejects_bad_headers_by_reason() {
         let (a, b) = pair();
         let good = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
-        assert!(matches!(
-            process(&b, a_ip(), &good),
-            Verdict::Deliver { .. }
-        ));
+        assert!(matches!(process(&b, a_ip(), &good), Verdict::Deliver { .. }));
         let cases: [(usize, u8, DropReason); 5] = [
             (0, 0x00, DropReason::BadVxlan),    // I flag cleared
             (6, 43, DropReason::UnknownVni),    // VNI 43
@@ -195,10 +175,7 @@ mod tests {
         let spoofed = encapsulated(&a, &udp4([198, 19, 7, 5], [198, 19, 2, 7], 64, 10));
         let mut memo = Memo::default();
         for d in [&good, &good, &spoofed, &good, &spoofed] {
-            assert_eq!(
-                process_memo(&b, a_ip(), d, &mut memo),
-                process(&b, a_ip(), d)
-            );
+            assert_eq!(process_memo(&b, a_ip(), d, &mut memo), process(&b, a_ip(), d));
         }
         // The second `good` and the one after `spoofed` (which does not replace the
         // accepted flow) came from the memo.

@@ -185,9 +185,7 @@ pub fn split(dgram: &[u8], gso: &Gso, arena: &mut Arena, out: &mut Vec<Segment>)
 /// Completes a partial checksum (virtio `NEEDS_CSUM` on a single packet): the sum
 /// from `start` to the end goes, complemented, to `start + offset`.
 pub fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<()> {
-    let at = start
-        .checked_add(offset)
-        .ok_or(Error::Malformed("checksum offset"))?;
+    let at = start.checked_add(offset).ok_or(Error::Malformed("checksum offset"))?;
     if at + 2 > pkt.len() || start > pkt.len() {
         return Err(Error::Malformed("checksum field outside the packet"));
     }
@@ -322,18 +320,12 @@ mod tests {
         };
         assert!(split(&d, &g(20, 0), &mut arena, &mut out).is_err());
         assert!(split(&d, &g(24, 1400), &mut arena, &mut out).is_err());
-        assert_eq!(
-            split(&d, &g(20, 100), &mut arena, &mut out),
-            Err(Error::Exhausted)
-        );
+        assert_eq!(split(&d, &g(20, 100), &mut arena, &mut out), Err(Error::Exhausted));
         assert!(split(&d[..ENCAP_LEN + 30], &g(20, 100), &mut arena, &mut out).is_err());
         assert!(split(&d[..3], &g(20, 100), &mut arena, &mut out).is_err());
         let mut small = Arena::new(100);
         let mut out = Vec::with_capacity(8);
-        assert_eq!(
-            split(&d, &g(20, 1400), &mut small, &mut out),
-            Err(Error::Exhausted)
-        );
+        assert_eq!(split(&d, &g(20, 1400), &mut small, &mut out), Err(Error::Exhausted));
     }
 
     #[test]

@@ -29,12 +29,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the option value is a live c_int on the stack and its exact size is passed.
     cvt(unsafe {
         libc::setsockopt(
@@ -100,10 +95,7 @@ pub fn set_buffers(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
 /// Pins the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "CPU index out of range",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "CPU index out of range"));
     }
     // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and CPU_SET is
     // given an index checked against CPU_SETSIZE above.
@@ -146,8 +138,8 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
 
 /// Sends `signal` to process `pid` (one this process started).
 pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
     // SAFETY: kill has no memory-safety preconditions; the pid is a child we spawned.
     cvt(unsafe { libc::kill(pid, signal) }).map(drop)
 }
@@ -173,8 +165,7 @@ fn sockaddr_of(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::soc
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr = libc::in_addr {
@@ -184,8 +175,7 @@ fn sockaddr_of(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::soc
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_flowinfo = 0;
@@ -211,8 +201,7 @@ fn socketaddr_from(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6 =
-                unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),
@@ -339,14 +328,7 @@ pub fn send_batch<B: AsRef<[u8]>>(
         // SAFETY: hdrs[done..n] were filled above; every pointer in them (names,
         // iovecs, control buffers, payload bytes) points into `scratch` or `bufs`,
         // which are borrowed for the whole call and not otherwise touched meanwhile.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                scratch.hdrs[done..n].as_mut_ptr(),
-                (n - done) as libc::c_uint,
-                0,
-            )
-        };
+        let r = unsafe { libc::sendmmsg(fd, scratch.hdrs[done..n].as_mut_ptr(), (n - done) as libc::c_uint, 0) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -368,13 +350,7 @@ pub fn write_vectored(fd: &impl AsRawFd, bufs: &[std::io::IoSlice<'_>]) -> io::R
     loop {
         // SAFETY: IoSlice is ABI-compatible with iovec on Unix (std guarantees it);
         // the slices are borrowed for the call and n does not exceed their count.
-        let r = unsafe {
-            libc::writev(
-                fd.as_raw_fd(),
-                bufs.as_ptr().cast::<libc::iovec>(),
-                n as libc::c_int,
-            )
-        };
+        let r = unsafe { libc::writev(fd.as_raw_fd(), bufs.as_ptr().cast::<libc::iovec>(), n as libc::c_int) };
         if r >= 0 {
             return Ok(r as usize);
         }
@@ -492,8 +468,7 @@ impl RecvBatch {
             }
             self.meta[i] = RxMeta {
                 len: h.msg_len as usize,
-                src: socketaddr_from(&self.addrs[i])
-                    .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+                src: socketaddr_from(&self.addrs[i]).unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
                 segment,
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             };
@@ -591,11 +566,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        assert_eq!(
-            got,
-            vec![(1, 100), (2, 100), (3, 60)],
-            "gro={gro} gso={gso}"
-        );
+        assert_eq!(got, vec![(1, 100), (2, 100), (3, 60)], "gro={gro} gso={gso}");
     }
 
     #[test]

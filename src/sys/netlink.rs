@@ -177,12 +177,7 @@ impl Netlink {
 
     /// Brings link `index` up, optionally setting its MTU and the largest GSO packet
     /// the stack may hand it.
-    pub fn set_link(
-        &mut self,
-        index: u32,
-        mtu: Option<u32>,
-        gso_max_size: Option<u32>,
-    ) -> io::Result<()> {
+    pub fn set_link(&mut self, index: u32, mtu: Option<u32>, gso_max_size: Option<u32>) -> io::Result<()> {
         self.request(|seq| link_request(seq, index, mtu, gso_max_size))
     }
 
@@ -219,10 +214,7 @@ mod tests {
     fn link_and_address_requests_are_padded_and_sized() {
         let m = link_request(1, 9, Some(1450), Some(60000));
         assert_eq!(m.len(), 16 + 16 + 8 + 8);
-        assert_eq!(
-            u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize,
-            m.len()
-        );
+        assert_eq!(u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize, m.len());
         let a = address_request(2, 9, &"fd00::1/64".parse().unwrap());
         assert_eq!(a.len(), 16 + 8 + 20 + 20);
         assert_eq!(a[16], AF_INET6);

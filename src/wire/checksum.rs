@@ -17,12 +17,7 @@ pub fn sum(data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(32);
     for c in &mut chunks {
         for (i, a) in acc.iter_mut().enumerate() {
-            *a += u64::from(u32::from_ne_bytes([
-                c[4 * i],
-                c[4 * i + 1],
-                c[4 * i + 2],
-                c[4 * i + 3],
-            ]));
+            *a += u64::from(u32::from_ne_bytes([c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]]));
         }
     }
     let mut total: u64 = acc.iter().sum();
@@ -51,11 +46,7 @@ pub fn fold(mut s: u64) -> u16 {
 /// bytes 12..20, IPv6 at 8..40).
 #[inline]
 pub fn pseudo_header(ip: &[u8], proto: u8, len: usize) -> u64 {
-    let addrs = if ip[0] >> 4 == 6 {
-        &ip[8..40]
-    } else {
-        &ip[12..20]
-    };
+    let addrs = if ip[0] >> 4 == 6 { &ip[8..40] } else { &ip[12..20] };
     sum(addrs) + u64::from(proto) + len as u64
 }
 
@@ -76,8 +67,8 @@ mod tests {
 
     // An IPv4 header: 45 00 00 73 00 00 40 00 40 11 [b8 61] c0 a8 00 01 c0 a8 00 c7
     static HDR: [u8; 20] = [
-        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
-        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+        0x00, 0xc7,
     ];
 
     #[test]

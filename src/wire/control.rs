@@ -164,8 +164,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
             (None, false) => Ok(()),
             (Some(key), true) => {
                 let (signed, tag) = b.split_at(b.len() - MAC_LEN);
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
                 mac.update(signed);
                 mac.verify_slice(tag).map_err(|_| Error::Unauthenticated)
             }
@@ -292,9 +291,7 @@ impl<'a> Repr<'a> {
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &'a Packet<&'a T>) -> Result<Repr<'a>> {
         packet.check()?;
         let b = packet.buffer.as_ref();
-        let kind = packet
-            .kind()
-            .ok_or(Error::Malformed("unknown message kind"))?;
+        let kind = packet.kind().ok_or(Error::Malformed("unknown message kind"))?;
         let page = packet.u16_at(field::PAGE);
         let pages = packet.u16_at(field::PAGES);
         if pages == 0 || page >= pages {
@@ -316,11 +313,10 @@ impl<'a> Repr<'a> {
         if name_len == 0 || name_len > MAX_NAME_LEN || nick_len > MAX_NAME_LEN {
             return Err(Error::Malformed("name length out of range"));
         }
-        let name = core::str::from_utf8(&b[at..at + name_len])
-            .map_err(|_| Error::Malformed("name is not UTF-8"))?;
+        let name = core::str::from_utf8(&b[at..at + name_len]).map_err(|_| Error::Malformed("name is not UTF-8"))?;
         at += name_len;
-        let nickname = core::str::from_utf8(&b[at..at + nick_len])
-            .map_err(|_| Error::Malformed("nickname is not UTF-8"))?;
+        let nickname =
+            core::str::from_utf8(&b[at..at + nick_len]).map_err(|_| Error::Malformed("nickname is not UTF-8"))?;
         at += nick_len;
         let count = b[field::COUNT];
         let start = at;
@@ -419,8 +415,7 @@ impl<'a> Repr<'a> {
             at += a.wire_len();
         }
         if let Some(key) = secret {
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Unauthenticated)?;
             mac.update(&b[..at]);
             b[at..at + MAC_LEN].copy_from_slice(&mac.finalize().into_bytes());
         }
@@ -449,10 +444,7 @@ mod tests {
             version: 7,
         },
         Announce {
-            prefix: IpNet::V6(Ipv6Net::new_assert(
-                Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0),
-                64,
-            )),
+            prefix: IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0), 64)),
             version: 1,
         },
     ];
@@ -518,11 +510,7 @@ mod tests {
             let mut t = buf;
             t[i] ^= 0x01;
             if let Ok(p) = Packet::new_checked(&t[..n]) {
-                assert_eq!(
-                    p.verify(Some(b"s3cret")),
-                    Err(Error::Unauthenticated),
-                    "byte {i}"
-                );
+                assert_eq!(p.verify(Some(b"s3cret")), Err(Error::Unauthenticated), "byte {i}");
             }
         }
     }

@@ -74,14 +74,11 @@ impl core::str::FromStr for Address {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
-            let part = parts
-                .next()
-                .ok_or(Error::Malformed("MAC needs six octets"))?;
+            let part = parts.next().ok_or(Error::Malformed("MAC needs six octets"))?;
             if part.len() != 2 {
                 return Err(Error::Malformed("MAC octet must be two hex digits"));
             }
-            *byte = u8::from_str_radix(part, 16)
-                .map_err(|_| Error::Malformed("MAC octet must be hex"))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| Error::Malformed("MAC octet must be hex"))?;
         }
         if parts.next().is_some() {
             return Err(Error::Malformed("MAC has more than six octets"));
@@ -242,10 +239,7 @@ mod tests {
 
     #[test]
     fn truncated() {
-        assert_eq!(
-            Frame::new_checked(&FRAME_BYTES[..13]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Frame::new_checked(&FRAME_BYTES[..13]).err(), Some(Error::Truncated));
     }
 
     #[test]

@@ -15,8 +15,8 @@
 use super::{Error, Result};
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use etherparse::{
-    icmpv4, icmpv6, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header,
-    Ipv6FlowLabel, Ipv6Header, LaxIpSlice,
+    icmpv4, icmpv6, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel,
+    Ipv6Header, LaxIpSlice,
 };
 
 /// Which error to send.
@@ -80,9 +80,7 @@ pub fn emit(orig: &[u8], kind: Kind, src: IpAddr, out: &mut [u8]) -> Result<usiz
                 return Err(Error::Suppressed);
             }
             let payload = v6.payload();
-            if payload.ip_number == IpNumber::IPV6_ICMP
-                && (payload.fragmented || is_icmpv6_error(payload.payload))
-            {
+            if payload.ip_number == IpNumber::IPV6_ICMP && (payload.fragmented || is_icmpv6_error(payload.payload)) {
                 return Err(Error::Suppressed);
             }
             let quoted_len = (V6_HDR + h.payload_length() as usize)
@@ -108,29 +106,18 @@ fn is_icmpv6_error(icmp: &[u8]) -> bool {
     icmp.first().is_none_or(|t| *t < 128)
 }
 
-fn emit_v4(
-    quoted: &[u8],
-    kind: Kind,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    out: &mut [u8],
-) -> Result<usize> {
+fn emit_v4(quoted: &[u8], kind: Kind, src: Ipv4Addr, dst: Ipv4Addr, out: &mut [u8]) -> Result<usize> {
     let total = V4_HDR + ICMP_HDR + quoted.len();
     if out.len() < total {
         return Err(Error::Exhausted);
     }
-    let icmp_type =
-        match kind {
-            Kind::TooBig { mtu } => Icmpv4Type::DestinationUnreachable(
-                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
-            ),
-            Kind::TimeExceeded => {
-                Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
-            }
-            Kind::Unreachable => {
-                Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Network)
-            }
-        };
+    let icmp_type = match kind {
+        Kind::TooBig { mtu } => {
+            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu })
+        }
+        Kind::TimeExceeded => Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+        Kind::Unreachable => Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Network),
+    };
     let mut ip = Ipv4Header::new(
         (ICMP_HDR + quoted.len()) as u16,
         ERROR_TTL,
@@ -148,25 +135,15 @@ fn emit_v4(
     Ok(total)
 }
 
-fn emit_v6(
-    quoted: &[u8],
-    kind: Kind,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    out: &mut [u8],
-) -> Result<usize> {
+fn emit_v6(quoted: &[u8], kind: Kind, src: Ipv6Addr, dst: Ipv6Addr, out: &mut [u8]) -> Result<usize> {
     let total = V6_HDR + ICMP_HDR + quoted.len();
     if out.len() < total {
         return Err(Error::Exhausted);
     }
     let icmp_type = match kind {
-        Kind::TooBig { mtu } => Icmpv6Type::PacketTooBig {
-            mtu: u32::from(mtu),
-        },
+        Kind::TooBig { mtu } => Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) },
         Kind::TimeExceeded => Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
-        Kind::Unreachable => {
-            Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::NoRoute)
-        }
+        Kind::Unreachable => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::NoRoute),
     };
     let ip = Ipv6Header {
         traffic_class: 0,
@@ -177,8 +154,8 @@ fn emit_v6(
         source: src.octets(),
         destination: dst.octets(),
     };
-    let icmp = Icmpv6Header::with_checksum(icmp_type, src.octets(), dst.octets(), quoted)
-        .map_err(|_| Error::Exhausted)?;
+    let icmp =
+        Icmpv6Header::with_checksum(icmp_type, src.octets(), dst.octets(), quoted).map_err(|_| Error::Exhausted)?;
     out[..V6_HDR].copy_from_slice(&ip.to_bytes());
     out[V6_HDR..V6_HDR + ICMP_HDR].copy_from_slice(&icmp.to_bytes());
     out[V6_HDR + ICMP_HDR..total].copy_from_slice(quoted);
@@ -259,10 +236,7 @@ mod tests {
             assert_eq!(ip.payload_ip_number(), IpNumber::ICMP);
             let icmp = Icmpv4Slice::from_slice(ip.payload().payload).unwrap();
             assert_eq!((icmp.type_u8(), icmp.code_u8()), want);
-            assert_eq!(
-                icmp.checksum(),
-                icmp.icmp_type().calc_checksum(icmp.payload())
-            );
+            assert_eq!(icmp.checksum(), icmp.icmp_type().calc_checksum(icmp.payload()));
         }
     }
 
@@ -294,13 +268,7 @@ mod tests {
     fn short_packets_quote_only_what_they_have() {
         let orig = tcp_v4(60, true);
         let mut out = [0u8; 200];
-        let n = emit(
-            &orig,
-            Kind::TimeExceeded,
-            IpAddr::V4([10, 0, 0, 1].into()),
-            &mut out,
-        )
-        .unwrap();
+        let n = emit(&orig, Kind::TimeExceeded, IpAddr::V4([10, 0, 0, 1].into()), &mut out).unwrap();
         assert_eq!(n, 28 + 60);
         // A truncated original (headers only) still works.
         let n = emit(
@@ -359,10 +327,7 @@ mod tests {
         let src = IpAddr::V4([10, 0, 0, 1].into());
         let mut bcast = tcp_v4(100, true);
         bcast[16..20].copy_from_slice(&[255, 255, 255, 255]);
-        assert_eq!(
-            emit(&bcast, Kind::Unreachable, src, &mut out),
-            Err(Error::Suppressed)
-        );
+        assert_eq!(emit(&bcast, Kind::Unreachable, src, &mut out), Err(Error::Suppressed));
         let mut mcast_src = tcp_v4(100, true);
         mcast_src[12..16].copy_from_slice(&[224, 0, 0, 1]);
         assert_eq!(
@@ -372,10 +337,7 @@ mod tests {
         let mut frag = tcp_v4(100, false);
         frag[6] = 0x00;
         frag[7] = 0x10; // offset 16 * 8
-        assert_eq!(
-            emit(&frag, Kind::TimeExceeded, src, &mut out),
-            Err(Error::Suppressed)
-        );
+        assert_eq!(emit(&frag, Kind::TimeExceeded, src, &mut out), Err(Error::Suppressed));
     }
 
     #[test]
@@ -383,12 +345,7 @@ mod tests {
         let orig = tcp_v4(100, true);
         let mut out = [0u8; 1600];
         assert!(matches!(
-            emit(
-                &orig,
-                Kind::Unreachable,
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-                &mut out
-            ),
+            emit(&orig, Kind::Unreachable, IpAddr::V6(Ipv6Addr::LOCALHOST), &mut out),
             Err(Error::Malformed(_))
         ));
         assert!(emit(
@@ -398,21 +355,10 @@ mod tests {
             &mut out
         )
         .is_err());
-        assert!(emit(
-            &[],
-            Kind::Unreachable,
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            &mut out
-        )
-        .is_err());
+        assert!(emit(&[], Kind::Unreachable, IpAddr::V4(Ipv4Addr::LOCALHOST), &mut out).is_err());
         let mut small = [0u8; 40];
         assert_eq!(
-            emit(
-                &orig,
-                Kind::Unreachable,
-                IpAddr::V4([10, 0, 0, 1].into()),
-                &mut small
-            ),
+            emit(&orig, Kind::Unreachable, IpAddr::V4([10, 0, 0, 1].into()), &mut small),
             Err(Error::Exhausted)
         );
     }

@@ -164,10 +164,7 @@ mod tests {
     #[test]
     fn short_buffers_are_truncated() {
         for n in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&HEADER_BYTES[..n]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&HEADER_BYTES[..n]).err(), Some(Error::Truncated));
         }
     }
 }
