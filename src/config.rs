@@ -6,7 +6,7 @@
 //! happens once, at load, and reports the first problem with the key it concerns.
 
 use crate::wire::{control, ether};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,51 @@ pub struct Config {
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
+    pub ipam: IpamConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
     pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpamConfig {
+    /// The whole allocation range (Weave's default).
+    pub range: Ipv4Net,
+    /// Where `POST /ip/{id}` allocates; default: the range.
+    pub default_subnet: Option<Ipv4Net>,
+    /// The blocks of the range this node allocates from; default: the whole range
+    /// (a single node). Nodes sharing a range list disjoint blocks.
+    pub blocks: Vec<Ipv4Net>,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig {
+            range: "10.32.0.0/12".parse().expect("static prefix"),
+            default_subnet: None,
+            blocks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The domain workload names live in.
+    pub domain: String,
+    /// Servers asked for names outside the domain.
+    pub upstream: Vec<IpAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            domain: "weave.local.".into(),
+            upstream: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -120,6 +164,9 @@ pub struct ControlConfig {
     pub secret_file: Option<PathBuf>,
     pub hello_interval_ms: u64,
     pub dead_after: u32,
+    /// How long a write that involves peers (`POST /connect`, `POST /expose`) waits
+    /// for them to apply it before answering.
+    pub sync_timeout_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -130,6 +177,7 @@ impl Default for ControlConfig {
             secret_file: None,
             hello_interval_ms: 1000,
             dead_after: 3,
+            sync_timeout_ms: 3000,
         }
     }
 }
@@ -138,12 +186,15 @@ impl Default for ControlConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// The Weave Net API (no authentication: loopback only).
+    pub weave_listen: SocketAddr,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:6786".parse().expect("static address"),
+            weave_listen: "127.0.0.1:6784".parse().expect("static address"),
         }
     }
 }
@@ -169,6 +220,11 @@ pub struct Settings {
     pub mtu: u16,
     /// Prefixes announced: `overlay.announce` plus the exposed host addresses.
     pub announced: Vec<IpNet>,
+    /// The IPAM blocks this node owns by configuration.
+    pub blocks: Vec<Ipv4Net>,
+    pub default_subnet: Ipv4Net,
+    /// Routes into the TUN device: `overlay.routes`, or the IPAM range.
+    pub routes: Vec<IpNet>,
 }
 
 impl Config {
@@ -299,6 +355,42 @@ impl Config {
                 ));
             }
         }
+        let ipam = &self.ipam;
+        if !(8..=30).contains(&ipam.range.prefix_len()) {
+            return Err(invalid("ipam.range", format!("{} must be between a /8 and a /30", ipam.range)));
+        }
+        let range = ipam.range.trunc();
+        let default_subnet = ipam.default_subnet.map_or(range, |s| s.trunc());
+        if !range.contains(&default_subnet) || default_subnet.prefix_len() > 30 {
+            return Err(invalid(
+                "ipam.default_subnet",
+                format!("{default_subnet} must be inside ipam.range {range} and at most a /30"),
+            ));
+        }
+        let blocks: Vec<Ipv4Net> = if ipam.blocks.is_empty() {
+            vec![range]
+        } else {
+            ipam.blocks.iter().map(Ipv4Net::trunc).collect()
+        };
+        if let Some(b) = blocks.iter().find(|b| !range.contains(*b)) {
+            return Err(invalid("ipam.blocks", format!("{b} is not inside ipam.range {range}")));
+        }
+        if !self.api.weave_listen.ip().is_loopback() {
+            return Err(invalid(
+                "api.weave_listen",
+                format!("{} is not a loopback address; the Weave API has no authentication", self.api.weave_listen),
+            ));
+        }
+        if self.api.weave_listen == self.api.listen {
+            return Err(invalid("api.weave_listen", "must differ from api.listen".into()));
+        }
+        if !(100..=60_000).contains(&c.sync_timeout_ms) {
+            return Err(invalid("control.sync_timeout_ms", format!("{} is outside 100..=60000", c.sync_timeout_ms)));
+        }
+        let domain = &self.dns.domain;
+        if crate::model::normalize_fqdn(domain).is_none() {
+            return Err(invalid("dns.domain", format!("{domain:?} is not a valid domain name")));
+        }
         let mut peers = Vec::new();
         for p in &self.peers {
             let addr = parse_peer(&p.address, c.port).ok_or_else(|| {
@@ -330,7 +422,15 @@ impl Config {
                 announced.push(host_net);
             }
         }
+        let routes = if self.overlay.routes.is_empty() {
+            vec![IpNet::V4(range)]
+        } else {
+            self.overlay.routes.clone()
+        };
         Ok(Settings {
+            blocks,
+            default_subnet,
+            routes,
             mtu: d.underlay_mtu - overhead as u16,
             node_mac: ether::Address::for_node(&node_name),
             node_name,

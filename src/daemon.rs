@@ -9,7 +9,9 @@ use crate::config::Settings;
 use crate::control;
 use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::worker::{self, WorkerSetup};
+use crate::model::{Link, Model};
 use crate::peers::Peers;
+use crate::store::redb::RedbStore;
 use crate::service::{Service, ServiceQueues};
 use crate::snapshot::{Published, Snapshot};
 use crate::stats::WorkerStats;
@@ -18,7 +20,7 @@ use crossbeam_utils::CachePadded;
 use serde::Serialize;
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,11 +39,17 @@ pub enum StartError {
     },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error("state: {0}")]
+    State(String),
     #[error("state directory {path}: {message}")]
     StateDir { path: PathBuf, message: String },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
+
+/// Request handler threads per API face: enough for scripts that fire many
+/// requests at once to share store commits.
+const API_THREADS: usize = 16;
 
 fn bind_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
     move |source| {
@@ -68,6 +76,7 @@ pub struct Shared {
     pub published: Arc<Published>,
     pub workers: Vec<Arc<CachePadded<WorkerStats>>>,
     pub peers: Arc<Peers>,
+    pub model: Arc<Model>,
     pub started: Instant,
     pub offloads: Offloads,
     pub service: Option<Arc<ServiceQueues>>,
@@ -112,6 +121,8 @@ impl Daemon {
         let control_addr = SocketAddr::new(c.dataplane.bind, c.control.port);
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
         let api = TcpListener::bind(c.api.listen).map_err(bind_err("API address", c.api.listen))?;
+        let weave_api =
+            TcpListener::bind(c.api.weave_listen).map_err(bind_err("Weave API address", c.api.weave_listen))?;
         let api_addr = api.local_addr().map_err(|e| StartError::Io {
             what: "reading the API address".into(),
             source: e,
@@ -150,12 +161,22 @@ impl Daemon {
         };
 
         let published = Arc::new(Published::new(empty(&settings), n));
-        let peers = Arc::new(Peers::new(settings.clone(), published.clone()));
-        peers.republish();
+        let peers = Arc::new(Peers::new(settings.clone()));
+        let store = RedbStore::open(state_dir).map_err(|e| StartError::State(e.to_string()))?;
+        let link = Link {
+            name: tun.name.clone(),
+            index: tun.index,
+        };
+        let model = Arc::new(
+            Model::open(settings.clone(), published.clone(), peers.clone(), store, Some(link))
+                .map_err(StartError::State)?,
+        );
 
         let shutdown = Arc::new(AtomicBool::new(false));
-        let gateways = &c.overlay.gateways;
-        let service = (!gateways.is_empty()).then(|| Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
+        // The configured gateways and the default network's (its first usable address).
+        let mut gateways = c.overlay.gateways.clone();
+        gateways.push(IpAddr::V4(Ipv4Addr::from(u32::from(settings.default_subnet.network()) + 1)));
+        let service = Some(Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
         let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
             .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))
             .collect();
@@ -201,32 +222,47 @@ impl Daemon {
             published,
             workers: stats,
             peers: peers.clone(),
+            model: model.clone(),
             started: Instant::now(),
             offloads,
             service: service.clone(),
         });
         let mut others = Vec::new();
         if let Some(q) = &service {
-            let svc = Service::new(q.clone(), gateways, usize::from(settings.mtu));
+            let svc = Service::new(q.clone(), &gateways, usize::from(settings.mtu));
             let (sd, p) = (shutdown.clone(), shared.published.clone());
             others.push(spawn("tl-service", move || svc.run(&p, &sd))?);
         }
-        let sd = shutdown.clone();
-        others.push(spawn("tl-peers", move || peers.run(control_sock, &sd))?);
+        let (sd, m) = (shutdown.clone(), model.clone());
+        others.push(spawn("tl-peers", move || {
+            let on_change = || {
+                if let Err(e) = m.republish() {
+                    log::warn!("control: {e}");
+                }
+            };
+            peers.run(control_sock, &sd, &on_change)
+        })?);
         let (sd, st) = (shutdown.clone(), shared.clone());
         others.push(spawn("tl-api", move || {
-            if let Err(e) = control::serve("api", api, control::management::router(), st, sd) {
+            if let Err(e) = control::serve("api", api, control::management::router(), st, sd, API_THREADS) {
                 log::error!("management API stopped: {e}");
+            }
+        })?);
+        let (sd, st) = (shutdown.clone(), shared.clone());
+        others.push(spawn("tl-weave-api", move || {
+            if let Err(e) = control::serve("weave", weave_api, control::weave::router(), st, sd, API_THREADS) {
+                log::error!("Weave API stopped: {e}");
             }
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
             settings.node_name,
             settings.nickname,
             tun.name,
             settings.mtu,
             c.dataplane.vni,
+            c.api.weave_listen,
             offloads.tun_tso,
             offloads.tun_uso,
             offloads.udp_gso,

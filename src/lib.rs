@@ -51,3 +51,5 @@ pub mod testbed;
 #[doc(hidden)]
 pub mod testkit;
 pub mod wire;
+pub mod store;
+pub mod model;

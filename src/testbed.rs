@@ -24,6 +24,8 @@ pub const OVERLAY: [&str; 2] = ["198.19.1.1", "198.19.2.1"];
 /// Underlay addresses of hosts a and b (on the veth).
 pub const UNDERLAY: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
 const PREFIX: [&str; 2] = ["198.19.1.0/24", "198.19.2.0/24"];
+/// IPAM blocks of hosts a and b (the range is 198.19.0.0/16, its gateway 198.19.0.1).
+pub const BLOCK: [&str; 2] = ["198.19.64.0/19", "198.19.96.0/19"];
 /// Gateway addresses of hosts a and b, with [`HostSpec::gateways`].
 pub const GATEWAY: [&str; 2] = ["198.19.1.254", "198.19.2.254"];
 const NAMES: [&str; 2] = ["a", "b"];
@@ -155,6 +157,9 @@ routes = ["198.19.0.0/17"]
 announce = ["{prefix}"]
 expose = ["{addr}/32"]
 gateways = {gateways}
+[ipam]
+range = "198.19.0.0/16"
+blocks = ["{block}"]
 [control]
 hello_interval_ms = {hello}
 [[peers]]
@@ -174,6 +179,7 @@ address = "{peer}"
             "[]".into()
         },
         hello = spec.hello_interval_ms,
+        block = BLOCK[i],
         peer = UNDERLAY[1 - i],
         extra = spec.extra,
     )

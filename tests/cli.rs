@@ -153,7 +153,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         let cfg = dir.0.join("nobody.toml");
         std::fs::write(
             &cfg,
-            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\n[dataplane]\ntun_name = \"tl2\"\n",
+            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\n[dataplane]\ntun_name = \"tl2\"\n",
         )
         .unwrap();
         let state = dir.0.join("state-nobody");

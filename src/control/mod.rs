@@ -10,6 +10,7 @@
 
 pub mod management;
 pub mod router;
+pub mod weave;
 
 use router::{ErrorStyle, Request, Response, Router};
 use std::io::Read;
@@ -21,25 +22,42 @@ use std::time::{Duration, Instant};
 /// The largest request body any face accepts.
 pub const MAX_BODY: usize = 2 << 20;
 
-/// Serves `router` on `listener` until `shutdown` is set.
+/// Serves `router` on `listener` with `threads` handler threads until `shutdown` is
+/// set. Requests are handled concurrently, so writes from many clients share store
+/// commits; each face's handlers only read shared state or go through the model.
 pub fn serve<S: Send + Sync + 'static>(
     face: &'static str,
     listener: TcpListener,
     router: Router<S>,
     state: Arc<S>,
     shutdown: Arc<AtomicBool>,
+    threads: usize,
 ) -> std::io::Result<()> {
-    let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
-    while !shutdown.load(Ordering::Relaxed) {
-        let req = match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                log::warn!("{face}: accept failed: {e}");
-                continue;
+    let server = Arc::new(tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?);
+    let router = Arc::new(router);
+    let run = {
+        let (server, router, state, shutdown) = (server.clone(), router.clone(), state.clone(), shutdown.clone());
+        move || {
+            while !shutdown.load(Ordering::Relaxed) {
+                match server.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Some(req)) => handle(face, &router, &state, req),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("{face}: accept failed: {e}"),
+                }
             }
-        };
-        handle(face, &router, &state, req);
+        }
+    };
+    let mut helpers = Vec::new();
+    for i in 1..threads.max(1) {
+        let run = run.clone();
+        match std::thread::Builder::new().name(format!("tl-{face}-{i}")).spawn(run) {
+            Ok(h) => helpers.push(h),
+            Err(e) => log::warn!("{face}: cannot start handler thread: {e}"),
+        }
+    }
+    run();
+    for h in helpers {
+        let _ = h.join();
     }
     Ok(())
 }

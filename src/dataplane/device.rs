@@ -97,7 +97,7 @@ pub fn create_tun(s: &Settings, queues: usize) -> Result<Tun, DeviceError> {
         nl.add_address(index, a)
             .map_err(io_err(format!("adding address {a} to {name}")))?;
     }
-    for r in &s.config.overlay.routes {
+    for r in &s.routes {
         nl.add_route(index, r)
             .map_err(io_err(format!("adding route {r} via {name}")))?;
     }

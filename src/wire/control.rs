@@ -1,21 +1,25 @@
 //! The peer control protocol's message (UDP port 6783).
 //!
-//! Every node sends its full state to every peer once a second: who it is, where its
-//! data port is, and which overlay prefixes it announces. State that does not fit one
-//! datagram is split into pages that share one `seq`; a receiver applies a state only
-//! once it holds every page of it. With a cluster secret, an HMAC-SHA256 over the whole
-//! message trails it; a receiver with a secret drops anything unsigned or signed wrong,
-//! and one without a secret drops signed messages (the two sides disagree, so neither
-//! may trust the other).
+//! Every node sends its full state to every peer once per hello interval: who it is,
+//! where its data port is, and which overlay prefixes it announces (its routes and the
+//! IPAM blocks it owns). State that does not fit one datagram is split into pages that
+//! share one `seq`; a receiver applies a state only once it holds every page of it.
+//! `state` names the version of the state carried (it changes only when the state
+//! does), and `ack` tells the recipient which version of *its* state the sender has
+//! applied — so a node can wait until its peers forward by a change it made.
+//!
+//! With a cluster secret, an HMAC-SHA256 over the whole message trails it; a receiver
+//! with a secret drops anything unsigned or signed wrong, and one without a secret drops
+//! signed messages (the two sides disagree, so neither may trust the other).
 //!
 //! ```text
-//!  0       4   5    6     7    8         16     18      20         22   23       24       25       26    28
-//! +-------+---+----+-----+----+---------+------+-------+----------+----+--------+--------+--------+-----+
-//! | TLPC  |ver|kind|flags|rsvd|   seq   | page | pages | dataport |fam |name_len|nick_len| count  |rsvd |
-//! +-------+---+----+-----+----+---------+------+-------+----------+----+--------+--------+--------+-----+
-//! | underlay address (4 or 16) | name | nickname | count x prefix entry | [HMAC-SHA256, 32 bytes]       |
-//! +--------------------------------------------------------------------------------------------------+
-//! prefix entry: family (4|6) | length | version (u64) | address (4|16), host bits zero
+//!  0      4   5    6     7    8     16      24    32     34      36         38   39       40       41      42    44
+//! +------+---+----+-----+----+-----+-------+-----+------+-------+----------+----+--------+--------+-------+-----+
+//! | TLPC |ver|kind|flags|rsvd| seq | state | ack | page | pages | dataport |fam |name_len|nick_len| count |rsvd |
+//! +------+---+----+-----+----+-----+-------+-----+------+-------+----------+----+--------+--------+-------+-----+
+//! | underlay address (4 or 16) | name | nickname | count x prefix entry | [HMAC-SHA256, 32 bytes]            |
+//! +-------------------------------------------------------------------------------------------------------+
+//! prefix entry: family (4|6) | length | flags (bit 0: IPAM block) | version (u64) | address, host bits zero
 //! ```
 
 use super::{Error, Result};
@@ -26,7 +30,7 @@ use sha2::Sha256;
 
 pub const MAGIC: [u8; 4] = *b"TLPC";
 pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 28;
+pub const HEADER_LEN: usize = 44;
 pub const MAC_LEN: usize = 32;
 pub const MAX_NAME_LEN: usize = 64;
 /// Pages are sized to stay below a 1500-byte underlay MTU with IPv6 + UDP headers.
@@ -66,14 +70,22 @@ mod field {
     pub const KIND: usize = 5;
     pub const FLAGS: usize = 6;
     pub const SEQ: Range<usize> = 8..16;
-    pub const PAGE: Range<usize> = 16..18;
-    pub const PAGES: Range<usize> = 18..20;
-    pub const DATA_PORT: Range<usize> = 20..22;
-    pub const FAMILY: usize = 22;
-    pub const NAME_LEN: usize = 23;
-    pub const NICK_LEN: usize = 24;
-    pub const COUNT: usize = 25;
+    pub const STATE: Range<usize> = 16..24;
+    pub const ACK: Range<usize> = 24..32;
+    pub const PAGE: Range<usize> = 32..34;
+    pub const PAGES: Range<usize> = 34..36;
+    pub const DATA_PORT: Range<usize> = 36..38;
+    pub const FAMILY: usize = 38;
+    pub const NAME_LEN: usize = 39;
+    pub const NICK_LEN: usize = 40;
+    pub const COUNT: usize = 41;
+    pub const RESERVED: Range<usize> = 42..44;
 }
+
+/// Bytes of a prefix entry before its address.
+const ENTRY_FIXED: usize = 11;
+/// Prefix entry flag: the prefix is IPAM space the sender owns.
+pub const PREFIX_BLOCK: u8 = 0x01;
 
 fn addr_len(family: u8) -> Result<usize> {
     match family {
@@ -131,7 +143,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
             + usize::from(b[field::NICK_LEN]);
         for _ in 0..b[field::COUNT] {
             let fam = *b.get(at).ok_or(Error::Truncated)?;
-            at += 10 + addr_len(fam)?;
+            at += ENTRY_FIXED + addr_len(fam)?;
         }
         if self.has_mac() {
             at += MAC_LEN;
@@ -147,9 +159,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::FLAGS] & FLAG_MAC != 0
     }
 
-    pub fn seq(&self) -> u64 {
-        let b = &self.buffer.as_ref()[field::SEQ];
+    fn u64_at(&self, r: core::ops::Range<usize>) -> u64 {
+        let b = &self.buffer.as_ref()[r];
         u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.u64_at(field::SEQ)
     }
 
     fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
@@ -179,14 +195,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
 pub struct Announce {
     pub prefix: IpNet,
     pub version: u64,
+    /// The prefix is IPAM space the announcing node owns (besides being routed to it).
+    pub block: bool,
 }
 
 impl Announce {
     fn wire_len(&self) -> usize {
-        10 + match self.prefix {
-            IpNet::V4(_) => 4,
-            IpNet::V6(_) => 16,
-        }
+        ENTRY_FIXED
+            + match self.prefix {
+                IpNet::V4(_) => 4,
+                IpNet::V6(_) => 16,
+            }
     }
 }
 
@@ -252,23 +271,34 @@ impl Iterator for PrefixIter<'_> {
 fn read_prefix(b: &[u8]) -> Result<(Announce, usize)> {
     let fam = *b.first().ok_or(Error::Truncated)?;
     let alen = addr_len(fam)?;
-    let n = 10 + alen;
+    let n = ENTRY_FIXED + alen;
     if b.len() < n {
         return Err(Error::Truncated);
     }
     let len = b[1];
-    let version = u64::from_be_bytes(b[2..10].try_into().map_err(|_| Error::Truncated)?);
+    let flags = b[2];
+    if flags & !PREFIX_BLOCK != 0 {
+        return Err(Error::Malformed("unknown prefix flags"));
+    }
+    let version = u64::from_be_bytes(b[3..11].try_into().map_err(|_| Error::Truncated)?);
     let prefix = if fam == 4 {
-        let a = Ipv4Addr::from(<[u8; 4]>::try_from(&b[10..14]).map_err(|_| Error::Truncated)?);
+        let a = Ipv4Addr::from(<[u8; 4]>::try_from(&b[ENTRY_FIXED..ENTRY_FIXED + 4]).map_err(|_| Error::Truncated)?);
         IpNet::V4(Ipv4Net::new(a, len).map_err(|_| Error::Malformed("IPv4 prefix length > 32"))?)
     } else {
-        let a = Ipv6Addr::from(<[u8; 16]>::try_from(&b[10..26]).map_err(|_| Error::Truncated)?);
+        let a = Ipv6Addr::from(<[u8; 16]>::try_from(&b[ENTRY_FIXED..ENTRY_FIXED + 16]).map_err(|_| Error::Truncated)?);
         IpNet::V6(Ipv6Net::new(a, len).map_err(|_| Error::Malformed("IPv6 prefix length > 128"))?)
     };
     if prefix.trunc() != prefix {
         return Err(Error::Malformed("prefix has host bits set"));
     }
-    Ok((Announce { prefix, version }, n))
+    Ok((
+        Announce {
+            prefix,
+            version,
+            block: flags & PREFIX_BLOCK != 0,
+        },
+        n,
+    ))
 }
 
 /// The value of a control message.
@@ -276,6 +306,10 @@ fn read_prefix(b: &[u8]) -> Result<(Announce, usize)> {
 pub struct Repr<'a> {
     pub kind: Kind,
     pub seq: u64,
+    /// Version of the sender's state this message carries.
+    pub state: u64,
+    /// Version of the recipient's state the sender has applied (0: none yet).
+    pub ack: u64,
     pub page: u16,
     pub pages: u16,
     pub data_port: u16,
@@ -327,6 +361,8 @@ impl<'a> Repr<'a> {
         Ok(Repr {
             kind,
             seq: packet.seq(),
+            state: packet.u64_at(field::STATE),
+            ack: packet.u64_at(field::ACK),
             page,
             pages,
             data_port: packet.u16_at(field::DATA_PORT),
@@ -373,14 +409,15 @@ impl<'a> Repr<'a> {
         b[field::FLAGS] = if secret.is_some() { FLAG_MAC } else { 0 };
         b[7] = 0;
         b[field::SEQ].copy_from_slice(&self.seq.to_be_bytes());
+        b[field::STATE].copy_from_slice(&self.state.to_be_bytes());
+        b[field::ACK].copy_from_slice(&self.ack.to_be_bytes());
         b[field::PAGE].copy_from_slice(&self.page.to_be_bytes());
         b[field::PAGES].copy_from_slice(&self.pages.to_be_bytes());
         b[field::DATA_PORT].copy_from_slice(&self.data_port.to_be_bytes());
         b[field::NAME_LEN] = self.name.len() as u8;
         b[field::NICK_LEN] = self.nickname.len() as u8;
         b[field::COUNT] = self.prefixes.len() as u8;
-        b[26] = 0;
-        b[27] = 0;
+        b[field::RESERVED].fill(0);
         let mut at = HEADER_LEN;
         match self.underlay {
             IpAddr::V4(a) => {
@@ -401,15 +438,17 @@ impl<'a> Repr<'a> {
         for a in self.prefixes.iter() {
             let p = a.prefix.trunc();
             b[at + 1] = p.prefix_len();
-            b[at + 2..at + 10].copy_from_slice(&a.version.to_be_bytes());
+            b[at + 2] = if a.block { PREFIX_BLOCK } else { 0 };
+            b[at + 3..at + ENTRY_FIXED].copy_from_slice(&a.version.to_be_bytes());
+            let addr_at = at + ENTRY_FIXED;
             match p {
                 IpNet::V4(n) => {
                     b[at] = 4;
-                    b[at + 10..at + 14].copy_from_slice(&n.network().octets());
+                    b[addr_at..addr_at + 4].copy_from_slice(&n.network().octets());
                 }
                 IpNet::V6(n) => {
                     b[at] = 6;
-                    b[at + 10..at + 26].copy_from_slice(&n.network().octets());
+                    b[addr_at..addr_at + 16].copy_from_slice(&n.network().octets());
                 }
             }
             at += a.wire_len();
@@ -430,7 +469,7 @@ impl<'a> Repr<'a> {
             ..*self
         }
         .buffer_len(signed);
-        (MAX_MESSAGE_LEN.saturating_sub(fixed) / 26).min(usize::from(u8::MAX))
+        (MAX_MESSAGE_LEN.saturating_sub(fixed) / (ENTRY_FIXED + 16)).min(usize::from(u8::MAX))
     }
 }
 
@@ -442,10 +481,12 @@ mod tests {
         Announce {
             prefix: IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(198, 19, 1, 0), 24)),
             version: 7,
+            block: true,
         },
         Announce {
             prefix: IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0), 64)),
             version: 1,
+            block: false,
         },
     ];
 
@@ -453,6 +494,8 @@ mod tests {
         Repr {
             kind: Kind::Hello,
             seq: 0x0102030405060708,
+            state: 10,
+            ack: 5,
             page: 0,
             pages: 1,
             data_port: 4789,
@@ -464,14 +507,16 @@ mod tests {
     }
 
     #[rustfmt::skip]
-    static BYTES: [u8; 75] = [
+    static BYTES: [u8; 93] = [
         b'T', b'L', b'P', b'C', 1, 1, 0, 0,
-        1, 2, 3, 4, 5, 6, 7, 8,
+        1, 2, 3, 4, 5, 6, 7, 8,          // seq
+        0, 0, 0, 0, 0, 0, 0, 10,         // state
+        0, 0, 0, 0, 0, 0, 0, 5,          // ack
         0, 0, 0, 1, 0x12, 0xb5, 4, 2, 1, 2, 0, 0,
         198, 18, 0, 1,
         b'a', b'b', b'h',
-        4, 24, 0, 0, 0, 0, 0, 0, 0, 7, 198, 19, 1, 0,
-        6, 64, 0, 0, 0, 0, 0, 0, 0, 1,
+        4, 24, 1, 0, 0, 0, 0, 0, 0, 0, 7, 198, 19, 1, 0,
+        6, 64, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
 
@@ -537,19 +582,22 @@ mod tests {
         b[5] = 9; // kind
         assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
         let mut b = BYTES;
-        b[16..18].copy_from_slice(&[0, 1]); // page 1 of 1
+        b[32..34].copy_from_slice(&[0, 1]); // page 1 of 1
         assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
         let mut b = BYTES;
-        b[36] = 33; // IPv4 prefix length 33
+        b[52] = 33; // IPv4 prefix length 33
         assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
         let mut b = BYTES;
-        b[48] = 1; // host bit set in 198.19.1.0/24
+        b[53] = 0x80; // unknown prefix flag
         assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
         let mut b = BYTES;
-        b[32] = 0xff; // name not UTF-8
+        b[65] = 1; // host bit set in 198.19.1.0/24
         assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
         let mut b = BYTES;
-        b[22] = 5; // family
+        b[48] = 0xff; // name not UTF-8
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err());
+        let mut b = BYTES;
+        b[38] = 5; // family
         assert!(Packet::new_checked(&b[..]).is_err());
     }
 
@@ -570,6 +618,7 @@ mod tests {
             .map(|i| Announce {
                 prefix: IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::from(u128::from(i) << 64), 64)),
                 version: 1,
+                block: false,
             })
             .collect();
         let r = Repr {

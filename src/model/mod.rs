@@ -1,0 +1,796 @@
+//! The model: everything tunloom knows and scripts change — this node and its peers,
+//! the default network, IPAM (range, owned blocks, allocations by container), DNS
+//! records, exposed addresses — owned by the control side behind one lock, persisted
+//! through the store, and compiled into dataplane snapshots.
+//!
+//! Every write follows one path ([`Model::write`]): decide under the state lock, hand
+//! the resulting store operations to the group committer while still holding the lock
+//! (so they reach the store in decision order), release the lock, wait until they are
+//! durable, and — when forwarding changed — publish a snapshot and wait, bounded, until
+//! every worker forwards by it. Only then does the API answer. A write that cannot be
+//! made durable is undone in memory and answered with 503.
+//!
+//! API faces (`crate::control`) are thin adapters over these methods.
+
+pub mod ipam;
+
+use crate::config::Settings;
+use crate::peers::{Peer, Peers};
+use crate::snapshot::{Behind, Published, Snapshot, SnapshotSpec};
+use crate::store::{Committer, Op, Store, Table};
+use crate::sys::netlink::Netlink;
+use ipam::{Ipam, IpamCounts, IpamError};
+use ipnet::{IpNet, Ipv4Net};
+use parking_lot::Mutex;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a model operation failed, in the terms an API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The request is wrong (400).
+    #[error("{0}")]
+    Bad(String),
+    /// What it names does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The node cannot do it now (503): the store failed, no space is left.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A worker did not apply the change in time (503).
+    #[error(transparent)]
+    Behind(#[from] Behind),
+}
+
+impl From<IpamError> for ModelError {
+    fn from(e: IpamError) -> Self {
+        match e {
+            IpamError::Full(_) => ModelError::Unavailable(e.to_string()),
+            _ => ModelError::Bad(e.to_string()),
+        }
+    }
+}
+
+/// A DNS record: `fqdn` names `ip`, registered for `container`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Record {
+    pub container: String,
+    pub ip: IpAddr,
+    pub fqdn: String,
+}
+
+impl Record {
+    fn key(&self) -> String {
+        format!("{}\t{}\t{}", self.container, self.ip, self.fqdn)
+    }
+}
+
+/// `name` as an absolute domain name (trailing dot, lower case) if it is one: labels
+/// of letters, digits and hyphens (and `_`, as in service names), 1–63 bytes each, not
+/// starting or ending with a hyphen, 253 bytes in all.
+pub fn normalize_fqdn(name: &str) -> Option<String> {
+    let n = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if n.is_empty() || n.len() > 253 {
+        return None;
+    }
+    let ok = n.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    ok.then(|| format!("{n}."))
+}
+
+/// Whether a container is alive, for `check-alive=true`. tunloom has no container
+/// runtime to ask, so it looks for what a runtime (or CNI plugin, or script) leaves
+/// behind: a network namespace named after the container in `/run/netns` (as `ip netns
+/// add <id>` and Docker-style tooling create), or, for a numeric id, a running process
+/// with that pid.
+pub fn alive(id: &str) -> bool {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return false;
+    }
+    std::path::Path::new("/run/netns").join(id).exists()
+        || (id.bytes().all(|b| b.is_ascii_digit()) && std::path::Path::new("/proc").join(id).exists())
+}
+
+/// What `allocate` gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    Address(Ipv4Addr, u8),
+    /// `check-alive` found the container gone: nothing was allocated.
+    Cancelled,
+}
+
+/// The TUN link, for exposing addresses on it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+}
+
+struct State {
+    ipam: Ipam,
+    default_subnet: Ipv4Net,
+    domain: String,
+    records: BTreeSet<Record>,
+    exposed: Vec<IpNet>,
+    /// Blocks taken over from removed peers (the configured ones are in settings).
+    taken: Vec<Ipv4Net>,
+}
+
+/// A decided change: its result, store operations, how to undo it in memory, and
+/// whether forwarding changed.
+struct Change<T> {
+    value: T,
+    ops: Vec<Op>,
+    undo: Option<Box<dyn FnOnce(&mut State) + Send>>,
+    routing: bool,
+}
+
+impl<T> Change<T> {
+    fn read(value: T) -> Change<T> {
+        Change {
+            value,
+            ops: Vec::new(),
+            undo: None,
+            routing: false,
+        }
+    }
+}
+
+/// Snapshot of what the Weave status page shows.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub ipam: IpamCounts,
+    pub default_subnet: Ipv4Net,
+    pub domain: String,
+    pub peers: Vec<Peer>,
+    pub ready: bool,
+}
+
+pub struct Model {
+    pub settings: Arc<Settings>,
+    pub published: Arc<Published>,
+    pub peers: Arc<Peers>,
+    store: Committer,
+    state: Mutex<State>,
+    link: Option<Link>,
+    /// Serialises link changes (netlink) across API threads.
+    netlink: Mutex<Option<Netlink>>,
+}
+
+fn parse_alloc(value: &str) -> Option<(u8, &str)> {
+    let (len, id) = value.split_once(' ')?;
+    Some((len.parse().ok()?, id))
+}
+
+impl Model {
+    /// Loads the state from `store`, checks it against the configuration, restores
+    /// exposed addresses on `link`, and compiles the first snapshot.
+    pub fn open(
+        settings: Arc<Settings>,
+        published: Arc<Published>,
+        peers: Arc<Peers>,
+        store: impl Store,
+        link: Option<Link>,
+    ) -> Result<Model, String> {
+        let contents = store.load().map_err(|e| format!("loading the state: {e}"))?;
+        let table = |t: Table| contents.get(&t).cloned().unwrap_or_default();
+        let meta = table(Table::Meta);
+        let allocations = table(Table::Allocations);
+        let range = settings.config.ipam.range.trunc();
+        if let Some(old) = meta.get("range").and_then(|r| r.parse::<Ipv4Net>().ok()) {
+            if old != range && !allocations.is_empty() {
+                return Err(format!(
+                    "the state holds {} allocations in range {old}, but ipam.range is now {range}; \
+                     release them or keep the range (tunloom will not silently reinterpret addresses)",
+                    allocations.len()
+                ));
+            }
+        }
+        let taken: Vec<Ipv4Net> = table(Table::Blocks).keys().filter_map(|k| k.parse().ok()).collect();
+        let mut owned = settings.blocks.clone();
+        owned.extend(taken.iter().filter(|b| range.contains(*b)));
+        let mut ipam = Ipam::new(range, &owned).map_err(|e| e.to_string())?;
+        let mut restored = 0;
+        for (ip, value) in &allocations {
+            let parsed = ip.parse::<Ipv4Addr>().ok().zip(parse_alloc(value));
+            match parsed {
+                Some((a, (len, id))) => match ipam.restore(id, a, len) {
+                    Ok(()) => restored += 1,
+                    Err(e) => log::error!("state: allocation {ip} -> {value} not restored: {e}"),
+                },
+                None => log::error!("state: unreadable allocation {ip:?} -> {value:?}"),
+            }
+        }
+        let records: BTreeSet<Record> = table(Table::Records)
+            .keys()
+            .filter_map(|k| {
+                let mut f = k.splitn(3, '\t');
+                Some(Record {
+                    container: f.next()?.to_string(),
+                    ip: f.next()?.parse().ok()?,
+                    fqdn: f.next()?.to_string(),
+                })
+            })
+            .collect();
+        let exposed: Vec<IpNet> = table(Table::Exposed).keys().filter_map(|k| k.parse().ok()).collect();
+        let targets: Vec<SocketAddr> = table(Table::Peers).keys().filter_map(|k| k.parse().ok()).collect();
+        peers.set_targets(&targets, false);
+        let committer = Committer::start(store);
+        let model = Model {
+            state: Mutex::new(State {
+                ipam,
+                default_subnet: settings.default_subnet,
+                domain: normalize_fqdn(&settings.config.dns.domain).unwrap_or_else(|| "weave.local.".into()),
+                records,
+                exposed: exposed.clone(),
+                taken,
+            }),
+            settings,
+            published,
+            peers,
+            store: committer,
+            netlink: Mutex::new(None),
+            link,
+        };
+        for e in &exposed {
+            model.link_address(e).map_err(|e| format!("restoring exposed address: {e}"))?;
+        }
+        // What the configuration says now is what the state remembers from here on.
+        let st = model.state.lock();
+        let ops = vec![
+            Op::put(Table::Meta, "range", range.to_string()),
+            Op::put(Table::Meta, "default_subnet", st.default_subnet.to_string()),
+            Op::put(Table::Meta, "domain", st.domain.clone()),
+        ];
+        model.announce(&st);
+        let spec = model.spec(&st);
+        drop(st);
+        model
+            .store
+            .submit(ops)
+            .wait()
+            .map_err(|e| format!("writing the state: {e}"))?;
+        model.published.publish(|g| Snapshot::compile(g, spec));
+        log::info!(
+            "state: {restored} allocations, {} DNS records, {} exposed addresses, {} peers to connect to",
+            model.state.lock().records.len(),
+            exposed.len(),
+            targets.len()
+        );
+        Ok(model)
+    }
+
+    /// Announcements: configured prefixes, owned IPAM blocks, exposed host addresses.
+    fn announce(&self, st: &State) -> u64 {
+        let mut list: Vec<(IpNet, bool)> = self.settings.announced.iter().map(|p| (*p, false)).collect();
+        for b in st.ipam.owned() {
+            list.push((IpNet::V4(*b), true));
+        }
+        for e in &st.exposed {
+            let host = IpNet::new(e.addr(), e.max_prefix_len()).expect("max prefix length is valid");
+            if !list.iter().any(|(p, _)| p.contains(&e.addr())) {
+                list.push((host, false));
+            }
+        }
+        self.peers.set_announced(&list)
+    }
+
+    fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(subnet.network()) + 1)
+    }
+
+    fn spec(&self, st: &State) -> SnapshotSpec {
+        let s = &self.settings;
+        let local: Vec<IpNet> = self.peers.announced().iter().map(|a| a.prefix).collect();
+        let mut service: Vec<IpNet> = s.config.overlay.gateways.iter().map(|a| IpNet::from(*a)).collect();
+        service.push(IpNet::from(IpAddr::V4(Self::gateway(&st.default_subnet))));
+        let first = |v6: bool| {
+            st.exposed
+                .iter()
+                .map(|n| n.addr())
+                .chain(s.config.overlay.expose.iter().map(|n| n.addr()))
+                .find(|a| a.is_ipv6() == v6)
+        };
+        SnapshotSpec {
+            node_mac: s.node_mac,
+            vni: s.config.dataplane.vni,
+            mtu: s.mtu,
+            local,
+            service,
+            peers: self.peers.up_entries(),
+            router_v4: first(false).and_then(|a| match a {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            }),
+            router_v6: first(true).and_then(|a| match a {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }),
+        }
+    }
+
+    /// Compiles and publishes a snapshot of the current state and waits until every
+    /// worker forwards by it.
+    pub fn republish(&self) -> Result<u64, Behind> {
+        let spec = {
+            let st = self.state.lock();
+            self.spec(&st)
+        };
+        let g = self.published.publish(|g| Snapshot::compile(g, spec));
+        self.published.wait_applied(g, Duration::from_secs(2))?;
+        Ok(g)
+    }
+
+    /// The write path; see the module documentation.
+    fn write<T>(&self, decide: impl FnOnce(&mut State) -> Result<Change<T>, ModelError>) -> Result<T, ModelError> {
+        let (change, ticket) = {
+            let mut st = self.state.lock();
+            let mut change = decide(&mut st)?;
+            let ticket = (!change.ops.is_empty()).then(|| self.store.submit(std::mem::take(&mut change.ops)));
+            if change.routing {
+                self.announce(&st);
+            }
+            (change, ticket)
+        };
+        if let Some(t) = ticket {
+            if let Err(e) = t.wait() {
+                let mut st = self.state.lock();
+                if let Some(undo) = change.undo {
+                    undo(&mut st);
+                }
+                if change.routing {
+                    self.announce(&st);
+                }
+                return Err(ModelError::Unavailable(format!("the change could not be stored: {e}")));
+            }
+        }
+        if change.routing {
+            self.republish()?;
+            self.peers.hello_all();
+        }
+        Ok(change.value)
+    }
+
+    fn sync_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.config.control.sync_timeout_ms)
+    }
+
+    /// Allocates an address for `id` in `subnet` (default: the default subnet).
+    pub fn allocate(&self, id: &str, subnet: Option<Ipv4Net>, check_alive: bool) -> Result<Allocation, ModelError> {
+        if check_alive && !alive(id) {
+            return Ok(Allocation::Cancelled);
+        }
+        self.write(|st| {
+            let subnet = subnet.unwrap_or(st.default_subnet).trunc();
+            let (a, new) = st.ipam.allocate(id, subnet)?;
+            let value = Allocation::Address(a, subnet.prefix_len());
+            if !new {
+                return Ok(Change::read(value));
+            }
+            let owned = id.to_string();
+            Ok(Change {
+                value,
+                ops: vec![Op::put(Table::Allocations, a.to_string(), format!("{} {id}", subnet.prefix_len()))],
+                undo: Some(Box::new(move |st: &mut State| {
+                    st.ipam.release(&owned);
+                })),
+                routing: false,
+            })
+        })
+    }
+
+    /// Claims the address of `cidr` for `id`.
+    pub fn claim(&self, id: &str, cidr: Ipv4Net, check_alive: bool) -> Result<Allocation, ModelError> {
+        if check_alive && !alive(id) {
+            return Ok(Allocation::Cancelled);
+        }
+        self.write(|st| {
+            let value = Allocation::Address(cidr.addr(), cidr.prefix_len());
+            if !st.ipam.claim(id, cidr)? {
+                return Ok(Change::read(value));
+            }
+            let owned = id.to_string();
+            Ok(Change {
+                value,
+                ops: vec![Op::put(
+                    Table::Allocations,
+                    cidr.addr().to_string(),
+                    format!("{} {id}", cidr.prefix_len()),
+                )],
+                undo: Some(Box::new(move |st: &mut State| {
+                    st.ipam.release(&owned);
+                })),
+                routing: false,
+            })
+        })
+    }
+
+    /// Releases everything `id` holds; NotFound when it held nothing.
+    pub fn release(&self, id: &str) -> Result<usize, ModelError> {
+        self.write(|st| {
+            let freed = st.ipam.release(id);
+            if freed.is_empty() {
+                return Err(ModelError::NotFound(format!("container {id} holds no addresses")));
+            }
+            let ops = freed.iter().map(|(a, _)| Op::delete(Table::Allocations, a.to_string())).collect();
+            let (owned, back) = (id.to_string(), freed.clone());
+            Ok(Change {
+                value: freed.len(),
+                ops,
+                undo: Some(Box::new(move |st: &mut State| {
+                    for (a, len) in back {
+                        let _ = st.ipam.restore(&owned, a, len);
+                    }
+                })),
+                routing: false,
+            })
+        })
+    }
+
+    /// The addresses `id` holds in the default subnet.
+    pub fn lookup(&self, id: &str) -> Vec<(Ipv4Addr, u8)> {
+        let st = self.state.lock();
+        let subnet = st.default_subnet;
+        st.ipam.lookup(id).into_iter().filter(|(a, _)| subnet.contains(a)).collect()
+    }
+
+    /// Every address `id` holds.
+    pub fn lookup_all(&self, id: &str) -> Vec<(Ipv4Addr, u8)> {
+        self.state.lock().ipam.lookup(id)
+    }
+
+    pub fn default_subnet(&self) -> Ipv4Net {
+        self.state.lock().default_subnet
+    }
+
+    pub fn domain(&self) -> String {
+        self.state.lock().domain.clone()
+    }
+
+    /// Connects to `addrs` (replacing every other target with `replace`), and waits,
+    /// at most the sync timeout, until each answers and both sides forward by each
+    /// other's state. Returns the peers that did not get there in time.
+    pub fn connect(&self, addrs: &[SocketAddr], replace: bool) -> Result<Vec<SocketAddr>, ModelError> {
+        let before: BTreeSet<SocketAddr> =
+            self.peers.snapshot().iter().filter(|p| p.target).map(|p| p.control_addr).collect();
+        let wanted: BTreeSet<SocketAddr> = addrs.iter().copied().collect();
+        let mut ops: Vec<Op> = wanted.difference(&before).map(|a| Op::put(Table::Peers, a.to_string(), "")).collect();
+        if replace {
+            ops.extend(before.difference(&wanted).map(|a| Op::delete(Table::Peers, a.to_string())));
+        }
+        // Only the peer table changes; persist first, then act.
+        self.write(|_| {
+            Ok(Change {
+                value: (),
+                ops,
+                undo: None,
+                routing: false,
+            })
+        })?;
+        self.peers.set_targets(addrs, replace);
+        if replace {
+            // Peers no longer targeted drop out of the snapshot now, not at expiry.
+            let dropped: Vec<String> = self
+                .peers
+                .snapshot()
+                .iter()
+                .filter(|p| !wanted.contains(&p.control_addr) && !p.name.is_empty())
+                .map(|p| p.name.clone())
+                .collect();
+            for name in dropped {
+                self.peers.remove(&name);
+            }
+            self.republish()?;
+        }
+        for a in addrs {
+            self.peers.hello_to(*a);
+        }
+        let state = self.peers.state();
+        let settled = |t: &[Peer], a: &SocketAddr| t.iter().any(|p| p.control_addr == *a && p.settled(state));
+        self.peers.wait(self.sync_timeout(), |t| addrs.iter().all(|a| settled(t, a)));
+        let table = self.peers.snapshot();
+        Ok(addrs.iter().filter(|a| !settled(&table, a)).copied().collect())
+    }
+
+    /// Removes a peer and takes over the IPAM blocks it owned. Returns the number of
+    /// addresses taken over.
+    pub fn remove_peer(&self, who: &str) -> Result<u64, ModelError> {
+        let p = self
+            .peers
+            .remove(who)
+            .ok_or_else(|| ModelError::NotFound(format!("no peer {who}")))?;
+        let blocks: Vec<Ipv4Net> = p
+            .prefixes
+            .iter()
+            .filter(|a| a.block)
+            .filter_map(|a| match a.prefix {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let addr = p.control_addr.to_string();
+        self.write(move |st| {
+            let mut ops = vec![Op::delete(Table::Peers, addr)];
+            let mut taken = 0u64;
+            for b in blocks {
+                if st.ipam.range().contains(&b) && !st.ipam.owned().iter().any(|o| o.contains(&b)) {
+                    st.ipam.add_owned(b)?;
+                    st.taken.push(b);
+                    ops.push(Op::put(Table::Blocks, b.to_string(), ""));
+                    taken += 1u64 << (32 - b.prefix_len());
+                }
+            }
+            Ok(Change {
+                value: taken,
+                ops,
+                undo: None,
+                routing: true,
+            })
+        })
+    }
+
+    fn link_address(&self, net: &IpNet) -> Result<(), String> {
+        let Some(link) = &self.link else { return Ok(()) };
+        let mut nl = self.netlink.lock();
+        if nl.is_none() {
+            *nl = Some(Netlink::open().map_err(|e| format!("opening rtnetlink: {e}"))?);
+        }
+        let Some(nl) = nl.as_mut() else { return Err("no netlink socket".into()) };
+        nl.add_address(link.index, net)
+            .map_err(|e| format!("adding {net} to {}: {e}", link.name))
+    }
+
+    /// Puts `cidr` on the TUN device and announces it; waits until the peers that are
+    /// up forward by it. Returns the peers that did not get there in time.
+    pub fn expose(&self, cidr: IpNet) -> Result<Vec<String>, ModelError> {
+        {
+            let st = self.state.lock();
+            if let IpAddr::V4(a) = cidr.addr() {
+                if a == Self::gateway(&st.default_subnet) {
+                    return Err(ModelError::Bad(format!("{a} is the default network's gateway, served by tunloom")));
+                }
+                if let Some(holder) = st.ipam.holder(a) {
+                    return Err(ModelError::Bad(format!("{a} is allocated to container {holder}")));
+                }
+            }
+            if st.exposed.contains(&cidr) {
+                drop(st);
+                return Ok(self.wait_peers_acked());
+            }
+        }
+        self.link_address(&cidr).map_err(ModelError::Unavailable)?;
+        self.write(|st| {
+            if !st.exposed.contains(&cidr) {
+                st.exposed.push(cidr);
+            }
+            Ok(Change {
+                value: (),
+                ops: vec![Op::put(Table::Exposed, cidr.to_string(), "")],
+                undo: Some(Box::new(move |st: &mut State| st.exposed.retain(|e| *e != cidr))),
+                routing: true,
+            })
+        })?;
+        Ok(self.wait_peers_acked())
+    }
+
+    /// Waits until every peer that is up forwards by this node's current state;
+    /// returns those that did not in time.
+    fn wait_peers_acked(&self) -> Vec<String> {
+        let state = self.peers.state();
+        self.peers
+            .wait(self.sync_timeout(), |t| t.iter().filter(|p| p.up).all(|p| p.acked >= state));
+        self.peers
+            .snapshot()
+            .iter()
+            .filter(|p| p.up && p.acked < state)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Registers `fqdn` for `container` at `ip`.
+    pub fn put_record(&self, container: &str, ip: IpAddr, fqdn: &str) -> Result<(), ModelError> {
+        if !ipam::valid_id(container) {
+            return Err(ModelError::Bad("container id must be 1 to 256 characters without whitespace or '/'".into()));
+        }
+        let fqdn = normalize_fqdn(fqdn).ok_or_else(|| ModelError::Bad(format!("{fqdn:?} is not a valid domain name")))?;
+        let r = Record {
+            container: container.to_string(),
+            ip,
+            fqdn,
+        };
+        self.write(|st| {
+            if st.records.contains(&r) {
+                return Ok(Change::read(()));
+            }
+            st.records.insert(r.clone());
+            let undo_r = r.clone();
+            Ok(Change {
+                value: (),
+                ops: vec![Op::put(Table::Records, r.key(), "")],
+                undo: Some(Box::new(move |st: &mut State| {
+                    st.records.remove(&undo_r);
+                })),
+                routing: false,
+            })
+        })
+    }
+
+    /// Removes the records of `container` at `ip` (only `fqdn`'s, when given).
+    pub fn delete_records(&self, container: &str, ip: IpAddr, fqdn: Option<&str>) -> Result<usize, ModelError> {
+        let fqdn = match fqdn {
+            Some(f) => Some(normalize_fqdn(f).ok_or_else(|| ModelError::Bad(format!("{f:?} is not a valid domain name")))?),
+            None => None,
+        };
+        self.write(|st| {
+            let gone: Vec<Record> = st
+                .records
+                .iter()
+                .filter(|r| r.container == container && r.ip == ip && fqdn.as_ref().is_none_or(|f| *f == r.fqdn))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                return Err(ModelError::NotFound(format!("no DNS record for container {container} at {ip}")));
+            }
+            for r in &gone {
+                st.records.remove(r);
+            }
+            let ops = gone.iter().map(|r| Op::delete(Table::Records, r.key())).collect();
+            let back = gone.clone();
+            Ok(Change {
+                value: gone.len(),
+                ops,
+                undo: Some(Box::new(move |st: &mut State| st.records.extend(back))),
+                routing: false,
+            })
+        })
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.state.lock().records.iter().cloned().collect()
+    }
+
+    pub fn exposed(&self) -> Vec<IpNet> {
+        self.state.lock().exposed.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        let st = self.state.lock();
+        let g = self.published.load().generation;
+        let applied = (0..self.published.workers()).all(|i| self.published.seen(i) >= g);
+        Status {
+            ipam: st.ipam.counts(),
+            default_subnet: st.default_subnet,
+            domain: st.domain.clone(),
+            peers: self.peers.snapshot(),
+            ready: applied && !self.store.failed() && !st.ipam.owned().is_empty(),
+        }
+    }
+
+    pub fn commit_stats(&self) -> serde_json::Value {
+        let s = &self.store.stats;
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        serde_json::json!({
+            "transactions": g(&s.transactions),
+            "requests": g(&s.requests),
+            "operations": g(&s.operations),
+            "failed": self.store.failed(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::redb::RedbStore;
+    use std::path::{Path, PathBuf};
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("tunloom-model-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+
+    fn open_config(d: &Path, text: &str) -> Result<Model, String> {
+        let s = Arc::new(Config::parse(text, Path::new("t")).unwrap());
+        let spec = SnapshotSpec {
+            node_mac: s.node_mac,
+            vni: 1,
+            mtu: 1450,
+            local: vec![],
+            service: vec![],
+            peers: vec![],
+            router_v4: None,
+            router_v6: None,
+        };
+        let published = Arc::new(Published::new(Snapshot::compile(0, spec), 0));
+        let peers = Arc::new(Peers::new(s.clone()));
+        Model::open(s, published, peers, RedbStore::open(d).unwrap(), None)
+    }
+
+    fn open(d: &Path, extra: &str) -> Result<Model, String> {
+        open_config(d, &format!("[node]\nname = \"m\"\n[ipam]\nrange = \"10.32.0.0/12\"\n{extra}"))
+    }
+
+    #[test]
+    fn everything_comes_back_after_a_restart() {
+        let d = dir("restart");
+        {
+            let m = open(&d.0, "").unwrap();
+            assert_eq!(m.allocate("c1", None, false).unwrap(), Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12));
+            m.claim("c2", "10.32.0.9/12".parse().unwrap(), false).unwrap();
+            m.allocate("c3", None, false).unwrap();
+            assert_eq!(m.release("c3").unwrap(), 1);
+            m.put_record("c1", "10.32.0.2".parse().unwrap(), "one.weave.local").unwrap();
+            m.connect(&["198.18.0.9:6783".parse().unwrap()], false).unwrap();
+            m.expose("10.32.0.7/12".parse().unwrap()).unwrap();
+        }
+        let m = open(&d.0, "").unwrap();
+        assert_eq!(m.lookup("c1"), vec![(Ipv4Addr::new(10, 32, 0, 2), 12)]);
+        assert_eq!(m.lookup("c2"), vec![(Ipv4Addr::new(10, 32, 0, 9), 12)]);
+        assert!(m.lookup("c3").is_empty());
+        assert_eq!(m.records()[0].fqdn, "one.weave.local.");
+        assert_eq!(m.exposed(), vec!["10.32.0.7/12".parse::<IpNet>().unwrap()]);
+        assert!(m.peers.snapshot().iter().any(|p| p.control_addr == "198.18.0.9:6783".parse().unwrap()));
+        // The same container gets the same address; a new one does not get a held one.
+        assert_eq!(m.allocate("c1", None, false).unwrap(), Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12));
+        let Allocation::Address(a, _) = m.allocate("c4", None, false).unwrap() else { panic!() };
+        assert!(![2, 9].contains(&a.octets()[3]) || a.octets()[2] != 0);
+        // The exposed address counts as taken for claims... but not for IPAM (it is
+        // the host's); the gateway may not be exposed.
+        assert!(matches!(m.expose("10.32.0.1/12".parse().unwrap()), Err(ModelError::Bad(_))));
+    }
+
+    #[test]
+    fn a_changed_range_with_allocations_is_refused() {
+        let d = dir("range");
+        {
+            let m = open(&d.0, "").unwrap();
+            m.allocate("c1", None, false).unwrap();
+        }
+        let e = open_config(&d.0, "[ipam]\nrange = \"10.64.0.0/12\"\n").map(|_| ());
+        let e = e.unwrap_err();
+        assert!(e.contains("10.32.0.0/12") && e.contains("10.64.0.0/12"), "{e}");
+    }
+
+    #[test]
+    fn errors_map_to_their_kinds() {
+        let d = dir("errors");
+        let m = open(&d.0, "").unwrap();
+        m.allocate("c1", None, false).unwrap();
+        assert!(matches!(m.claim("c2", "10.32.0.2/12".parse().unwrap(), false), Err(ModelError::Bad(_))));
+        assert!(matches!(m.release("nobody"), Err(ModelError::NotFound(_))));
+        assert!(matches!(m.delete_records("c1", "10.32.0.2".parse().unwrap(), None), Err(ModelError::NotFound(_))));
+        assert!(matches!(m.put_record("c1", "10.32.0.2".parse().unwrap(), "bad..name"), Err(ModelError::Bad(_))));
+        assert_eq!(
+            m.allocate("not-a-netns-here", None, true).unwrap(),
+            Allocation::Cancelled,
+            "check-alive: no namespace, no process"
+        );
+        assert!(matches!(m.remove_peer("ghost"), Err(ModelError::NotFound(_))));
+    }
+
+    #[test]
+    fn fqdns_are_normalized() {
+        assert_eq!(normalize_fqdn("MyApp.Weave.Local").as_deref(), Some("myapp.weave.local."));
+        assert_eq!(normalize_fqdn("a.b.").as_deref(), Some("a.b."));
+        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a b.c", &"x".repeat(64)] {
+            assert_eq!(normalize_fqdn(bad), None, "{bad:?}");
+        }
+    }
+}
