@@ -357,7 +357,10 @@ impl Config {
         }
         let ipam = &self.ipam;
         if !(8..=30).contains(&ipam.range.prefix_len()) {
-            return Err(invalid("ipam.range", format!("{} must be between a /8 and a /30", ipam.range)));
+            return Err(invalid(
+                "ipam.range",
+                format!("{} must be between a /8 and a /30", ipam.range),
+            ));
         }
         let range = ipam.range.trunc();
         let default_subnet = ipam.default_subnet.map_or(range, |s| s.trunc());
@@ -378,14 +381,20 @@ impl Config {
         if !self.api.weave_listen.ip().is_loopback() {
             return Err(invalid(
                 "api.weave_listen",
-                format!("{} is not a loopback address; the Weave API has no authentication", self.api.weave_listen),
+                format!(
+                    "{} is not a loopback address; the Weave API has no authentication",
+                    self.api.weave_listen
+                ),
             ));
         }
         if self.api.weave_listen == self.api.listen {
             return Err(invalid("api.weave_listen", "must differ from api.listen".into()));
         }
         if !(100..=60_000).contains(&c.sync_timeout_ms) {
-            return Err(invalid("control.sync_timeout_ms", format!("{} is outside 100..=60000", c.sync_timeout_ms)));
+            return Err(invalid(
+                "control.sync_timeout_ms",
+                format!("{} is outside 100..=60000", c.sync_timeout_ms),
+            ));
         }
         let domain = &self.dns.domain;
         if crate::model::normalize_fqdn(domain).is_none() {

@@ -11,10 +11,10 @@ use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::model::{Link, Model};
 use crate::peers::Peers;
-use crate::store::redb::RedbStore;
 use crate::service::{Service, ServiceQueues};
 use crate::snapshot::{Published, Snapshot};
 use crate::stats::WorkerStats;
+use crate::store::redb::RedbStore;
 use crate::sys;
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
@@ -175,7 +175,9 @@ impl Daemon {
         let shutdown = Arc::new(AtomicBool::new(false));
         // The configured gateways and the default network's (its first usable address).
         let mut gateways = c.overlay.gateways.clone();
-        gateways.push(IpAddr::V4(Ipv4Addr::from(u32::from(settings.default_subnet.network()) + 1)));
+        gateways.push(IpAddr::V4(Ipv4Addr::from(
+            u32::from(settings.default_subnet.network()) + 1,
+        )));
         let service = Some(Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
         let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
             .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))

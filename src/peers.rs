@@ -166,7 +166,9 @@ pub struct Peers {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Peers {
@@ -266,8 +268,18 @@ impl Peers {
                 control_address: p.control_addr,
                 data_address: p.data_addr,
                 last_seen_ms_ago: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
-                prefixes: p.prefixes.iter().filter(|a| !a.block).map(|a| a.prefix.to_string()).collect(),
-                blocks: p.prefixes.iter().filter(|a| a.block).map(|a| a.prefix.to_string()).collect(),
+                prefixes: p
+                    .prefixes
+                    .iter()
+                    .filter(|a| !a.block)
+                    .map(|a| a.prefix.to_string())
+                    .collect(),
+                blocks: p
+                    .prefixes
+                    .iter()
+                    .filter(|a| a.block)
+                    .map(|a| a.prefix.to_string())
+                    .collect(),
                 static_peer: p.target,
                 up_events: p.up_events,
                 down_events: p.down_events,
@@ -339,11 +351,15 @@ impl Peers {
             self.seq.store(next, Ordering::Relaxed);
             next
         };
-        let underlay = s.config.dataplane.advertise.unwrap_or(if s.config.dataplane.bind.is_ipv6() {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-        });
+        let underlay = s
+            .config
+            .dataplane
+            .advertise
+            .unwrap_or(if s.config.dataplane.bind.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            });
         let local = self.local.lock();
         let base = control::Repr {
             kind,
@@ -360,7 +376,11 @@ impl Peers {
         };
         let all: &[Announce] = if kind == Kind::Hello { &local.announced } else { &[] };
         let per = base.prefixes_per_page(s.secret.is_some()).max(1);
-        let chunks: Vec<&[Announce]> = if all.is_empty() { vec![&[][..]] } else { all.chunks(per).collect() };
+        let chunks: Vec<&[Announce]> = if all.is_empty() {
+            vec![&[][..]]
+        } else {
+            all.chunks(per).collect()
+        };
         let pages = chunks.len().min(usize::from(u16::MAX)) as u16;
         for (i, chunk) in chunks.into_iter().enumerate().take(usize::from(pages)) {
             let r = control::Repr {
@@ -416,8 +436,12 @@ impl Peers {
     }
 
     fn send_all(&self, sock: &UdpSocket, kind: Kind) {
-        let targets: Vec<(SocketAddr, u64)> =
-            self.table.lock().iter().map(|p| (p.control_addr, p.applied_state)).collect();
+        let targets: Vec<(SocketAddr, u64)> = self
+            .table
+            .lock()
+            .iter()
+            .map(|p| (p.control_addr, p.applied_state))
+            .collect();
         for (to, ack) in targets {
             self.send(sock, kind, to, ack);
         }
@@ -491,24 +515,38 @@ impl Peers {
         }
         // Collect this page; apply the state once every page of the sequence is here.
         let pages = usize::from(msg.pages);
-        if peer.pending.as_ref().is_none_or(|p| p.seq != msg.seq || p.pages.len() != pages) {
+        if peer
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.seq != msg.seq || p.pages.len() != pages)
+        {
             peer.pending = Some(Pending {
                 seq: msg.seq,
                 pages: vec![None; pages],
             });
         }
-        let Some(pending) = peer.pending.as_mut() else { return none };
+        let Some(pending) = peer.pending.as_mut() else {
+            return none;
+        };
         pending.pages[usize::from(msg.page)] = Some(msg.prefixes.iter().collect());
         if pending.pages.iter().any(Option::is_none) {
             return none;
         }
-        let prefixes: Vec<Announce> = pending.pages.iter_mut().flat_map(|p| p.take().unwrap_or_default()).collect();
+        let prefixes: Vec<Announce> = pending
+            .pages
+            .iter_mut()
+            .flat_map(|p| p.take().unwrap_or_default())
+            .collect();
         peer.pending = None;
         peer.last_seq = msg.seq;
         peer.last_seen = Some(now);
         peer.acked = peer.acked.max(msg.ack);
         peer.received_state = msg.state;
-        let ip = if msg.underlay.is_unspecified() { from.ip() } else { canonical(msg.underlay) };
+        let ip = if msg.underlay.is_unspecified() {
+            from.ip()
+        } else {
+            canonical(msg.underlay)
+        };
         let data_addr = Some(SocketAddr::new(ip, msg.data_port));
         let mut changed = peer.data_addr != data_addr || peer.prefixes != prefixes;
         peer.data_addr = data_addr;
@@ -668,7 +706,14 @@ mod tests {
         assert_eq!(b.views()[0].state, "down");
         assert!(b.up_entries().is_empty());
         // Back with its next hello.
-        assert!(b.handle(&hello(&a, Kind::Hello)[0], A.parse().unwrap(), t0 + Duration::from_secs(1)).changed);
+        assert!(
+            b.handle(
+                &hello(&a, Kind::Hello)[0],
+                A.parse().unwrap(),
+                t0 + Duration::from_secs(1)
+            )
+            .changed
+        );
         assert_eq!(b.views()[0].up_events, 2);
     }
 
@@ -693,11 +738,20 @@ mod tests {
         assert!(b.wait(Duration::from_millis(10), |t| t.iter().all(|p| p.acked >= b.state())));
         assert!(out.reply.is_some(), "first contact is answered");
         // b changes its announcements: a new state that a has not acknowledged.
-        let s2 = b.set_announced(&[("198.19.2.0/24".parse().unwrap(), false), ("198.19.9.9/32".parse().unwrap(), false)]);
+        let s2 = b.set_announced(&[
+            ("198.19.2.0/24".parse().unwrap(), false),
+            ("198.19.9.9/32".parse().unwrap(), false),
+        ]);
         assert!(s2 > b.snapshot()[0].acked);
         assert!(!b.wait(Duration::from_millis(10), |t| t.iter().all(|p| p.acked >= s2)));
         // Unchanged announcements keep the state.
-        assert_eq!(b.set_announced(&[("198.19.2.0/24".parse().unwrap(), false), ("198.19.9.9/32".parse().unwrap(), false)]), s2);
+        assert_eq!(
+            b.set_announced(&[
+                ("198.19.2.0/24".parse().unwrap(), false),
+                ("198.19.9.9/32".parse().unwrap(), false)
+            ]),
+            s2
+        );
     }
 
     #[test]
@@ -738,13 +792,18 @@ mod tests {
         assert_eq!(b.handle(b"TLPC garbage", A.parse().unwrap(), now), Outcome::default());
         assert_eq!(b.counters.malformed.load(Ordering::Relaxed), 1);
         // Its own hello, reflected back, is ignored.
-        assert_eq!(b.handle(&hello(&b, Kind::Hello)[0], A.parse().unwrap(), now), Outcome::default());
+        assert_eq!(
+            b.handle(&hello(&b, Kind::Hello)[0], A.parse().unwrap(), now),
+            Outcome::default()
+        );
         assert_eq!(b.counters.from_self.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn large_states_are_paged_and_applied_only_when_complete() {
-        let big = Peers::new(Arc::new(Config::parse("[node]\nname = \"big\"\n", Path::new("t")).unwrap()));
+        let big = Peers::new(Arc::new(
+            Config::parse("[node]\nname = \"big\"\n", Path::new("t")).unwrap(),
+        ));
         let nets: Vec<(IpNet, bool)> = (0..200u32)
             .map(|i| (format!("fd00:{i:x}::/64").parse().unwrap(), i % 2 == 0))
             .collect();

@@ -38,6 +38,10 @@ pub struct HostSpec {
     pub cpus: [Vec<usize>; 2],
     /// Serve gateway address 198.19.<host>.254 on each host's service thread.
     pub gateways: bool,
+    /// List the other host as a static peer (else they meet through `POST /connect`).
+    pub static_peers: bool,
+    /// Expose 198.19.<host>.1 on each host's TUN by configuration.
+    pub expose: bool,
     pub offload: bool,
     pub hello_interval_ms: u64,
     /// TOML appended to both configurations (e.g. a `[control]` secret).
@@ -50,6 +54,8 @@ impl Default for HostSpec {
             workers: 0,
             cpus: [Vec::new(), Vec::new()],
             gateways: false,
+            static_peers: true,
+            expose: true,
             offload: true,
             hello_interval_ms: 200,
             extra: String::new(),
@@ -155,15 +161,14 @@ udp_gro = {off}
 [overlay]
 routes = ["198.19.0.0/17"]
 announce = ["{prefix}"]
-expose = ["{addr}/32"]
+expose = {expose}
 gateways = {gateways}
 [ipam]
 range = "198.19.0.0/16"
 blocks = ["{block}"]
 [control]
 hello_interval_ms = {hello}
-[[peers]]
-address = "{peer}"
+{peers}
 {extra}
 "#,
         name = NAMES[i],
@@ -172,7 +177,6 @@ address = "{peer}"
         underlay = UNDERLAY[i],
         off = spec.offload,
         prefix = PREFIX[i],
-        addr = OVERLAY[i],
         gateways = if spec.gateways {
             format!("[\"{}\"]", GATEWAY[i])
         } else {
@@ -180,7 +184,16 @@ address = "{peer}"
         },
         hello = spec.hello_interval_ms,
         block = BLOCK[i],
-        peer = UNDERLAY[1 - i],
+        peers = if spec.static_peers {
+            format!("[[peers]]\naddress = \"{}\"", UNDERLAY[1 - i])
+        } else {
+            String::new()
+        },
+        expose = if spec.expose {
+            format!("[\"{}/32\"]", OVERLAY[i])
+        } else {
+            "[]".into()
+        },
         extra = spec.extra,
     )
 }
@@ -325,6 +338,43 @@ impl TwoHosts {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// A Weave API request to host `i` (body sent as a form); status and body text.
+    pub fn weave(&self, i: usize, method: &str, path: &str, form: Option<&str>) -> io::Result<(u16, String)> {
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        let (status, body) = api_request(
+            &self.ns(i).name,
+            6784,
+            method,
+            path,
+            form.map(|f| f.as_bytes().to_vec()),
+            &headers,
+        )?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Waits until daemon `i` answers on its management API.
+    pub fn wait_up(&mut self, i: usize, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while api_get(&self.ns(i).name, "/health").is_err() {
+            if let Some(status) = self.daemons[i].as_mut().and_then(Proc::exited) {
+                self.daemons[i] = None;
+                return Err(io::Error::other(format!(
+                    "tunloom {} exited ({status}):\n{}",
+                    NAMES[i],
+                    self.log(i)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("tunloom {} did not come up:\n{}", NAMES[i], self.log(i)),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     pub fn stats(&self, i: usize) -> io::Result<serde_json::Value> {
         api_get(&self.ns(i).name, "/api/v1/stats")
     }
@@ -453,6 +503,123 @@ impl TwoHosts {
             std::thread::sleep(Duration::from_millis(200));
         }
         Err(io::Error::other(format!("iperf3 to {dst} failed: {last}")))
+    }
+}
+
+/// One tunloom host in its own namespace, with a configuration given as text, that
+/// can be stopped, crashed and restarted on the same state directory.
+pub struct OneHost {
+    daemon: Option<Proc>,
+    pub ns: Netns,
+    pub dir: TempDir,
+    exe: PathBuf,
+}
+
+impl OneHost {
+    pub fn create(tag: &str, exe: &Path, config: &str) -> io::Result<OneHost> {
+        let pid = std::process::id();
+        let dir = TempDir::new(&format!("tunloom-{tag}-{pid}"))?;
+        let ns = Netns::create(&format!("tl-{tag}-{pid}"))?;
+        std::fs::write(dir.0.join("tunloom.toml"), config)?;
+        Ok(OneHost {
+            daemon: None,
+            ns,
+            dir,
+            exe: exe.to_owned(),
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("tunloom.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.0.join("state")
+    }
+
+    /// Starts the daemon and waits until its management API answers.
+    pub fn start(&mut self) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("tunloom.log"))?;
+        let (cfg, state) = (self.config_path(), self.state_dir());
+        let args = [
+            "run",
+            "-c",
+            cfg.to_str().unwrap_or_default(),
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+        ];
+        let child = self
+            .ns
+            .command(self.exe.to_str().unwrap_or("tunloom"), &args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.daemon = Some(Proc::new(child, "tunloom"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while api_get(&self.ns.name, "/health").is_err() {
+            if let Some(status) = self.daemon.as_mut().and_then(Proc::exited) {
+                self.daemon = None;
+                return Err(io::Error::other(format!("tunloom exited ({status}):\n{}", self.log())));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("tunloom did not come up:\n{}", self.log()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon: cleanly (SIGTERM) or as a crash (SIGKILL).
+    pub fn stop(&mut self, crash: bool) {
+        if let Some(mut p) = self.daemon.take() {
+            if crash {
+                p.kill();
+            } else {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Proc::pid)
+    }
+
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.0.join("tunloom.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A Weave API request (body sent as a form): status and body text.
+    pub fn weave(&self, method: &str, path: &str, form: Option<&str>) -> io::Result<(u16, String)> {
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        let (status, body) = api_request(
+            &self.ns.name,
+            6784,
+            method,
+            path,
+            form.map(|f| f.as_bytes().to_vec()),
+            &headers,
+        )?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A management API request: status and body.
+    pub fn api(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> io::Result<(u16, Vec<u8>)> {
+        api_request(&self.ns.name, 6786, method, path, body, &[])
+    }
+}
+
+impl Drop for OneHost {
+    fn drop(&mut self) {
+        self.stop(false);
     }
 }
 

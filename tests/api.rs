@@ -93,6 +93,12 @@ fn management_api_answers_and_errors_in_json() {
     let (status, body) = api_request(&ns.name, 6786, "POST", "/api/v1/stats", Some(vec![b'x'; 3 << 20]), &[]).unwrap();
     assert_eq!(status, 413);
     assert!(json(&body)["error"].as_str().unwrap().contains("limit"));
+    // The OpenAPI document of every face.
+    let (status, body) = get("/api/v1/openapi.json").unwrap();
+    assert_eq!(status, 200);
+    let doc = json(&body);
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/ip/{containerId}/{subnet}"]["put"].is_object());
     // Still serving.
     assert_eq!(get("/health").unwrap().0, 200);
 }

@@ -10,8 +10,22 @@ use std::sync::atomic::Ordering;
 pub fn router() -> Router<Shared> {
     let mut r = Router::new(ErrorStyle::Json);
     r.add("GET", "/health", health)
-        .add("GET", "/api/v1/stats", stats_handler);
+        .add("GET", "/api/v1/stats", stats_handler)
+        .add("GET", "/api/v1/openapi.json", openapi);
     r
+}
+
+/// The OpenAPI document of every face (management and Weave), kept in the repository
+/// beside the code it describes; a test checks that it lists exactly the routes served.
+pub const OPENAPI: &str = include_str!("../../api/openapi.json");
+
+fn openapi(_: &Shared, _: &Request, _: &Params) -> Response {
+    Response {
+        status: 200,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: OPENAPI.as_bytes().to_vec(),
+    }
 }
 
 fn health(s: &Shared, _: &Request, _: &Params) -> Response {
@@ -50,6 +64,14 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         .collect();
     let (total, hist) = stats::totals(s.workers.iter().map(|w| &***w));
     let settings = &s.settings;
+    let st = s.model.status();
+    let ipam = json!({
+        "range_num_ips": st.ipam.range_num_ips,
+        "owned_num_ips": st.ipam.owned_num_ips,
+        "allocated": st.ipam.allocated,
+        "containers": st.ipam.containers,
+        "default_subnet": st.default_subnet.to_string(),
+    });
     json!({
         "node": {
             "name": settings.node_name,
@@ -74,6 +96,8 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         },
         "workers": workers,
         "control": s.peers.counters.to_json(),
+        "store": s.model.commit_stats(),
+        "ipam": ipam,
         "service": s.service.as_ref().map(|q| json!({
             "gateways": settings.config.overlay.gateways,
             "handled": q.handled.load(Ordering::Relaxed),
@@ -82,4 +106,46 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         "peers": s.peers.views(),
         "announced": settings.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn normalize(path: &str) -> String {
+        path.split('/')
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn openapi_document_lists_exactly_the_routes_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("api/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if let Some(op) = item.get(method) {
+                    assert!(op["responses"].is_object(), "{method} {path} has responses");
+                    documented.insert((method.to_uppercase(), normalize(path)));
+                }
+            }
+        }
+        let mut served = BTreeSet::new();
+        for (m, p) in router()
+            .routes()
+            .into_iter()
+            .chain(crate::control::weave::router().routes())
+        {
+            served.insert((m.to_string(), p));
+        }
+        assert_eq!(served, documented, "routes served vs documented in api/openapi.json");
+        // Every $ref resolves.
+        for r in OPENAPI.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(doc["components"]["schemas"][name].is_object(), "missing schema {name}");
+        }
+    }
 }

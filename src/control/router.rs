@@ -152,6 +152,25 @@ impl<S> Router<S> {
         self
     }
 
+    /// Every (method, pattern) served, patterns with `{}` for parameters.
+    pub fn routes(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            let path: String = r
+                .pattern
+                .iter()
+                .map(|s| match s {
+                    Seg::Lit(l) => format!("/{l}"),
+                    Seg::Param(_) | Seg::Rest(_) => "/{}".to_string(),
+                })
+                .collect();
+            for (m, _) in &r.methods {
+                out.push((*m, path.clone()));
+            }
+        }
+        out
+    }
+
     fn error(&self, status: u16, message: &str) -> Response {
         match self.style {
             ErrorStyle::Json => Response::error(status, message),

@@ -61,9 +61,13 @@ fn form(req: &Request) -> Result<Vec<(String, String)>, Response> {
     if req.body.is_empty() {
         return Ok(fields);
     }
-    let ctype = req.header("content-type").unwrap_or("application/x-www-form-urlencoded");
+    let ctype = req
+        .header("content-type")
+        .unwrap_or("application/x-www-form-urlencoded");
     if !ctype.starts_with("application/x-www-form-urlencoded") {
-        return Err(bad(format!("expected a form (application/x-www-form-urlencoded), not {ctype}")));
+        return Err(bad(format!(
+            "expected a form (application/x-www-form-urlencoded), not {ctype}"
+        )));
     }
     let body = std::str::from_utf8(&req.body).map_err(|_| bad("the form is not valid UTF-8"))?;
     if body.contains(['\n', '\r', '\0']) {
@@ -84,7 +88,11 @@ fn check_alive(fields: &[(String, String)]) -> bool {
 fn status(s: &Shared, _: &Request, _: &Params) -> Response {
     let st = s.model.status();
     let signed = s.settings.secret.is_some();
-    let info = if signed { "tunloom control, HMAC-SHA256 signed" } else { "tunloom control" };
+    let info = if signed {
+        "tunloom control, HMAC-SHA256 signed"
+    } else {
+        "tunloom control"
+    };
     let conn = |p: &crate::peers::Peer| {
         json!({
             "address": p.control_addr.to_string(),
@@ -137,7 +145,11 @@ fn parse_peer(v: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = v.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let with_port = if v.contains(':') { v.to_string() } else { format!("{v}:{port}") };
+    let with_port = if v.contains(':') {
+        v.to_string()
+    } else {
+        format!("{v}:{port}")
+    };
     with_port
         .to_socket_addrs()
         .ok()
@@ -181,17 +193,28 @@ fn connect(s: &Shared, req: &Request, _: &Params) -> Response {
 fn expose(s: &Shared, _: &Request, p: &Params) -> Response {
     let cidr: IpNet = match p.get("cidr").parse() {
         Ok(c) => c,
-        Err(_) => return bad(format!("invalid CIDR {:?} (expected address/prefix-length)", p.get("cidr"))),
+        Err(_) => {
+            return bad(format!(
+                "invalid CIDR {:?} (expected address/prefix-length)",
+                p.get("cidr")
+            ))
+        }
     };
     match s.model.expose(cidr) {
         Ok(late) if late.is_empty() => text(200, ""),
-        Ok(late) => text(200, format!("exposed; peers not yet forwarding to it: {}\n", late.join(" "))),
+        Ok(late) => text(
+            200,
+            format!("exposed; peers not yet forwarding to it: {}\n", late.join(" ")),
+        ),
         Err(e) => failed(e),
     }
 }
 
 fn addresses(list: &[(std::net::Ipv4Addr, u8)]) -> String {
-    list.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>().join(" ")
+    list.iter()
+        .map(|(a, l)| format!("{a}/{l}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn lookup(s: &Shared, _: &Request, p: &Params) -> Response {
@@ -219,9 +242,12 @@ fn allocate(s: &Shared, req: &Request, p: &Params) -> Response {
 }
 
 fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
-    p.get("subnet")
-        .parse::<Ipv4Net>()
-        .map_err(|_| bad(format!("invalid subnet {:?} (expected an IPv4 address/prefix-length)", p.get("subnet"))))
+    p.get("subnet").parse::<Ipv4Net>().map_err(|_| {
+        bad(format!(
+            "invalid subnet {:?} (expected an IPv4 address/prefix-length)",
+            p.get("subnet")
+        ))
+    })
 }
 
 fn allocate_in(s: &Shared, req: &Request, p: &Params) -> Response {
@@ -313,7 +339,10 @@ mod tests {
     fn peers_parse_with_and_without_ports() {
         assert_eq!(parse_peer("10.0.1.5", 6783), Ok("10.0.1.5:6783".parse().unwrap()));
         assert_eq!(parse_peer("10.0.1.5:7000", 6783), Ok("10.0.1.5:7000".parse().unwrap()));
-        assert_eq!(parse_peer("[fd00::1]:7000", 6783), Ok("[fd00::1]:7000".parse().unwrap()));
+        assert_eq!(
+            parse_peer("[fd00::1]:7000", 6783),
+            Ok("[fd00::1]:7000".parse().unwrap())
+        );
         assert_eq!(parse_peer("fd00::1", 6783), Ok("[fd00::1]:6783".parse().unwrap()));
         assert!(parse_peer("not an address!", 6783).is_err());
     }

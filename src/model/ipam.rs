@@ -170,7 +170,11 @@ pub struct Ipam {
 /// The addresses of `subnet` that are never handed out, with their names.
 fn reserved(subnet: &Ipv4Net) -> [(u32, &'static str); 3] {
     let net = u32::from(subnet.network());
-    [(net, "network"), (net + 1, "gateway"), (u32::from(subnet.broadcast()), "broadcast")]
+    [
+        (net, "network"),
+        (net + 1, "gateway"),
+        (u32::from(subnet.broadcast()), "broadcast"),
+    ]
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -246,7 +250,9 @@ impl Ipam {
     fn slot_of(&self, id: &str) -> Option<u32> {
         let h = self.hash(id);
         self.index
-            .find(h, |s| self.slots[*s as usize].as_ref().is_some_and(|slot| &*slot.id == id))
+            .find(h, |s| {
+                self.slots[*s as usize].as_ref().is_some_and(|slot| &*slot.id == id)
+            })
             .copied()
     }
 
@@ -316,7 +322,12 @@ impl Ipam {
         let lo = u32::from(subnet.network()) - self.base;
         let hi = u32::from(subnet.broadcast()) - self.base;
         let skip = reserved(&subnet).map(|(a, _)| a - self.base);
-        let start = self.cursors.get(&subnet).copied().filter(|c| (lo..=hi).contains(c)).unwrap_or(lo);
+        let start = self
+            .cursors
+            .get(&subnet)
+            .copied()
+            .filter(|c| (lo..=hi).contains(c))
+            .unwrap_or(lo);
         let mut found = None;
         // From the cursor to the end, then from the start; reserved addresses are
         // stepped over (they stay free for other subnets they may belong to).
@@ -406,7 +417,9 @@ impl Ipam {
         if let Ok(e) = self.index.find_entry(h, |x| *x == s) {
             e.remove();
         }
-        let Some(slot) = self.slots[s as usize].take() else { return Vec::new() };
+        let Some(slot) = self.slots[s as usize].take() else {
+            return Vec::new();
+        };
         self.free_slots.push(s);
         let mut out = Vec::with_capacity(slot.addrs.as_slice().len());
         for a in slot.addrs.as_slice() {
@@ -425,7 +438,13 @@ impl Ipam {
     pub fn lookup(&self, id: &str) -> Vec<(Ipv4Addr, u8)> {
         self.slot_of(id)
             .and_then(|s| self.slots[s as usize].as_ref())
-            .map(|slot| slot.addrs.as_slice().iter().map(|a| (self.addr(a.offset), a.prefix)).collect())
+            .map(|slot| {
+                slot.addrs
+                    .as_slice()
+                    .iter()
+                    .map(|a| (self.addr(a.offset), a.prefix))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -495,17 +514,37 @@ mod tests {
             i.claim("c2", net("10.32.0.5/12")),
             Err(IpamError::Taken(Ipv4Addr::new(10, 32, 0, 5), "c1".into()))
         );
-        assert!(matches!(i.claim("c2", net("10.99.0.5/12")), Err(IpamError::OutsideRange(..))));
-        assert!(matches!(i.claim("c2", net("10.32.0.1/12")), Err(IpamError::Reserved(_, "gateway", _))));
-        assert!(matches!(i.claim("c2", net("10.32.0.0/12")), Err(IpamError::Reserved(_, "network", _))));
-        assert!(matches!(i.claim("c2", net("10.47.255.255/12")), Err(IpamError::Reserved(_, "broadcast", _))));
-        assert!(matches!(i.claim("c2", net("10.41.0.9/12")), Err(IpamError::NotOwned(..))));
+        assert!(matches!(
+            i.claim("c2", net("10.99.0.5/12")),
+            Err(IpamError::OutsideRange(..))
+        ));
+        assert!(matches!(
+            i.claim("c2", net("10.32.0.1/12")),
+            Err(IpamError::Reserved(_, "gateway", _))
+        ));
+        assert!(matches!(
+            i.claim("c2", net("10.32.0.0/12")),
+            Err(IpamError::Reserved(_, "network", _))
+        ));
+        assert!(matches!(
+            i.claim("c2", net("10.47.255.255/12")),
+            Err(IpamError::Reserved(_, "broadcast", _))
+        ));
+        assert!(matches!(
+            i.claim("c2", net("10.41.0.9/12")),
+            Err(IpamError::NotOwned(..))
+        ));
         assert_eq!(i.claim("bad id", net("10.32.0.9/12")), Err(IpamError::BadId));
         assert!(i.allocate("c3", net("10.64.0.0/16")).is_err(), "outside the range");
-        assert!(matches!(i.allocate("c3", net("10.32.0.0/31")), Err(IpamError::TooSmall(_))));
+        assert!(matches!(
+            i.allocate("c3", net("10.32.0.0/31")),
+            Err(IpamError::TooSmall(_))
+        ));
         // The allocator steps over the claimed address.
         for _ in 0..5 {
-            let (a, _) = i.allocate(&format!("x{}", i.counts().allocated), net("10.32.0.0/12")).unwrap();
+            let (a, _) = i
+                .allocate(&format!("x{}", i.counts().allocated), net("10.32.0.0/12"))
+                .unwrap();
             assert_ne!(a, Ipv4Addr::new(10, 32, 0, 5));
         }
     }
@@ -549,10 +588,17 @@ mod tests {
     fn only_owned_blocks_are_handed_out_and_taking_over_adds_space() {
         let mut i = Ipam::new(net("10.32.0.0/12"), &[net("10.40.0.0/13")]).unwrap();
         let (a, _) = i.allocate("c1", net("10.32.0.0/12")).unwrap();
-        assert_eq!(a, Ipv4Addr::new(10, 40, 0, 0), "first owned address (not reserved in the /12)");
+        assert_eq!(
+            a,
+            Ipv4Addr::new(10, 40, 0, 0),
+            "first owned address (not reserved in the /12)"
+        );
         assert!(matches!(i.allocate("c2", net("10.32.0.0/16")), Err(IpamError::Full(_))));
         i.add_owned(net("10.32.0.0/16")).unwrap();
-        assert_eq!(i.allocate("c2", net("10.32.0.0/16")).unwrap().0, Ipv4Addr::new(10, 32, 0, 2));
+        assert_eq!(
+            i.allocate("c2", net("10.32.0.0/16")).unwrap().0,
+            Ipv4Addr::new(10, 32, 0, 2)
+        );
         assert_eq!(i.counts().owned_num_ips, (1 << 19) + (1 << 16));
         assert!(i.add_owned(net("11.0.0.0/16")).is_err());
     }

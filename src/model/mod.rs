@@ -123,12 +123,15 @@ struct State {
     taken: Vec<Ipv4Net>,
 }
 
+/// Reverts a decided change in memory when it could not be stored.
+type Undo = Box<dyn FnOnce(&mut State) + Send>;
+
 /// A decided change: its result, store operations, how to undo it in memory, and
 /// whether forwarding changed.
 struct Change<T> {
     value: T,
     ops: Vec<Op>,
-    undo: Option<Box<dyn FnOnce(&mut State) + Send>>,
+    undo: Option<Undo>,
     routing: bool,
 }
 
@@ -240,7 +243,9 @@ impl Model {
             link,
         };
         for e in &exposed {
-            model.link_address(e).map_err(|e| format!("restoring exposed address: {e}"))?;
+            model
+                .link_address(e)
+                .map_err(|e| format!("restoring exposed address: {e}"))?;
         }
         // What the configuration says now is what the state remembers from here on.
         let st = model.state.lock();
@@ -377,7 +382,11 @@ impl Model {
             let owned = id.to_string();
             Ok(Change {
                 value,
-                ops: vec![Op::put(Table::Allocations, a.to_string(), format!("{} {id}", subnet.prefix_len()))],
+                ops: vec![Op::put(
+                    Table::Allocations,
+                    a.to_string(),
+                    format!("{} {id}", subnet.prefix_len()),
+                )],
                 undo: Some(Box::new(move |st: &mut State| {
                     st.ipam.release(&owned);
                 })),
@@ -419,7 +428,10 @@ impl Model {
             if freed.is_empty() {
                 return Err(ModelError::NotFound(format!("container {id} holds no addresses")));
             }
-            let ops = freed.iter().map(|(a, _)| Op::delete(Table::Allocations, a.to_string())).collect();
+            let ops = freed
+                .iter()
+                .map(|(a, _)| Op::delete(Table::Allocations, a.to_string()))
+                .collect();
             let (owned, back) = (id.to_string(), freed.clone());
             Ok(Change {
                 value: freed.len(),
@@ -438,7 +450,11 @@ impl Model {
     pub fn lookup(&self, id: &str) -> Vec<(Ipv4Addr, u8)> {
         let st = self.state.lock();
         let subnet = st.default_subnet;
-        st.ipam.lookup(id).into_iter().filter(|(a, _)| subnet.contains(a)).collect()
+        st.ipam
+            .lookup(id)
+            .into_iter()
+            .filter(|(a, _)| subnet.contains(a))
+            .collect()
     }
 
     /// Every address `id` holds.
@@ -458,12 +474,24 @@ impl Model {
     /// at most the sync timeout, until each answers and both sides forward by each
     /// other's state. Returns the peers that did not get there in time.
     pub fn connect(&self, addrs: &[SocketAddr], replace: bool) -> Result<Vec<SocketAddr>, ModelError> {
-        let before: BTreeSet<SocketAddr> =
-            self.peers.snapshot().iter().filter(|p| p.target).map(|p| p.control_addr).collect();
+        let before: BTreeSet<SocketAddr> = self
+            .peers
+            .snapshot()
+            .iter()
+            .filter(|p| p.target)
+            .map(|p| p.control_addr)
+            .collect();
         let wanted: BTreeSet<SocketAddr> = addrs.iter().copied().collect();
-        let mut ops: Vec<Op> = wanted.difference(&before).map(|a| Op::put(Table::Peers, a.to_string(), "")).collect();
+        let mut ops: Vec<Op> = wanted
+            .difference(&before)
+            .map(|a| Op::put(Table::Peers, a.to_string(), ""))
+            .collect();
         if replace {
-            ops.extend(before.difference(&wanted).map(|a| Op::delete(Table::Peers, a.to_string())));
+            ops.extend(
+                before
+                    .difference(&wanted)
+                    .map(|a| Op::delete(Table::Peers, a.to_string())),
+            );
         }
         // Only the peer table changes; persist first, then act.
         self.write(|_| {
@@ -494,7 +522,8 @@ impl Model {
         }
         let state = self.peers.state();
         let settled = |t: &[Peer], a: &SocketAddr| t.iter().any(|p| p.control_addr == *a && p.settled(state));
-        self.peers.wait(self.sync_timeout(), |t| addrs.iter().all(|a| settled(t, a)));
+        self.peers
+            .wait(self.sync_timeout(), |t| addrs.iter().all(|a| settled(t, a)));
         let table = self.peers.snapshot();
         Ok(addrs.iter().filter(|a| !settled(&table, a)).copied().collect())
     }
@@ -542,7 +571,9 @@ impl Model {
         if nl.is_none() {
             *nl = Some(Netlink::open().map_err(|e| format!("opening rtnetlink: {e}"))?);
         }
-        let Some(nl) = nl.as_mut() else { return Err("no netlink socket".into()) };
+        let Some(nl) = nl.as_mut() else {
+            return Err("no netlink socket".into());
+        };
         nl.add_address(link.index, net)
             .map_err(|e| format!("adding {net} to {}: {e}", link.name))
     }
@@ -554,7 +585,9 @@ impl Model {
             let st = self.state.lock();
             if let IpAddr::V4(a) = cidr.addr() {
                 if a == Self::gateway(&st.default_subnet) {
-                    return Err(ModelError::Bad(format!("{a} is the default network's gateway, served by tunloom")));
+                    return Err(ModelError::Bad(format!(
+                        "{a} is the default network's gateway, served by tunloom"
+                    )));
                 }
                 if let Some(holder) = st.ipam.holder(a) {
                     return Err(ModelError::Bad(format!("{a} is allocated to container {holder}")));
@@ -584,8 +617,9 @@ impl Model {
     /// returns those that did not in time.
     fn wait_peers_acked(&self) -> Vec<String> {
         let state = self.peers.state();
-        self.peers
-            .wait(self.sync_timeout(), |t| t.iter().filter(|p| p.up).all(|p| p.acked >= state));
+        self.peers.wait(self.sync_timeout(), |t| {
+            t.iter().filter(|p| p.up).all(|p| p.acked >= state)
+        });
         self.peers
             .snapshot()
             .iter()
@@ -597,9 +631,12 @@ impl Model {
     /// Registers `fqdn` for `container` at `ip`.
     pub fn put_record(&self, container: &str, ip: IpAddr, fqdn: &str) -> Result<(), ModelError> {
         if !ipam::valid_id(container) {
-            return Err(ModelError::Bad("container id must be 1 to 256 characters without whitespace or '/'".into()));
+            return Err(ModelError::Bad(
+                "container id must be 1 to 256 characters without whitespace or '/'".into(),
+            ));
         }
-        let fqdn = normalize_fqdn(fqdn).ok_or_else(|| ModelError::Bad(format!("{fqdn:?} is not a valid domain name")))?;
+        let fqdn =
+            normalize_fqdn(fqdn).ok_or_else(|| ModelError::Bad(format!("{fqdn:?} is not a valid domain name")))?;
         let r = Record {
             container: container.to_string(),
             ip,
@@ -625,7 +662,9 @@ impl Model {
     /// Removes the records of `container` at `ip` (only `fqdn`'s, when given).
     pub fn delete_records(&self, container: &str, ip: IpAddr, fqdn: Option<&str>) -> Result<usize, ModelError> {
         let fqdn = match fqdn {
-            Some(f) => Some(normalize_fqdn(f).ok_or_else(|| ModelError::Bad(format!("{f:?} is not a valid domain name")))?),
+            Some(f) => {
+                Some(normalize_fqdn(f).ok_or_else(|| ModelError::Bad(format!("{f:?} is not a valid domain name")))?)
+            }
             None => None,
         };
         self.write(|st| {
@@ -636,7 +675,9 @@ impl Model {
                 .cloned()
                 .collect();
             if gone.is_empty() {
-                return Err(ModelError::NotFound(format!("no DNS record for container {container} at {ip}")));
+                return Err(ModelError::NotFound(format!(
+                    "no DNS record for container {container} at {ip}"
+                )));
             }
             for r in &gone {
                 st.records.remove(r);
@@ -724,7 +765,10 @@ mod tests {
     }
 
     fn open(d: &Path, extra: &str) -> Result<Model, String> {
-        open_config(d, &format!("[node]\nname = \"m\"\n[ipam]\nrange = \"10.32.0.0/12\"\n{extra}"))
+        open_config(
+            d,
+            &format!("[node]\nname = \"m\"\n[ipam]\nrange = \"10.32.0.0/12\"\n{extra}"),
+        )
     }
 
     #[test]
@@ -732,11 +776,15 @@ mod tests {
         let d = dir("restart");
         {
             let m = open(&d.0, "").unwrap();
-            assert_eq!(m.allocate("c1", None, false).unwrap(), Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12));
+            assert_eq!(
+                m.allocate("c1", None, false).unwrap(),
+                Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12)
+            );
             m.claim("c2", "10.32.0.9/12".parse().unwrap(), false).unwrap();
             m.allocate("c3", None, false).unwrap();
             assert_eq!(m.release("c3").unwrap(), 1);
-            m.put_record("c1", "10.32.0.2".parse().unwrap(), "one.weave.local").unwrap();
+            m.put_record("c1", "10.32.0.2".parse().unwrap(), "one.weave.local")
+                .unwrap();
             m.connect(&["198.18.0.9:6783".parse().unwrap()], false).unwrap();
             m.expose("10.32.0.7/12".parse().unwrap()).unwrap();
         }
@@ -746,14 +794,26 @@ mod tests {
         assert!(m.lookup("c3").is_empty());
         assert_eq!(m.records()[0].fqdn, "one.weave.local.");
         assert_eq!(m.exposed(), vec!["10.32.0.7/12".parse::<IpNet>().unwrap()]);
-        assert!(m.peers.snapshot().iter().any(|p| p.control_addr == "198.18.0.9:6783".parse().unwrap()));
+        assert!(m
+            .peers
+            .snapshot()
+            .iter()
+            .any(|p| p.control_addr == "198.18.0.9:6783".parse().unwrap()));
         // The same container gets the same address; a new one does not get a held one.
-        assert_eq!(m.allocate("c1", None, false).unwrap(), Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12));
-        let Allocation::Address(a, _) = m.allocate("c4", None, false).unwrap() else { panic!() };
+        assert_eq!(
+            m.allocate("c1", None, false).unwrap(),
+            Allocation::Address(Ipv4Addr::new(10, 32, 0, 2), 12)
+        );
+        let Allocation::Address(a, _) = m.allocate("c4", None, false).unwrap() else {
+            panic!()
+        };
         assert!(![2, 9].contains(&a.octets()[3]) || a.octets()[2] != 0);
         // The exposed address counts as taken for claims... but not for IPAM (it is
         // the host's); the gateway may not be exposed.
-        assert!(matches!(m.expose("10.32.0.1/12".parse().unwrap()), Err(ModelError::Bad(_))));
+        assert!(matches!(
+            m.expose("10.32.0.1/12".parse().unwrap()),
+            Err(ModelError::Bad(_))
+        ));
     }
 
     #[test]
@@ -773,10 +833,19 @@ mod tests {
         let d = dir("errors");
         let m = open(&d.0, "").unwrap();
         m.allocate("c1", None, false).unwrap();
-        assert!(matches!(m.claim("c2", "10.32.0.2/12".parse().unwrap(), false), Err(ModelError::Bad(_))));
+        assert!(matches!(
+            m.claim("c2", "10.32.0.2/12".parse().unwrap(), false),
+            Err(ModelError::Bad(_))
+        ));
         assert!(matches!(m.release("nobody"), Err(ModelError::NotFound(_))));
-        assert!(matches!(m.delete_records("c1", "10.32.0.2".parse().unwrap(), None), Err(ModelError::NotFound(_))));
-        assert!(matches!(m.put_record("c1", "10.32.0.2".parse().unwrap(), "bad..name"), Err(ModelError::Bad(_))));
+        assert!(matches!(
+            m.delete_records("c1", "10.32.0.2".parse().unwrap(), None),
+            Err(ModelError::NotFound(_))
+        ));
+        assert!(matches!(
+            m.put_record("c1", "10.32.0.2".parse().unwrap(), "bad..name"),
+            Err(ModelError::Bad(_))
+        ));
         assert_eq!(
             m.allocate("not-a-netns-here", None, true).unwrap(),
             Allocation::Cancelled,
@@ -787,7 +856,10 @@ mod tests {
 
     #[test]
     fn fqdns_are_normalized() {
-        assert_eq!(normalize_fqdn("MyApp.Weave.Local").as_deref(), Some("myapp.weave.local."));
+        assert_eq!(
+            normalize_fqdn("MyApp.Weave.Local").as_deref(),
+            Some("myapp.weave.local.")
+        );
         assert_eq!(normalize_fqdn("a.b.").as_deref(), Some("a.b."));
         for bad in ["", ".", "a..b", "-a.b", "a-.b", "a b.c", &"x".repeat(64)] {
             assert_eq!(normalize_fqdn(bad), None, "{bad:?}");

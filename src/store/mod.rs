@@ -194,7 +194,9 @@ fn commit_loop(store: &mut impl Store, rx: Receiver<Request>, failed: &AtomicBoo
             ops.extend(r.ops.iter().cloned());
         }
         let result = if failed.load(Ordering::Acquire) {
-            Err(StoreError("the store failed earlier; writes are refused until tunloom restarts".into()))
+            Err(StoreError(
+                "the store failed earlier; writes are refused until tunloom restarts".into(),
+            ))
         } else {
             store.apply(&ops)
         };
@@ -229,18 +231,30 @@ pub(crate) fn conformance<S: Store>(mut open: impl FnMut() -> S) {
             Op::put(Table::Meta, "domain", "weave.local."),
         ])
         .unwrap();
-        s.apply(&[Op::delete(Table::Allocations, "10.32.0.3"), Op::put(Table::Peers, "198.18.0.2:6783", "")])
-            .unwrap();
+        s.apply(&[
+            Op::delete(Table::Allocations, "10.32.0.3"),
+            Op::put(Table::Peers, "198.18.0.2:6783", ""),
+        ])
+        .unwrap();
         // Deleting what is not there, and overwriting, are fine.
-        s.apply(&[Op::delete(Table::Records, "nothing"), Op::put(Table::Meta, "domain", "tunloom.local.")])
-            .unwrap();
+        s.apply(&[
+            Op::delete(Table::Records, "nothing"),
+            Op::put(Table::Meta, "domain", "tunloom.local."),
+        ])
+        .unwrap();
         s.apply(&[]).unwrap();
     }
     let s = open();
     let c = s.load().unwrap();
     let get = |t: Table| c.get(&t).cloned().unwrap_or_default();
-    assert_eq!(get(Table::Allocations).into_iter().collect::<Vec<_>>(), vec![("10.32.0.2".into(), "12 c1".into())]);
-    assert_eq!(get(Table::Meta).get("domain").map(String::as_str), Some("tunloom.local."));
+    assert_eq!(
+        get(Table::Allocations).into_iter().collect::<Vec<_>>(),
+        vec![("10.32.0.2".into(), "12 c1".into())]
+    );
+    assert_eq!(
+        get(Table::Meta).get("domain").map(String::as_str),
+        Some("tunloom.local.")
+    );
     assert!(get(Table::Peers).contains_key("198.18.0.2:6783"));
     assert!(get(Table::Records).is_empty());
 }

@@ -27,7 +27,8 @@ impl RedbStore {
         // Create every table once, so reads never meet a missing one.
         let w = db.begin_write().map_err(|e| err("begin")(e.to_string()))?;
         for t in Table::ALL {
-            w.open_table(def(t)).map_err(|e| err("creating tables")(e.to_string()))?;
+            w.open_table(def(t))
+                .map_err(|e| err("creating tables")(e.to_string()))?;
         }
         w.commit().map_err(|e| err("commit")(e.to_string()))?;
         Ok(RedbStore { db })
@@ -60,14 +61,17 @@ impl Store for RedbStore {
                 let t = match op {
                     Op::Put { table, .. } | Op::Delete { table, .. } => *table,
                 };
-                if !open.contains_key(&t) {
-                    let table = w.open_table(def(t)).map_err(|e| err(t.name())(e.to_string()))?;
-                    open.insert(t, table);
-                }
-                let table = open.get_mut(&t).ok_or_else(|| StoreError("table vanished".into()))?;
+                let table = match open.entry(t) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(w.open_table(def(t)).map_err(|e| err(t.name())(e.to_string()))?)
+                    }
+                };
                 match op {
                     Op::Put { key, value, .. } => {
-                        table.insert(key.as_str(), value.as_str()).map_err(|e| err(t.name())(e.to_string()))?;
+                        table
+                            .insert(key.as_str(), value.as_str())
+                            .map_err(|e| err(t.name())(e.to_string()))?;
                     }
                     Op::Delete { key, .. } => {
                         table.remove(key.as_str()).map_err(|e| err(t.name())(e.to_string()))?;
