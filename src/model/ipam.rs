@@ -434,6 +434,27 @@ impl Ipam {
         out
     }
 
+    /// Releases `a` if `id` holds it; returns whether it did.
+    pub fn release_one(&mut self, id: &str, a: Ipv4Addr) -> bool {
+        let Some(s) = self.slot_of(id) else { return false };
+        if self.holder(a) != Some(id) {
+            return false;
+        }
+        let off = u32::from(a) - self.base;
+        let Some(slot) = self.slots[s as usize].as_mut() else { return false };
+        let rest: Vec<Alloc> = slot.addrs.as_slice().iter().copied().filter(|x| x.offset != off).collect();
+        if rest.is_empty() {
+            return !self.release(id).is_empty();
+        }
+        slot.addrs = if rest.len() == 1 { Addrs::One(rest[0]) } else { Addrs::Many(rest) };
+        self.owner[off as usize] = 0;
+        self.allocated -= 1;
+        if self.owns(a) {
+            self.free.set(off);
+        }
+        true
+    }
+
     /// The addresses `id` holds, with their subnets' prefix lengths.
     pub fn lookup(&self, id: &str) -> Vec<(Ipv4Addr, u8)> {
         self.slot_of(id)
@@ -562,6 +583,21 @@ mod tests {
         // The slot is reused.
         i.allocate("c2", net("10.32.0.0/24")).unwrap();
         assert_eq!(i.counts().containers, 1);
+    }
+
+    #[test]
+    fn one_address_can_be_released_alone() {
+        let mut i = Ipam::new(net("10.32.0.0/24"), &[net("10.32.0.0/24")]).unwrap();
+        i.claim("c", net("10.32.0.9/24")).unwrap();
+        i.claim("c", net("10.32.0.10/24")).unwrap();
+        assert!(!i.release_one("c", Ipv4Addr::new(10, 32, 0, 11)));
+        assert!(!i.release_one("d", Ipv4Addr::new(10, 32, 0, 9)));
+        assert!(i.release_one("c", Ipv4Addr::new(10, 32, 0, 9)));
+        assert_eq!(i.lookup("c"), vec![(Ipv4Addr::new(10, 32, 0, 10), 24)]);
+        assert!(i.release_one("c", Ipv4Addr::new(10, 32, 0, 10)));
+        assert!(i.lookup("c").is_empty());
+        assert_eq!(i.counts().allocated, 0);
+        assert_eq!(i.claim("e", net("10.32.0.9/24")), Ok(true), "free again");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub enum Allocation {
     Cancelled,
 }
 
+/// The container id under which exposed host addresses are held in IPAM (as Weave
+/// Net holds them), so they are never handed out to a container.
+pub const EXPOSE_ID: &str = "weave:expose";
+
 /// The TUN link, for exposing addresses on it.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -223,6 +227,17 @@ impl Model {
             })
             .collect();
         let exposed: Vec<IpNet> = table(Table::Exposed).keys().filter_map(|k| k.parse().ok()).collect();
+        let gateway = Self::gateway(&settings.default_subnet);
+        for e in exposed.iter().chain(&settings.config.overlay.expose) {
+            if let IpAddr::V4(a) = e.addr() {
+                if a == gateway {
+                    return Err(format!("exposed address {e} is the default network's gateway, which tunloom serves"));
+                }
+                if range.contains(&a) && ipam.holder(a).is_none() {
+                    let _ = ipam.restore(EXPOSE_ID, a, e.prefix_len());
+                }
+            }
+        }
         let targets: Vec<SocketAddr> = table(Table::Peers).keys().filter_map(|k| k.parse().ok()).collect();
         peers.set_targets(&targets, false);
         let committer = Committer::start(store);
@@ -589,7 +604,7 @@ impl Model {
                         "{a} is the default network's gateway, served by tunloom"
                     )));
                 }
-                if let Some(holder) = st.ipam.holder(a) {
+                if let Some(holder) = st.ipam.holder(a).filter(|h| *h != EXPOSE_ID) {
                     return Err(ModelError::Bad(format!("{a} is allocated to container {holder}")));
                 }
             }
@@ -603,10 +618,23 @@ impl Model {
             if !st.exposed.contains(&cidr) {
                 st.exposed.push(cidr);
             }
+            // Held in IPAM, so no container is ever handed the host's address.
+            let mut held = None;
+            if let IpAddr::V4(a) = cidr.addr() {
+                if st.ipam.range().contains(&a) && st.ipam.holder(a).is_none() {
+                    st.ipam.restore(EXPOSE_ID, a, cidr.prefix_len())?;
+                    held = Some(a);
+                }
+            }
             Ok(Change {
                 value: (),
                 ops: vec![Op::put(Table::Exposed, cidr.to_string(), "")],
-                undo: Some(Box::new(move |st: &mut State| st.exposed.retain(|e| *e != cidr))),
+                undo: Some(Box::new(move |st: &mut State| {
+                    st.exposed.retain(|e| *e != cidr);
+                    if let Some(a) = held {
+                        st.ipam.release_one(EXPOSE_ID, a);
+                    }
+                })),
                 routing: true,
             })
         })?;
@@ -807,9 +835,13 @@ mod tests {
         let Allocation::Address(a, _) = m.allocate("c4", None, false).unwrap() else {
             panic!()
         };
-        assert!(![2, 9].contains(&a.octets()[3]) || a.octets()[2] != 0);
-        // The exposed address counts as taken for claims... but not for IPAM (it is
-        // the host's); the gateway may not be exposed.
+        assert!(![2, 7, 9].contains(&a.octets()[3]) || a.octets()[2] != 0);
+        // The exposed address is held in IPAM (and stays held across the restart):
+        // claims of it are refused, exposing it again is fine.
+        assert!(matches!(m.claim("c5", "10.32.0.7/12".parse().unwrap(), false), Err(ModelError::Bad(_))));
+        assert!(m.expose("10.32.0.7/12".parse().unwrap()).is_ok());
+        assert_eq!(m.lookup_all(EXPOSE_ID), vec![(Ipv4Addr::new(10, 32, 0, 7), 12)]);
+        // The gateway may not be exposed.
         assert!(matches!(
             m.expose("10.32.0.1/12".parse().unwrap()),
             Err(ModelError::Bad(_))
