@@ -336,6 +336,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stuck_worker_is_a_json_503_and_other_errors_are_text() {
+        let b = crate::snapshot::Behind {
+            worker: 1,
+            seen: 4,
+            wanted: 5,
+        };
+        let r = failed(ModelError::Behind(b));
+        assert_eq!((r.status, r.content_type), (503, "application/json"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "worker 1 is behind: it has applied generation 4, not 5");
+        let r = failed(ModelError::Bad("no".into()));
+        assert_eq!(
+            (r.status, r.content_type, r.body.as_slice()),
+            (400, "text/plain; charset=utf-8", &b"no\n"[..])
+        );
+        assert_eq!(failed(ModelError::NotFound("x".into())).status, 404);
+        assert_eq!(failed(ModelError::Unavailable("x".into())).status, 503);
+    }
+
+    #[test]
     fn peers_parse_with_and_without_ports() {
         assert_eq!(parse_peer("10.0.1.5", 6783), Ok("10.0.1.5:6783".parse().unwrap()));
         assert_eq!(parse_peer("10.0.1.5:7000", 6783), Ok("10.0.1.5:7000".parse().unwrap()));

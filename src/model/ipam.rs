@@ -441,12 +441,24 @@ impl Ipam {
             return false;
         }
         let off = u32::from(a) - self.base;
-        let Some(slot) = self.slots[s as usize].as_mut() else { return false };
-        let rest: Vec<Alloc> = slot.addrs.as_slice().iter().copied().filter(|x| x.offset != off).collect();
+        let Some(slot) = self.slots[s as usize].as_mut() else {
+            return false;
+        };
+        let rest: Vec<Alloc> = slot
+            .addrs
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|x| x.offset != off)
+            .collect();
         if rest.is_empty() {
             return !self.release(id).is_empty();
         }
-        slot.addrs = if rest.len() == 1 { Addrs::One(rest[0]) } else { Addrs::Many(rest) };
+        slot.addrs = if rest.len() == 1 {
+            Addrs::One(rest[0])
+        } else {
+            Addrs::Many(rest)
+        };
         self.owner[off as usize] = 0;
         self.allocated -= 1;
         if self.owns(a) {

@@ -231,7 +231,9 @@ impl Model {
         for e in exposed.iter().chain(&settings.config.overlay.expose) {
             if let IpAddr::V4(a) = e.addr() {
                 if a == gateway {
-                    return Err(format!("exposed address {e} is the default network's gateway, which tunloom serves"));
+                    return Err(format!(
+                        "exposed address {e} is the default network's gateway, which tunloom serves"
+                    ));
                 }
                 if range.contains(&a) && ipam.holder(a).is_none() {
                     let _ = ipam.restore(EXPOSE_ID, a, e.prefix_len());
@@ -776,6 +778,11 @@ mod tests {
     }
 
     fn open_config(d: &Path, text: &str) -> Result<Model, String> {
+        open_workers(d, text, 0)
+    }
+
+    /// A model whose snapshot `workers` fake workers must apply (none ever does).
+    fn open_workers(d: &Path, text: &str, workers: usize) -> Result<Model, String> {
         let s = Arc::new(Config::parse(text, Path::new("t")).unwrap());
         let spec = SnapshotSpec {
             node_mac: s.node_mac,
@@ -787,7 +794,7 @@ mod tests {
             router_v4: None,
             router_v6: None,
         };
-        let published = Arc::new(Published::new(Snapshot::compile(0, spec), 0));
+        let published = Arc::new(Published::new(Snapshot::compile(0, spec), workers));
         let peers = Arc::new(Peers::new(s.clone()));
         Model::open(s, published, peers, RedbStore::open(d).unwrap(), None)
     }
@@ -838,7 +845,10 @@ mod tests {
         assert!(![2, 7, 9].contains(&a.octets()[3]) || a.octets()[2] != 0);
         // The exposed address is held in IPAM (and stays held across the restart):
         // claims of it are refused, exposing it again is fine.
-        assert!(matches!(m.claim("c5", "10.32.0.7/12".parse().unwrap(), false), Err(ModelError::Bad(_))));
+        assert!(matches!(
+            m.claim("c5", "10.32.0.7/12".parse().unwrap(), false),
+            Err(ModelError::Bad(_))
+        ));
         assert!(m.expose("10.32.0.7/12".parse().unwrap()).is_ok());
         assert_eq!(m.lookup_all(EXPOSE_ID), vec![(Ipv4Addr::new(10, 32, 0, 7), 12)]);
         // The gateway may not be exposed.
@@ -858,6 +868,22 @@ mod tests {
         let e = open_config(&d.0, "[ipam]\nrange = \"10.64.0.0/12\"\n").map(|_| ());
         let e = e.unwrap_err();
         assert!(e.contains("10.32.0.0/12") && e.contains("10.64.0.0/12"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_that_does_not_apply_a_change_is_named() {
+        let d = dir("behind");
+        let m = open_workers(&d.0, "[node]\nname = \"m\"\n", 1).unwrap();
+        // Bookkeeping writes do not involve the workers.
+        m.allocate("c1", None, false).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = m.expose("10.32.0.50/12".parse().unwrap()).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_secs(2), "bounded wait");
+        let ModelError::Behind(b) = e else { panic!("{e}") };
+        assert_eq!(b.worker, 0);
+        assert!(b.to_string().contains("worker 0 is behind"), "{b}");
+        // The change itself is durable.
+        assert_eq!(m.exposed(), vec!["10.32.0.50/12".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
