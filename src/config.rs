@@ -336,12 +336,7 @@ impl Config {
                 ))
             }
             (Some(s), None) => Some(s.as_bytes().to_vec()),
-            (None, Some(f)) => Some(
-                std::fs::read(f)
-                    .map_err(|e| invalid("control.secret_file", format!("cannot read {}: {e}", f.display())))?
-                    .trim_ascii()
-                    .to_vec(),
-            ),
+            (None, Some(f)) => Some(read_secret(f).map_err(|m| invalid("control.secret_file", m))?),
             (None, None) => None,
         };
         if secret.as_ref().is_some_and(|s| s.len() < 8) {
@@ -452,6 +447,25 @@ impl Config {
     }
 }
 
+/// Reads a secret file: a regular file of at most 4 KiB (never a device or pipe that
+/// could block or never end), trimmed.
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4097).read_to_end(&mut buf))
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if buf.len() > 4096 {
+        return Err(format!("{shown} is larger than 4 KiB"));
+    }
+    Ok(buf.trim_ascii().to_vec())
+}
+
 fn parse_peer(s: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
@@ -523,6 +537,8 @@ mod tests {
             ("[control]\nport = 4789\n", "control.port"),
             ("[control]\nsecret = \"short\"\n", "control.secret"),
             ("[[peers]]\naddress = \"not-an-ip\"\n", "peers.address"),
+            ("[control]\nsecret_file = \"/dev/zero\"\n", "not a regular file"),
+            ("[control]\nsecret_file = \"/nonexistent/secret\"\n", "cannot read"),
             ("[dataplane]\nwrokers = 2\n", "unknown field `wrokers`"),
             ("[overlay]\nannounce = [\"10.0.0.0/33\"]\n", "announce"),
             ("[dataplane\n", "t.toml"),

@@ -38,6 +38,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lab;
 pub mod model;
 pub mod netns;

@@ -86,6 +86,20 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits at most `limit` for it to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {
@@ -198,6 +212,51 @@ hello_interval_ms = {hello}
     )
 }
 
+/// Starts `tunloom run -c <config> --state-dir <state>` in `ns`, its log appended
+/// to `log`.
+pub fn spawn_daemon(ns: &Netns, exe: &Path, config: &Path, state: &Path, log: &Path) -> io::Result<Proc> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let args = [
+        "run",
+        "-c",
+        config.to_str().unwrap_or_default(),
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+    ];
+    let child = ns
+        .command(exe.to_str().unwrap_or("tunloom"), &args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display())))?;
+    Ok(Proc::new(child, format!("tunloom in {}", ns.name)))
+}
+
+/// Waits until the daemon `p` in `ns` answers on its management API; fails with its
+/// log (`log()`) when it exits or does not come up in time, and then forgets it.
+fn wait_api(ns: &Netns, p: &mut Option<Proc>, timeout: Duration, log: impl Fn() -> String) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while api_get(&ns.name, "/health").is_err() {
+        if let Some(status) = p.as_mut().and_then(Proc::exited) {
+            *p = None;
+            return Err(io::Error::other(format!(
+                "tunloom in {} exited ({status}):\n{}",
+                ns.name,
+                log()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("tunloom in {} did not come up:\n{}", ns.name, log()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Fetches `path` from the management API of the daemon in namespace `ns`.
 pub fn api_get(ns: &str, path: &str) -> io::Result<serde_json::Value> {
     let (status, body) = api_request(ns, 6786, "GET", path, None, &[])?;
@@ -290,28 +349,9 @@ impl TwoHosts {
 
     /// Starts daemon `i` (its log goes to `<dir>/<name>.log`, appended).
     pub fn start(&mut self, i: usize) -> io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.0.join(format!("{}.log", NAMES[i])))?;
-        let cfg = self.config_path(i);
+        let log = self.dir.0.join(format!("{}.log", NAMES[i]));
         let state = self.dir.0.join(format!("state-{}", NAMES[i]));
-        let args = [
-            "run",
-            "-c",
-            cfg.to_str().unwrap_or_default(),
-            "--state-dir",
-            state.to_str().unwrap_or_default(),
-        ];
-        let child = self
-            .ns(i)
-            .command(self.exe.to_str().unwrap_or("tunloom"), &args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", self.exe.display())))?;
-        self.daemons[i] = Some(Proc::new(child, format!("tunloom {}", NAMES[i])));
+        self.daemons[i] = Some(spawn_daemon(self.ns(i), &self.exe, &self.config_path(i), &state, &log)?);
         Ok(())
     }
 
@@ -354,25 +394,11 @@ impl TwoHosts {
 
     /// Waits until daemon `i` answers on its management API.
     pub fn wait_up(&mut self, i: usize, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while api_get(&self.ns(i).name, "/health").is_err() {
-            if let Some(status) = self.daemons[i].as_mut().and_then(Proc::exited) {
-                self.daemons[i] = None;
-                return Err(io::Error::other(format!(
-                    "tunloom {} exited ({status}):\n{}",
-                    NAMES[i],
-                    self.log(i)
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("tunloom {} did not come up:\n{}", NAMES[i], self.log(i)),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let ns = if i == 0 { &self.a } else { &self.b };
+        let dir = &self.dir.0;
+        wait_api(ns, &mut self.daemons[i], timeout, || {
+            std::fs::read_to_string(dir.join(format!("{}.log", NAMES[i]))).unwrap_or_default()
+        })
     }
 
     pub fn stats(&self, i: usize) -> io::Result<serde_json::Value> {
@@ -539,41 +565,18 @@ impl OneHost {
 
     /// Starts the daemon and waits until its management API answers.
     pub fn start(&mut self) -> io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.0.join("tunloom.log"))?;
-        let (cfg, state) = (self.config_path(), self.state_dir());
-        let args = [
-            "run",
-            "-c",
-            cfg.to_str().unwrap_or_default(),
-            "--state-dir",
-            state.to_str().unwrap_or_default(),
-        ];
-        let child = self
-            .ns
-            .command(self.exe.to_str().unwrap_or("tunloom"), &args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.daemon = Some(Proc::new(child, "tunloom"));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while api_get(&self.ns.name, "/health").is_err() {
-            if let Some(status) = self.daemon.as_mut().and_then(Proc::exited) {
-                self.daemon = None;
-                return Err(io::Error::other(format!("tunloom exited ({status}):\n{}", self.log())));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("tunloom did not come up:\n{}", self.log()),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let log = self.dir.0.join("tunloom.log");
+        self.daemon = Some(spawn_daemon(
+            &self.ns,
+            &self.exe,
+            &self.config_path(),
+            &self.state_dir(),
+            &log,
+        )?);
+        let dir = &self.dir.0;
+        wait_api(&self.ns, &mut self.daemon, Duration::from_secs(15), || {
+            std::fs::read_to_string(dir.join("tunloom.log")).unwrap_or_default()
+        })
     }
 
     /// Stops the daemon: cleanly (SIGTERM) or as a crash (SIGKILL).

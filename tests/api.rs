@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use tunloom::netns::Netns;
-use tunloom::testbed::{api_request, Proc, TempDir};
+use tunloom::testbed::{api_request, OneHost};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
@@ -18,43 +15,15 @@ fn management_api_answers_and_errors_in_json() {
     if !common::netns_or_skip("management_api_answers_and_errors_in_json") {
         return;
     }
-    let pid = std::process::id();
-    let ns = Netns::create(&format!("tl-api-{pid}")).unwrap();
-    let dir = TempDir::new(&format!("tunloom-api-{pid}")).unwrap();
-    let cfg = dir.0.join("t.toml");
-    std::fs::write(
-        &cfg,
+    let mut h = OneHost::create(
+        "api",
+        &common::exe(),
         "[node]\nname = \"api-node\"\n[overlay]\nannounce = [\"198.19.5.0/24\"]\n",
     )
     .unwrap();
-    let log = std::fs::File::create(dir.0.join("log")).unwrap();
-    let _daemon = Proc::new(
-        ns.command(
-            common::exe().to_str().unwrap(),
-            &[
-                "run",
-                "-c",
-                cfg.to_str().unwrap(),
-                "--state-dir",
-                dir.0.join("state").to_str().unwrap(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap(),
-        "tunloom",
-    );
+    h.start().unwrap();
+    let ns = &h.ns;
     let get = |path: &str| api_request(&ns.name, 6786, "GET", path, None, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get("/health").is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon did not come up: {}",
-            std::fs::read_to_string(dir.0.join("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let (status, body) = get("/health").unwrap();
     assert_eq!(status, 200);
@@ -77,7 +46,8 @@ fn management_api_answers_and_errors_in_json() {
     for key in ["p50_us", "p99_us", "p999_us"] {
         assert!(s["total"]["batch_latency"][key].is_number(), "{key}");
     }
-    assert_eq!(s["announced"], serde_json::json!(["198.19.5.0/24"]));
+    assert_eq!(s["announced"]["prefixes"], serde_json::json!(["198.19.5.0/24"]));
+    assert_eq!(s["announced"]["blocks"], serde_json::json!(["10.32.0.0/12"]));
     assert!(s["peers"].as_array().unwrap().is_empty());
     assert!(s["dataplane"]["offloads"]["tun_tso"].is_boolean());
 

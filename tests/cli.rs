@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tunloom::netns::{self, Netns};
-use tunloom::testbed::TempDir;
+use tunloom::testbed::{spawn_daemon, Proc, TempDir};
 
 fn tunloom(args: &[&str]) -> Output {
     Command::new(common::exe())
@@ -84,27 +84,12 @@ fn lab_without_iperf3_says_how_to_install_it() {
     assert!(stderr(&o).contains("apt-get install -y iperf3"), "{}", stderr(&o));
 }
 
-/// Runs `tunloom run` in `ns` with `config` text; returns the child. Its stderr goes
-/// to `<dir>/<name>.log` (a pipe nobody reads could fill and stall the daemon).
-fn daemon(ns: &Netns, dir: &TempDir, name: &str, config: &str, state: &str) -> std::process::Child {
+/// Runs `tunloom run` in `ns` with `config` text; its log goes to `<dir>/<name>.log`.
+fn daemon(ns: &Netns, dir: &TempDir, name: &str, config: &str, state: &str) -> Proc {
     let cfg = dir.0.join(format!("{name}.toml"));
     std::fs::write(&cfg, config).unwrap();
-    let state = dir.0.join(state);
-    let log = std::fs::File::create(dir.0.join(format!("{name}.log"))).unwrap();
-    ns.command(
-        common::exe().to_str().unwrap(),
-        &[
-            "run",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap()
+    let log = dir.0.join(format!("{name}.log"));
+    spawn_daemon(ns, &common::exe(), &cfg, &dir.0.join(state), &log).unwrap()
 }
 
 fn log_of(dir: &TempDir, name: &str) -> String {
@@ -117,6 +102,11 @@ fn wait_for_api(ns: &Netns) {
         assert!(Instant::now() < deadline, "daemon in {} did not come up", ns.name);
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The exit code of a daemon that should stop by itself within 10 s.
+fn exit_code(mut p: Proc) -> Option<i32> {
+    p.wait_exit(Duration::from_secs(10)).and_then(|s| s.code())
 }
 
 fn finish(child: std::process::Child, limit: Duration) -> Output {
@@ -136,15 +126,13 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
 
     // A second daemon in the same namespace: the control port is taken.
     let second = daemon(&ns, &dir, "second", "[dataplane]\ntun_name = \"tl1\"\n", "state2");
-    let o = finish(second, Duration::from_secs(10));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(exit_code(second), Some(1));
     let e = log_of(&dir, "second");
     assert!(e.contains("control port 0.0.0.0:6783 is already in use"), "{e}");
 
     // The same state directory: locked.
     let third = daemon(&ns, &dir, "third", "[control]\nport = 7000\n", "state1");
-    let o = finish(third, Duration::from_secs(10));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(exit_code(third), Some(1));
     let e = log_of(&dir, "third");
     assert!(e.contains("another tunloom is using it"), "{e}");
 
@@ -196,10 +184,10 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
 
     // SIGTERM: exits 0 and the TUN device is gone.
     assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
-    tunloom::sys::signal(first.id(), libc::SIGTERM).unwrap();
-    let o = finish(first, Duration::from_secs(10));
+    tunloom::sys::signal(first.pid(), libc::SIGTERM).unwrap();
+    let code = exit_code(first);
     let e = log_of(&dir, "first");
-    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert_eq!(code, Some(0), "{e}");
     assert!(e.contains("tunloom stopped"), "{e}");
     assert!(
         ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),

@@ -14,11 +14,10 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
-use tunloom::dataplane::batch::TxBatch;
+use tunloom::dataplane::batch::{segment_iovs, TxBatch};
 use tunloom::pipeline::coalesce::{Coalescer, Range};
 use tunloom::pipeline::segment::{self, Arena, Gso, L4};
 use tunloom::pipeline::{inside, outside, Verdict, ENCAP_LEN};
-use tunloom::sys::TxIov;
 use tunloom::testkit::{in_buf, pair, tcp4, udp4, HEADROOM};
 
 const SLOTS: usize = 1024;
@@ -147,19 +146,7 @@ fn the_pipeline_allocates_nothing_per_packet() {
         let n = segment::split(&sp, &gso, &mut arena, &mut seg_out).unwrap();
         tx.clear();
         for s in &seg_out[..n] {
-            let parts = [
-                TxIov {
-                    buf: 1,
-                    start: s.hdr_start as u32,
-                    len: s.hdr_len as u32,
-                },
-                TxIov {
-                    buf: 0,
-                    start: s.payload_start as u32,
-                    len: s.payload_len as u32,
-                },
-            ];
-            assert!(tx.push(&parts, dst, (round % 4) as u8));
+            assert!(tx.push(&segment_iovs(s, 0), dst, (round % 4) as u8));
         }
         co.clear();
         for r in &ranges {

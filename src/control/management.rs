@@ -65,6 +65,7 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
     let (total, hist) = stats::totals(s.workers.iter().map(|w| &***w));
     let settings = &s.settings;
     let st = s.model.status();
+    let announced = s.peers.announced();
     let ipam = json!({
         "range_num_ips": st.ipam.range_num_ips,
         "owned_num_ips": st.ipam.owned_num_ips,
@@ -104,7 +105,11 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
             "replies": q.replies.load(Ordering::Relaxed),
         })),
         "peers": s.peers.views(),
-        "announced": settings.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "announced": {
+            "prefixes": announced.iter().filter(|a| !a.block).map(|a| a.prefix.to_string()).collect::<Vec<_>>(),
+            "blocks": announced.iter().filter(|a| a.block).map(|a| a.prefix.to_string()).collect::<Vec<_>>(),
+            "state": s.peers.state(),
+        },
     })
 }
 

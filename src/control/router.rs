@@ -98,7 +98,7 @@ enum Seg {
     Rest(&'static str),
 }
 
-pub type Handler<S> = fn(&S, &Request, &Params) -> Response;
+pub type Handler<S> = Box<dyn Fn(&S, &Request, &Params) -> Response + Send + Sync>;
 
 struct Route<S> {
     pattern: Vec<Seg>,
@@ -127,7 +127,13 @@ impl<S> Router<S> {
 
     /// Adds `method pattern → handler`. Patterns are `/`-separated literals,
     /// `{param}` for one segment and a final `{param*}` for the rest of the path.
-    pub fn add(&mut self, method: &'static str, pattern: &'static str, h: Handler<S>) -> &mut Self {
+    pub fn add(
+        &mut self,
+        method: &'static str,
+        pattern: &'static str,
+        h: impl Fn(&S, &Request, &Params) -> Response + Send + Sync + 'static,
+    ) -> &mut Self {
+        let h: Handler<S> = Box::new(h);
         let segs: Vec<Seg> = pattern
             .trim_start_matches('/')
             .split('/')

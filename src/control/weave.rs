@@ -18,21 +18,112 @@ use ipnet::{IpNet, Ipv4Net};
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+/// A parsed Weave API request: what to do, with every argument checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Status,
+    Connect {
+        peers: Vec<PeerAddr>,
+        replace: bool,
+    },
+    Expose(IpNet),
+    Lookup(String),
+    Allocate {
+        id: String,
+        subnet: Option<Ipv4Net>,
+        check_alive: bool,
+    },
+    Claim {
+        id: String,
+        cidr: Ipv4Net,
+        check_alive: bool,
+    },
+    Release(String),
+    RemovePeer(String),
+    DefaultSubnet,
+    Domain,
+    PutName {
+        id: String,
+        ip: IpAddr,
+        fqdn: String,
+    },
+    DeleteName {
+        id: String,
+        ip: IpAddr,
+        fqdn: Option<String>,
+    },
+}
+
+type Parse = fn(&Request, &Params, u16) -> Result<Call, Response>;
+
+/// Every route of the face and how its request is parsed. `u16` is the default
+/// control port, for peers given without one.
+const ROUTES: &[(&str, &str, Parse)] = &[
+    ("GET", "/status", |_, _, _| Ok(Call::Status)),
+    ("POST", "/connect", parse_connect),
+    ("POST", "/expose/{cidr*}", parse_expose),
+    ("GET", "/ip/{id}", |_, p, _| Ok(Call::Lookup(p.get("id").to_string()))),
+    ("POST", "/ip/{id}", |r, p, _| {
+        Ok(Call::Allocate {
+            id: p.get("id").to_string(),
+            subnet: None,
+            check_alive: check_alive(&form(r)?),
+        })
+    }),
+    ("DELETE", "/ip/{id}", |_, p, _| {
+        Ok(Call::Release(p.get("id").to_string()))
+    }),
+    ("POST", "/ip/{id}/{subnet*}", |r, p, _| {
+        Ok(Call::Allocate {
+            id: p.get("id").to_string(),
+            check_alive: check_alive(&form(r)?),
+            subnet: Some(subnet_of(p)?),
+        })
+    }),
+    ("PUT", "/ip/{id}/{subnet*}", |r, p, _| {
+        Ok(Call::Claim {
+            id: p.get("id").to_string(),
+            check_alive: check_alive(&form(r)?),
+            cidr: subnet_of(p)?,
+        })
+    }),
+    ("DELETE", "/peer/{name}", |_, p, _| {
+        Ok(Call::RemovePeer(p.get("name").to_string()))
+    }),
+    ("GET", "/ipinfo/defaultsubnet", |_, _, _| Ok(Call::DefaultSubnet)),
+    ("GET", "/domain", |_, _, _| Ok(Call::Domain)),
+    ("PUT", "/name/{id}/{ip}", parse_put_name),
+    ("DELETE", "/name/{id}/{ip}", parse_delete_name),
+];
+
+/// The face: each route parses its request, then the model carries it out.
 pub fn router() -> Router<Shared> {
     let mut r = Router::new(ErrorStyle::Text);
-    r.add("GET", "/status", status)
-        .add("POST", "/connect", connect)
-        .add("POST", "/expose/{cidr*}", expose)
-        .add("GET", "/ip/{id}", lookup)
-        .add("POST", "/ip/{id}", allocate)
-        .add("DELETE", "/ip/{id}", release)
-        .add("POST", "/ip/{id}/{subnet*}", allocate_in)
-        .add("PUT", "/ip/{id}/{subnet*}", claim)
-        .add("DELETE", "/peer/{name}", remove_peer)
-        .add("GET", "/ipinfo/defaultsubnet", default_subnet)
-        .add("GET", "/domain", domain)
-        .add("PUT", "/name/{id}/{ip}", put_name)
-        .add("DELETE", "/name/{id}/{ip}", delete_name);
+    for &(method, pattern, parse) in ROUTES {
+        r.add(
+            method,
+            pattern,
+            move |s: &Shared, req: &Request, p: &Params| match parse(req, p, s.settings.config.control.port) {
+                Ok(call) => execute(s, call),
+                Err(resp) => resp,
+            },
+        );
+    }
+    r
+}
+
+/// The same routes, parsing only: what a request would do, as text (for fuzzing and
+/// tests of the parsing alone).
+pub fn parse_router() -> Router<()> {
+    let mut r = Router::new(ErrorStyle::Text);
+    for &(method, pattern, parse) in ROUTES {
+        r.add(method, pattern, move |_: &(), req: &Request, p: &Params| {
+            match parse(req, p, 6783) {
+                Ok(call) => text(200, format!("{call:?}")),
+                Err(resp) => resp,
+            }
+        });
+    }
     r
 }
 
@@ -85,7 +176,182 @@ fn check_alive(fields: &[(String, String)]) -> bool {
     field(fields, "check-alive") == Some("true")
 }
 
-fn status(s: &Shared, _: &Request, _: &Params) -> Response {
+/// A peer as a request names it: an address, or a host name still to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+impl PeerAddr {
+    /// The address; host names are resolved here, when the request is carried out.
+    fn resolve(&self) -> Result<SocketAddr, String> {
+        match self {
+            PeerAddr::Addr(a) => Ok(*a),
+            PeerAddr::Host(h, port) => (h.as_str(), *port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("peer {h} does not resolve")),
+        }
+    }
+}
+
+fn parse_peer(v: &str, port: u16) -> Result<PeerAddr, String> {
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        return Ok(PeerAddr::Addr(a));
+    }
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Ok(PeerAddr::Addr(SocketAddr::new(ip, port)));
+    }
+    // A host name: letters, digits, dots and hyphens only, optionally with a port.
+    let (host, port) = match v.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid peer address {v:?}"))?),
+        None => (v, port),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !valid {
+        return Err(format!("invalid peer address {v:?}"));
+    }
+    Ok(PeerAddr::Host(host.to_ascii_lowercase(), port))
+}
+
+fn parse_connect(req: &Request, _: &Params, port: u16) -> Result<Call, Response> {
+    let fields = form(req)?;
+    let mut peers = Vec::new();
+    for (k, v) in &fields {
+        if k == "peer" {
+            peers.push(parse_peer(v, port).map_err(bad)?);
+        }
+    }
+    let replace = match field(&fields, "replace") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad(format!("replace must be true or false, not {other:?}"))),
+    };
+    if peers.is_empty() && !replace {
+        return Err(bad("form field peer is required"));
+    }
+    Ok(Call::Connect { peers, replace })
+}
+
+fn parse_expose(_: &Request, p: &Params, _: u16) -> Result<Call, Response> {
+    p.get("cidr").parse().map(Call::Expose).map_err(|_| {
+        bad(format!(
+            "invalid CIDR {:?} (expected address/prefix-length)",
+            p.get("cidr")
+        ))
+    })
+}
+
+fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
+    p.get("subnet").parse::<Ipv4Net>().map_err(|_| {
+        bad(format!(
+            "invalid subnet {:?} (expected an IPv4 address/prefix-length)",
+            p.get("subnet")
+        ))
+    })
+}
+
+fn ip_of(p: &Params) -> Result<IpAddr, Response> {
+    p.get("ip")
+        .parse::<IpAddr>()
+        .map_err(|_| bad(format!("invalid IP address {:?}", p.get("ip"))))
+}
+
+fn parse_put_name(req: &Request, p: &Params, _: u16) -> Result<Call, Response> {
+    let fields = form(req)?;
+    let ip = ip_of(p)?;
+    let fqdn = field(&fields, "fqdn").ok_or_else(|| bad("form field fqdn is required"))?;
+    Ok(Call::PutName {
+        id: p.get("id").to_string(),
+        ip,
+        fqdn: fqdn.to_string(),
+    })
+}
+
+fn parse_delete_name(req: &Request, p: &Params, _: u16) -> Result<Call, Response> {
+    let fields = form(req)?;
+    Ok(Call::DeleteName {
+        id: p.get("id").to_string(),
+        ip: ip_of(p)?,
+        fqdn: field(&fields, "fqdn").map(str::to_string),
+    })
+}
+
+fn execute(s: &Shared, call: Call) -> Response {
+    match call {
+        Call::Status => status(s),
+        Call::Connect { peers, replace } => {
+            let mut addrs = Vec::with_capacity(peers.len());
+            for p in &peers {
+                match p.resolve() {
+                    Ok(a) => addrs.push(a),
+                    Err(e) => return bad(e),
+                }
+            }
+            connect(s, &addrs, replace)
+        }
+        Call::Expose(cidr) => match s.model.expose(cidr) {
+            Ok(late) if late.is_empty() => text(200, ""),
+            Ok(late) => text(
+                200,
+                format!("exposed; peers not yet forwarding to it: {}\n", late.join(" ")),
+            ),
+            Err(e) => failed(e),
+        },
+        Call::Lookup(id) => match s.model.lookup(&id) {
+            list if list.is_empty() => text(404, format!("no address allocated to container {id}\n")),
+            list => text(200, addresses(&list)),
+        },
+        Call::Allocate {
+            id,
+            subnet,
+            check_alive,
+        } => answer(s.model.allocate(&id, subnet, check_alive)),
+        Call::Claim { id, cidr, check_alive } => match s.model.claim(&id, cidr, check_alive) {
+            Ok(Allocation::Cancelled) => text(200, "cancelled"),
+            Ok(_) => text(200, ""),
+            Err(e) => failed(e),
+        },
+        Call::Release(id) => match s.model.release(&id) {
+            Ok(_) => text(204, ""),
+            Err(e) => failed(e),
+        },
+        Call::RemovePeer(name) => match s.model.remove_peer(&name) {
+            Ok(n) => text(200, format!("{n} IPs taken over from {name}\n")),
+            Err(e) => failed(e),
+        },
+        Call::DefaultSubnet => text(200, s.model.default_subnet().to_string()),
+        Call::Domain => text(200, s.model.domain()),
+        Call::PutName { id, ip, fqdn } => match s.model.put_record(&id, ip, &fqdn) {
+            Ok(()) => text(200, ""),
+            Err(e) => failed(e),
+        },
+        Call::DeleteName { id, ip, fqdn } => match s.model.delete_records(&id, ip, fqdn.as_deref()) {
+            Ok(_) => text(200, ""),
+            Err(e) => failed(e),
+        },
+    }
+}
+
+fn connect(s: &Shared, addrs: &[SocketAddr], replace: bool) -> Response {
+    match s.model.connect(addrs, replace) {
+        Ok(late) if late.is_empty() => text(200, ""),
+        Ok(late) => {
+            let l: Vec<String> = late.iter().map(ToString::to_string).collect();
+            text(200, format!("not connected yet (will keep trying): {}\n", l.join(" ")))
+        }
+        Err(e) => failed(e),
+    }
+}
+
+fn status(s: &Shared) -> Response {
     let st = s.model.status();
     let signed = s.settings.secret.is_some();
     let info = if signed {
@@ -111,11 +377,12 @@ fn status(s: &Shared, _: &Request, _: &Params) -> Response {
         "connections": connections,
     })];
     for p in st.peers.iter().filter(|p| !p.name.is_empty()) {
-        peers.push(json!({
-            "name": p.name,
-            "nick_name": p.nickname,
-            "connections": if p.up { vec![json!({"address": s.settings.node_name, "state": "established", "info": info})] } else { vec![] },
-        }));
+        let back = if p.up {
+            vec![json!({"address": s.settings.node_name, "state": "established", "info": info})]
+        } else {
+            vec![]
+        };
+        peers.push(json!({ "name": p.name, "nick_name": p.nickname, "connections": back }));
     }
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -138,91 +405,11 @@ fn status(s: &Shared, _: &Request, _: &Params) -> Response {
     Response::json(if st.ready { 200 } else { 503 }, &body)
 }
 
-fn parse_peer(v: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(a) = v.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = v.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let with_port = if v.contains(':') {
-        v.to_string()
-    } else {
-        format!("{v}:{port}")
-    };
-    with_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("invalid peer address {v:?}"))
-}
-
-fn connect(s: &Shared, req: &Request, _: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let port = s.settings.config.control.port;
-    let mut addrs = Vec::new();
-    for (k, v) in &fields {
-        if k == "peer" {
-            match parse_peer(v, port) {
-                Ok(a) => addrs.push(a),
-                Err(e) => return bad(e),
-            }
-        }
-    }
-    let replace = match field(&fields, "replace") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return bad(format!("replace must be true or false, not {other:?}")),
-    };
-    if addrs.is_empty() && !replace {
-        return bad("form field peer is required");
-    }
-    match s.model.connect(&addrs, replace) {
-        Ok(late) if late.is_empty() => text(200, ""),
-        Ok(late) => {
-            let l: Vec<String> = late.iter().map(ToString::to_string).collect();
-            text(200, format!("not connected yet (will keep trying): {}\n", l.join(" ")))
-        }
-        Err(e) => failed(e),
-    }
-}
-
-fn expose(s: &Shared, _: &Request, p: &Params) -> Response {
-    let cidr: IpNet = match p.get("cidr").parse() {
-        Ok(c) => c,
-        Err(_) => {
-            return bad(format!(
-                "invalid CIDR {:?} (expected address/prefix-length)",
-                p.get("cidr")
-            ))
-        }
-    };
-    match s.model.expose(cidr) {
-        Ok(late) if late.is_empty() => text(200, ""),
-        Ok(late) => text(
-            200,
-            format!("exposed; peers not yet forwarding to it: {}\n", late.join(" ")),
-        ),
-        Err(e) => failed(e),
-    }
-}
-
 fn addresses(list: &[(std::net::Ipv4Addr, u8)]) -> String {
     list.iter()
         .map(|(a, l)| format!("{a}/{l}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn lookup(s: &Shared, _: &Request, p: &Params) -> Response {
-    let id = p.get("id");
-    match s.model.lookup(id) {
-        list if list.is_empty() => text(404, format!("no address allocated to container {id}\n")),
-        list => text(200, addresses(&list)),
-    }
 }
 
 fn answer(r: Result<Allocation, ModelError>) -> Response {
@@ -233,107 +420,50 @@ fn answer(r: Result<Allocation, ModelError>) -> Response {
     }
 }
 
-fn allocate(s: &Shared, req: &Request, p: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    answer(s.model.allocate(p.get("id"), None, check_alive(&fields)))
-}
-
-fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
-    p.get("subnet").parse::<Ipv4Net>().map_err(|_| {
-        bad(format!(
-            "invalid subnet {:?} (expected an IPv4 address/prefix-length)",
-            p.get("subnet")
-        ))
-    })
-}
-
-fn allocate_in(s: &Shared, req: &Request, p: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match subnet_of(p) {
-        Ok(subnet) => answer(s.model.allocate(p.get("id"), Some(subnet), check_alive(&fields))),
-        Err(r) => r,
-    }
-}
-
-fn claim(s: &Shared, req: &Request, p: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let cidr = match subnet_of(p) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match s.model.claim(p.get("id"), cidr, check_alive(&fields)) {
-        Ok(Allocation::Cancelled) => text(200, "cancelled"),
-        Ok(_) => text(200, ""),
-        Err(e) => failed(e),
-    }
-}
-
-fn release(s: &Shared, _: &Request, p: &Params) -> Response {
-    match s.model.release(p.get("id")) {
-        Ok(_) => text(204, ""),
-        Err(e) => failed(e),
-    }
-}
-
-fn remove_peer(s: &Shared, _: &Request, p: &Params) -> Response {
-    let name = p.get("name");
-    match s.model.remove_peer(name) {
-        Ok(n) => text(200, format!("{n} IPs taken over from {name}\n")),
-        Err(e) => failed(e),
-    }
-}
-
-fn default_subnet(s: &Shared, _: &Request, _: &Params) -> Response {
-    text(200, s.model.default_subnet().to_string())
-}
-
-fn domain(s: &Shared, _: &Request, _: &Params) -> Response {
-    text(200, s.model.domain())
-}
-
-fn put_name(s: &Shared, req: &Request, p: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let Ok(ip) = p.get("ip").parse::<IpAddr>() else {
-        return bad(format!("invalid IP address {:?}", p.get("ip")));
-    };
-    let Some(fqdn) = field(&fields, "fqdn") else {
-        return bad("form field fqdn is required");
-    };
-    match s.model.put_record(p.get("id"), ip, fqdn) {
-        Ok(()) => text(200, ""),
-        Err(e) => failed(e),
-    }
-}
-
-fn delete_name(s: &Shared, req: &Request, p: &Params) -> Response {
-    let fields = match form(req) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let Ok(ip) = p.get("ip").parse::<IpAddr>() else {
-        return bad(format!("invalid IP address {:?}", p.get("ip")));
-    };
-    match s.model.delete_records(p.get("id"), ip, field(&fields, "fqdn")) {
-        Ok(_) => text(200, ""),
-        Err(e) => failed(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(method: &str, path: &str, body: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: vec![],
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn requests_parse_into_calls() {
+        let r = parse_router();
+        let call = |m: &str, p: &str, b: &str| {
+            let resp = r.dispatch(&(), &req(m, p, b));
+            (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+        };
+        assert_eq!(
+            call("PUT", "/ip/c1/10.32.0.5/12", "check-alive=true"),
+            (
+                200,
+                format!(
+                    "{:?}",
+                    Call::Claim {
+                        id: "c1".into(),
+                        cidr: "10.32.0.5/12".parse().unwrap(),
+                        check_alive: true
+                    }
+                )
+            )
+        );
+        assert_eq!(call("POST", "/connect", "peer=10.0.0.1&replace=true").0, 200);
+        assert_eq!(
+            call("POST", "/expose/10.32.0.1%2F12", "").0,
+            200,
+            "an escaped slash works too"
+        );
+        assert_eq!(call("PUT", "/name/c1/10.32.0.2", "").0, 400);
+        assert_eq!(call("GET", "/ip", "").0, 404);
+    }
 
     #[test]
     fn a_stuck_worker_is_a_json_503_and_other_errors_are_text() {
@@ -357,14 +487,19 @@ mod tests {
 
     #[test]
     fn peers_parse_with_and_without_ports() {
-        assert_eq!(parse_peer("10.0.1.5", 6783), Ok("10.0.1.5:6783".parse().unwrap()));
-        assert_eq!(parse_peer("10.0.1.5:7000", 6783), Ok("10.0.1.5:7000".parse().unwrap()));
+        let a = |s: &str| Ok(PeerAddr::Addr(s.parse().unwrap()));
+        assert_eq!(parse_peer("10.0.1.5", 6783), a("10.0.1.5:6783"));
+        assert_eq!(parse_peer("10.0.1.5:7000", 6783), a("10.0.1.5:7000"));
+        assert_eq!(parse_peer("[fd00::1]:7000", 6783), a("[fd00::1]:7000"));
+        assert_eq!(parse_peer("fd00::1", 6783), a("[fd00::1]:6783"));
         assert_eq!(
-            parse_peer("[fd00::1]:7000", 6783),
-            Ok("[fd00::1]:7000".parse().unwrap())
+            parse_peer("Node-B.lan:7000", 6783),
+            Ok(PeerAddr::Host("node-b.lan".into(), 7000))
         );
-        assert_eq!(parse_peer("fd00::1", 6783), Ok("[fd00::1]:6783".parse().unwrap()));
+        assert_eq!(parse_peer("localhost", 6783).unwrap().resolve().unwrap().port(), 6783);
         assert!(parse_peer("not an address!", 6783).is_err());
+        assert!(parse_peer("host:notaport", 6783).is_err());
+        assert!(parse_peer("", 6783).is_err());
     }
 
     #[test]

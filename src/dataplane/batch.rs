@@ -1,7 +1,29 @@
 //! The TX batch a worker fills while it processes packets and drains with
 //! `sendmmsg`. All storage is allocated once, when the worker starts.
 
+use crate::pipeline::segment::Segment;
 use crate::sys::{TxIov, TxMsg, MAX_GSO_PAYLOAD, MAX_GSO_SEGMENTS};
+
+/// Which buffer a datagram piece points into: the read arena, or the header arena.
+pub const READ_BUF: u32 = 0;
+pub const HDR_BUF: u32 = 1;
+
+/// A segment as two pieces: its header block, then its payload (which starts
+/// `base` bytes into the read arena plus the segment's own offset).
+pub fn segment_iovs(s: &Segment, base: usize) -> [TxIov; 2] {
+    [
+        TxIov {
+            buf: HDR_BUF,
+            start: s.hdr_start as u32,
+            len: s.hdr_len as u32,
+        },
+        TxIov {
+            buf: READ_BUF,
+            start: (base + s.payload_start) as u32,
+            len: s.payload_len as u32,
+        },
+    ]
+}
 use std::net::SocketAddr;
 
 /// Datagrams waiting to be sent, grouped into GSO trains.

@@ -18,7 +18,7 @@
 //! before the loop starts; the loop allocates nothing and takes no lock per packet
 //! (the shared histogram's lock is taken about once a second).
 
-use super::batch::TxBatch;
+use super::batch::{segment_iovs, TxBatch, READ_BUF};
 use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
@@ -310,7 +310,7 @@ impl Worker {
                         self.tally.add(Counter::InsidePackets, 1);
                         self.tally.add(Counter::InsideBytes, len as u64);
                         let one = [TxIov {
-                            buf: 0,
+                            buf: READ_BUF,
                             start: start as u32,
                             len: dlen as u32,
                         }];
@@ -327,19 +327,7 @@ impl Worker {
                             self.tally.add(Counter::InsidePackets, 1);
                             self.tally
                                 .add(Counter::InsideBytes, (s.hdr_len - ENCAP_LEN + s.payload_len) as u64);
-                            let parts = [
-                                TxIov {
-                                    buf: 1,
-                                    start: s.hdr_start as u32,
-                                    len: s.hdr_len as u32,
-                                },
-                                TxIov {
-                                    buf: 0,
-                                    start: (start + s.payload_start) as u32,
-                                    len: s.payload_len as u32,
-                                },
-                            ];
-                            self.txb.push(&parts, dst, sock);
+                            self.txb.push(&segment_iovs(s, start), dst, sock);
                         }
                     }
                 }
@@ -396,6 +384,7 @@ impl Worker {
 
     /// Sends everything queued and frees the read and header arenas.
     fn flush_tx(&mut self) {
+        // Indexed by READ_BUF and HDR_BUF.
         let bufs: [&[u8]; 2] = [&self.read, self.hdrs.bytes()];
         let mut i = 0;
         while i < self.txb.msgs.len() {

@@ -176,6 +176,24 @@ fn parse_alloc(value: &str) -> Option<(u8, &str)> {
     Some((len.parse().ok()?, id))
 }
 
+/// The change for `id` holding `a` (in a subnet of prefix length `len`): stored when
+/// `new`, and released again if the store refuses it.
+fn held(id: &str, a: Ipv4Addr, len: u8, new: bool) -> Change<Allocation> {
+    let value = Allocation::Address(a, len);
+    if !new {
+        return Change::read(value);
+    }
+    let owner = id.to_string();
+    Change {
+        value,
+        ops: vec![Op::put(Table::Allocations, a.to_string(), format!("{len} {id}"))],
+        undo: Some(Box::new(move |st: &mut State| {
+            st.ipam.release_one(&owner, a);
+        })),
+        routing: false,
+    }
+}
+
 impl Model {
     /// Loads the state from `store`, checks it against the configuration, restores
     /// exposed addresses on `link`, and compiles the first snapshot.
@@ -392,23 +410,7 @@ impl Model {
         self.write(|st| {
             let subnet = subnet.unwrap_or(st.default_subnet).trunc();
             let (a, new) = st.ipam.allocate(id, subnet)?;
-            let value = Allocation::Address(a, subnet.prefix_len());
-            if !new {
-                return Ok(Change::read(value));
-            }
-            let owned = id.to_string();
-            Ok(Change {
-                value,
-                ops: vec![Op::put(
-                    Table::Allocations,
-                    a.to_string(),
-                    format!("{} {id}", subnet.prefix_len()),
-                )],
-                undo: Some(Box::new(move |st: &mut State| {
-                    st.ipam.release(&owned);
-                })),
-                routing: false,
-            })
+            Ok(held(id, a, subnet.prefix_len(), new))
         })
     }
 
@@ -418,23 +420,8 @@ impl Model {
             return Ok(Allocation::Cancelled);
         }
         self.write(|st| {
-            let value = Allocation::Address(cidr.addr(), cidr.prefix_len());
-            if !st.ipam.claim(id, cidr)? {
-                return Ok(Change::read(value));
-            }
-            let owned = id.to_string();
-            Ok(Change {
-                value,
-                ops: vec![Op::put(
-                    Table::Allocations,
-                    cidr.addr().to_string(),
-                    format!("{} {id}", cidr.prefix_len()),
-                )],
-                undo: Some(Box::new(move |st: &mut State| {
-                    st.ipam.release(&owned);
-                })),
-                routing: false,
-            })
+            let new = st.ipam.claim(id, cidr)?;
+            Ok(held(id, cidr.addr(), cidr.prefix_len(), new))
         })
     }
 

@@ -103,9 +103,19 @@ pub fn split(dgram: &[u8], gso: &Gso, arena: &mut Arena, out: &mut Vec<Segment>)
         Some(6) => true,
         _ => return Err(Error::Malformed("not IPv4/IPv6")),
     };
-    let min_l3 = if v6 { 40 } else { 20 };
-    if gso.l3_len < min_l3 || (!v6 && gso.l3_len != usize::from(pkt[0] & 0x0f) * 4) {
+    // IPv6 superpackets with extension headers are not split (the kernel does not
+    // build them for a TUN device); the next header must be the transport itself.
+    let (l3_ok, proto_at) = if v6 {
+        (gso.l3_len == 40, 6)
+    } else {
+        (gso.l3_len >= 20 && gso.l3_len == usize::from(pkt[0] & 0x0f) * 4, 9)
+    };
+    if !l3_ok || pkt.len() <= gso.l3_len {
         return Err(Error::Malformed("csum_start does not match the IP header"));
+    }
+    let want_proto = if gso.l4 == L4::Tcp { 6 } else { 17 };
+    if pkt[proto_at] != want_proto {
+        return Err(Error::Malformed("transport protocol differs from the GSO type"));
     }
     if gso.size == 0 {
         return Err(Error::Malformed("zero segment size"));

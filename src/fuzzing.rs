@@ -1,0 +1,333 @@
+//! Fuzz entry points: one function per parser, taking arbitrary bytes. The cargo-fuzz
+//! targets in `fuzz/` call them, and `tests/fuzz_corpus.rs` replays every seed and
+//! every past crash through them, so the regression guard needs no fuzzer.
+//!
+//! Each entry point asserts invariants, not only "no panic": a verdict's ranges stay
+//! inside its buffer, an encapsulated packet is what the peer accepts, parse → emit →
+//! parse is stable, ICMP errors and coalesced superpackets carry valid lengths and
+//! checksums, API parsing answers 200 or a 4xx, never anything else. Nothing here
+//! performs I/O.
+
+use crate::config::Config;
+use crate::control::router::Request;
+use crate::pipeline::coalesce::{Coalescer, Range};
+use crate::pipeline::segment::{self, Arena, Gso, L4};
+use crate::pipeline::{inside, outside, Verdict, ENCAP_LEN};
+use crate::testkit::{pair, HEADROOM};
+use crate::wire::{checksum, control, icmp, virtio, vxlan};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+
+fn snapshots() -> &'static (crate::snapshot::Snapshot, crate::snapshot::Snapshot) {
+    static P: OnceLock<(crate::snapshot::Snapshot, crate::snapshot::Snapshot)> = OnceLock::new();
+    P.get_or_init(pair)
+}
+
+/// Checks that `pkt` is a well-formed IPv4/IPv6 header with a length that matches
+/// the packet. What follows the header (extension headers, transport) is the
+/// receiver's to judge: tunloom forwards it as it came.
+fn assert_ip(pkt: &[u8], what: &str) {
+    let total = match pkt.first().map(|b| b >> 4) {
+        Some(4) => etherparse::Ipv4HeaderSlice::from_slice(pkt)
+            .map(|h| usize::from(h.total_len()))
+            .ok(),
+        Some(6) => etherparse::Ipv6HeaderSlice::from_slice(pkt)
+            .map(|h| 40 + usize::from(h.payload_length()))
+            .ok(),
+        _ => None,
+    };
+    assert_eq!(total, Some(pkt.len()), "{what} is not a well-formed IP packet");
+}
+
+/// Inside path: the input is a virtio-net header (10 bytes) and a packet from the
+/// TUN device, as a worker reads them.
+pub fn inside(data: &[u8]) {
+    let (a, b) = snapshots();
+    if data.len() < virtio::HEADER_LEN {
+        return;
+    }
+    let (vh, pkt) = data.split_at(virtio::HEADER_LEN);
+    let Ok(vh) = virtio::Repr::parse(vh) else { return };
+    assert_eq!(virtio::Repr::parse(&vh.to_bytes()), Ok(vh), "virtio header round trip");
+    let mut buf = vec![0u8; HEADROOM + pkt.len()];
+    buf[HEADROOM..].copy_from_slice(pkt);
+    let gso = match vh.gso_type {
+        virtio::GsoType::None => {
+            if vh.needs_csum {
+                let _ = segment::complete_checksum(
+                    &mut buf[HEADROOM..],
+                    usize::from(vh.csum_start),
+                    usize::from(vh.csum_offset),
+                );
+            }
+            None
+        }
+        t => Some(Gso {
+            l4: if t == virtio::GsoType::UdpL4 { L4::Udp } else { L4::Tcp },
+            l3_len: usize::from(vh.csum_start),
+            size: usize::from(vh.gso_size),
+        }),
+    };
+    let mut scratch = vec![0u8; 1500];
+    let len = pkt.len();
+    match inside::process(a, &mut buf, HEADROOM, len, gso.as_ref(), &mut scratch) {
+        Verdict::Forward {
+            peer, start, len: n, ..
+        } => {
+            assert_eq!(start, HEADROOM - ENCAP_LEN, "encapsulation goes into the headroom");
+            assert!(start + n <= buf.len(), "forwarded range inside the buffer");
+            assert!(usize::from(peer) < a.peers.len());
+            let d = &buf[start..start + n];
+            let vx = vxlan::Packet::new_checked(d).expect("emitted VXLAN header");
+            assert_eq!(vxlan::Repr::parse(&vx), Ok(vxlan::Repr { vni: a.vni }));
+            let src = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
+            match gso {
+                None => {
+                    assert!(
+                        n - ENCAP_LEN <= usize::from(a.mtu) || d[ENCAP_LEN] >> 4 == 4,
+                        "MTU enforced"
+                    );
+                    // What a forwards, b either delivers whole or drops for a reason
+                    // of its own (b checks sources; a does not).
+                    if let Verdict::Deliver { start, len } = outside::process(b, src, d) {
+                        assert_eq!((start, len), (ENCAP_LEN, n - ENCAP_LEN));
+                    }
+                }
+                Some(g) => {
+                    let mut arena = Arena::new(256 * 1024);
+                    let mut out = Vec::with_capacity(2048);
+                    if let Ok(k) = segment::split(d, &g, &mut arena, &mut out) {
+                        assert_eq!(k, out.len());
+                        let mut payload = 0;
+                        for s in &out {
+                            assert!(s.payload_start + s.payload_len <= d.len());
+                            assert!(s.payload_len <= g.size && s.payload_len > 0);
+                            let mut seg = arena.bytes()[s.hdr_start..s.hdr_start + s.hdr_len].to_vec();
+                            seg.extend_from_slice(&d[s.payload_start..s.payload_start + s.payload_len]);
+                            assert!(seg.len() - ENCAP_LEN <= usize::from(a.mtu), "segments fit the MTU");
+                            assert_ip(&seg[ENCAP_LEN..], "a segment");
+                            payload += s.payload_len;
+                        }
+                        assert_eq!(
+                            ENCAP_LEN + out[0].hdr_len - ENCAP_LEN + payload,
+                            n,
+                            "segments cover it all"
+                        );
+                    }
+                }
+            }
+        }
+        Verdict::Reply { len: n, .. } => {
+            assert!(n <= scratch.len());
+            assert_ip(&scratch[..n], "an ICMP error");
+        }
+        Verdict::Drop(_) | Verdict::Service { .. } => {}
+        Verdict::Deliver { .. } => panic!("inside never delivers"),
+    }
+}
+
+/// Outside path: the input is a run of datagrams from peer a, each behind a 2-byte
+/// length, as one GRO receive buffer holds them; delivered packets are coalesced as
+/// a worker coalesces them.
+pub fn outside(data: &[u8]) {
+    let (_, b) = snapshots();
+    let src = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
+    let mut bufs = vec![data.to_vec()];
+    let mut ranges = Vec::new();
+    let mut memo = outside::Memo::default();
+    let mut at = 0;
+    while at + 2 <= data.len() {
+        let n = usize::from(u16::from_be_bytes([data[at], data[at + 1]]));
+        let d0 = at + 2;
+        let d1 = (d0 + n).min(data.len());
+        let d = &data[d0..d1];
+        let v = outside::process_memo(b, src, d, &mut memo);
+        assert_eq!(v, outside::process(b, src, d), "the memo changes no verdict");
+        if let Verdict::Deliver { start, len } = v {
+            assert!(start + len <= d.len(), "delivered range inside the datagram");
+            assert_ip(&d[start..start + len], "a delivered packet");
+            ranges.push(Range {
+                buf: 0,
+                start: (d0 + start) as u32,
+                len: len as u32,
+            });
+        }
+        at = d1;
+    }
+    let mut co = Coalescer::new(64, 256, true);
+    for r in &ranges {
+        let p = bufs[0][r.start as usize..(r.start + r.len) as usize].to_vec();
+        if !co.push(*r, &p, &bufs) {
+            break;
+        }
+    }
+    co.finish(&mut bufs);
+    for t in &co.trains {
+        let h = t.head;
+        let mut whole = bufs[0][h.start as usize..(h.start + h.len) as usize].to_vec();
+        for r in &co.parts[t.first..t.first + t.count] {
+            whole.extend_from_slice(&bufs[0][r.start as usize..(r.start + r.len) as usize]);
+        }
+        assert_eq!(whole.len(), t.len, "train length");
+        let vh = virtio::Repr::parse(&t.vnet).expect("train virtio header");
+        if t.count > 0 {
+            assert_ip(&whole, "a coalesced superpacket");
+            let l3 = usize::from(vh.csum_start);
+            // The partial checksum completes to a valid one over the whole train.
+            let mut full = whole.clone();
+            segment::complete_checksum(&mut full, l3, 16).expect("checksum field inside");
+            let sum = checksum::pseudo_header(&full, 6, full.len() - l3) + checksum::sum(&full[l3..]);
+            assert_eq!(checksum::fold(sum), 0xffff, "coalesced TCP checksum");
+        } else {
+            assert_eq!(vh, virtio::Repr::NONE);
+        }
+    }
+}
+
+/// Peer control messages: parse, check signatures with and without a key, and
+/// parse → emit → parse stability, then hand the bytes to a peer table.
+pub fn control(data: &[u8]) {
+    const KEY: &[u8] = b"fuzzing-secret";
+    let Ok(p) = control::Packet::new_checked(data) else {
+        peers().handle(
+            data,
+            "198.18.0.9:6783".parse().expect("static"),
+            std::time::Instant::now(),
+        );
+        return;
+    };
+    let _ = p.verify(None);
+    let _ = p.verify(Some(KEY));
+    if let Ok(r) = control::Repr::parse(&p) {
+        for key in [None, Some(KEY)] {
+            let mut buf = vec![0u8; r.buffer_len(key.is_some())];
+            let n = r.emit(&mut buf, key).expect("a parsed message can be emitted");
+            assert_eq!(n, buf.len());
+            let p2 = control::Packet::new_checked(&buf[..]).expect("emitted message checks");
+            assert_eq!(p2.verify(key), Ok(()), "own signature verifies");
+            let r2 = control::Repr::parse(&p2).expect("emitted message parses");
+            assert_eq!(r2, r, "parse -> emit -> parse is stable");
+        }
+    }
+    peers().handle(
+        data,
+        "198.18.0.9:6783".parse().expect("static"),
+        std::time::Instant::now(),
+    );
+}
+
+/// A fresh peer table per input, so a long run does not accumulate peers.
+fn peers() -> crate::peers::Peers {
+    static S: OnceLock<std::sync::Arc<crate::config::Settings>> = OnceLock::new();
+    let s = S.get_or_init(|| {
+        let s = Config::parse("[node]\nname = \"fuzz\"\n", std::path::Path::new("fuzz")).expect("static config");
+        std::sync::Arc::new(s)
+    });
+    crate::peers::Peers::new(s.clone())
+}
+
+/// ICMP error emission on arbitrary input: the first byte picks the kind and the
+/// source family, the rest is the offending packet.
+pub fn icmp(data: &[u8]) {
+    let Some((&sel, pkt)) = data.split_first() else { return };
+    let kind = match sel % 3 {
+        0 => icmp::Kind::TooBig {
+            mtu: 1280 + u16::from(sel),
+        },
+        1 => icmp::Kind::TimeExceeded,
+        _ => icmp::Kind::Unreachable,
+    };
+    let src = if sel & 0x80 == 0 {
+        IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))
+    } else {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1))
+    };
+    let mut out = vec![0u8; 1500];
+    if let Ok(n) = icmp::emit(pkt, kind, src, &mut out) {
+        assert!(n <= icmp::MAX_V6_ERROR_LEN, "error within the RFC limits");
+        let ip = etherparse::IpSlice::from_slice(&out[..n]).expect("emitted error parses");
+        assert_eq!(ip.source_addr(), src);
+        let payload = ip.payload().payload;
+        match ip {
+            etherparse::IpSlice::Ipv4(v4) => {
+                assert!(n <= icmp::MAX_V4_ERROR_LEN);
+                let h = v4.header();
+                assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+                assert_eq!(checksum::of(payload), 0, "ICMP checksum");
+            }
+            etherparse::IpSlice::Ipv6(v6) => {
+                let h = v6.header();
+                let s = checksum::pseudo_header(&out[..40], 58, payload.len()) + checksum::sum(payload);
+                assert_eq!(checksum::fold(s), 0xffff, "ICMPv6 checksum from {}", h.source_addr());
+            }
+        }
+    }
+}
+
+/// The Weave face's path, query and form parsing: method, path, content type and
+/// body separated by newlines. Answers must be 200 or a 4xx.
+pub fn weave(data: &[u8]) {
+    static R: OnceLock<crate::control::router::Router<()>> = OnceLock::new();
+    let router = R.get_or_init(crate::control::weave::parse_router);
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(4, '\n');
+    let first = parts.next().unwrap_or("");
+    let method = match first {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" => first,
+        _ => match first.bytes().next().map(|b| b % 5) {
+            Some(0) => "GET",
+            Some(1) => "POST",
+            Some(2) => "PUT",
+            Some(3) => "DELETE",
+            _ => "PATCH",
+        },
+    };
+    let url = parts.next().unwrap_or("/");
+    let ctype = parts.next().unwrap_or("");
+    let body = parts.next().unwrap_or("").as_bytes().to_vec();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let req = Request {
+        method: method.into(),
+        path: path.into(),
+        query: crate::control::router::parse_query(query),
+        headers: if ctype.is_empty() {
+            vec![]
+        } else {
+            vec![("Content-Type".into(), ctype.into())]
+        },
+        body,
+    };
+    let resp = router.dispatch(&(), &req);
+    assert!(
+        resp.status == 200 || (400..500).contains(&resp.status),
+        "{method} {url}: status {}",
+        resp.status
+    );
+}
+
+/// The configuration file: any text either validates or is a clear error naming the
+/// file; a valid one has a sane overlay MTU.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+        Ok(s) => {
+            assert!(s.mtu >= 1280, "overlay MTU {} below IPv6 minimum", s.mtu);
+            assert!(!s.node_name.is_empty());
+            assert!(s.blocks.iter().all(|b| s.config.ipam.range.trunc().contains(b)));
+        }
+        Err(e) => assert!(e.to_string().contains("fuzz.toml"), "{e}"),
+    }
+}
+
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+/// Every entry point by the name of its fuzz target and corpus directory.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("inside", inside),
+    ("outside", outside),
+    ("control", control),
+    ("icmp", icmp),
+    ("weave", weave),
+    ("config", config),
+];

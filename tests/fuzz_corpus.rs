@@ -1,0 +1,396 @@
+//! Replays every seed in `fuzz/corpus/<target>/` and every past crash in
+//! `fuzz/regressions/<target>/` through the same entry points the fuzz targets call
+//! (`tunloom::fuzzing`), so the regression guard runs in `cargo test`, without a
+//! fuzzer or a nightly toolchain.
+//!
+//! The seeds are real packets and messages made here with etherparse and tunloom's own
+//! emitters: `cargo test --test fuzz_corpus -- --ignored write_seed_corpus` rewrites
+//! them (review the diff before committing).
+
+use etherparse::PacketBuilder;
+use std::path::{Path, PathBuf};
+use tunloom::fuzzing::TARGETS;
+use tunloom::pipeline::{inside, Verdict, ENCAP_LEN};
+use tunloom::testkit::{in_buf, pair, HEADROOM};
+use tunloom::wire::{control, virtio};
+
+fn dir(kind: &str, target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(kind)
+        .join(target)
+}
+
+fn files(d: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.file_name().is_some_and(|n| n != "README.md" && n != ".gitkeep"));
+    v.sort();
+    v
+}
+
+#[test]
+fn replay_every_seed_and_past_crash() {
+    let mut total = 0;
+    for (target, run) in TARGETS {
+        let seeds = files(&dir("corpus", target));
+        assert!(seeds.len() >= 5, "fuzz/corpus/{target} has {} seeds", seeds.len());
+        for f in seeds.iter().chain(files(&dir("regressions", target)).iter()) {
+            let data = std::fs::read(f).unwrap();
+            let r = std::panic::catch_unwind(|| run(&data));
+            assert!(r.is_ok(), "{target}: {} fails", f.display());
+            total += 1;
+        }
+    }
+    eprintln!("replayed {total} corpus and regression inputs");
+}
+
+fn vnet(h: virtio::Repr, pkt: &[u8]) -> Vec<u8> {
+    let mut v = h.to_bytes().to_vec();
+    v.extend_from_slice(pkt);
+    v
+}
+
+fn v4(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ipv4(src, dst, 64)
+}
+
+fn build(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = Vec::new();
+    b(&mut v);
+    v
+}
+
+fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
+    let none = virtio::Repr::NONE;
+    let a = [198, 19, 1, 5];
+    let b = [198, 19, 2, 7];
+    let udp = build(|v| v4(a, b).udp(5000, 53).write(v, b"query").unwrap());
+    let syn = build(|v| v4(a, b).tcp(40000, 5201, 1, 64240).syn().write(v, &[]).unwrap());
+    let echo = build(|v| v4(a, b).icmpv4_echo_request(1, 1).write(v, b"ping").unwrap());
+    let v6 = build(|v| {
+        PacketBuilder::ipv6([0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5], [0xfd; 16], 64)
+            .udp(1, 2)
+            .write(v, b"six")
+            .unwrap()
+    });
+    // IPv6 with a hop-by-hop extension header before UDP.
+    let mut ext = v6.clone();
+    ext[6] = 0; // next header: hop-by-hop
+    let mut hbh = vec![17u8, 0, 1, 4, 0, 0, 0, 0];
+    hbh.extend_from_slice(&ext[40..]);
+    ext.truncate(40);
+    ext.extend_from_slice(&hbh);
+    let plen = (ext.len() - 40) as u16;
+    ext[4..6].copy_from_slice(&plen.to_be_bytes());
+    let ttl1 = build(|v| PacketBuilder::ipv4(a, b, 1).udp(1, 2).write(v, b"x").unwrap());
+    let big_df = build(|v| v4(a, b).udp(1, 2).write(v, &[0u8; 1472]).unwrap());
+    let unroutable = build(|v| v4(a, [198, 19, 99, 1]).udp(1, 2).write(v, b"x").unwrap());
+    let mcast = build(|v| v4(a, [224, 0, 0, 251]).udp(5353, 5353).write(v, b"mdns").unwrap());
+    let tso = build(|v| {
+        v4(a, b)
+            .tcp(40000, 5201, 1000, 512)
+            .ack(1)
+            .write(v, &[7u8; 20_000])
+            .unwrap()
+    });
+    let tso_max = build(|v| {
+        v4(a, b)
+            .tcp(40000, 5201, 1000, 512)
+            .ack(1)
+            .write(v, &[9u8; 65_000])
+            .unwrap()
+    });
+    let uso = build(|v| v4(a, b).udp(4000, 4001).write(v, &[3u8; 5000]).unwrap());
+    let tcp = |size: u16, t| virtio::Repr {
+        needs_csum: true,
+        gso_type: t,
+        hdr_len: 40,
+        gso_size: size,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    let csum = virtio::Repr {
+        needs_csum: true,
+        csum_start: 20,
+        csum_offset: 6,
+        ..none
+    };
+    vec![
+        ("udp", vnet(none, &udp)),
+        ("tcp-syn", vnet(none, &syn)),
+        ("icmp-echo", vnet(none, &echo)),
+        ("ipv6-udp", vnet(none, &v6)),
+        ("ipv6-hop-by-hop", vnet(none, &ext)),
+        ("ttl-1", vnet(none, &ttl1)),
+        ("too-big-df", vnet(none, &big_df)),
+        ("no-route", vnet(none, &unroutable)),
+        ("multicast", vnet(none, &mcast)),
+        ("needs-csum-udp", vnet(csum, &udp)),
+        ("tso-tcpv4", vnet(tcp(1398, virtio::GsoType::TcpV4), &tso)),
+        ("tso-max", vnet(tcp(1398, virtio::GsoType::TcpV4), &tso_max)),
+        (
+            "uso-udp",
+            vnet(
+                virtio::Repr {
+                    hdr_len: 28,
+                    gso_size: 1400,
+                    csum_offset: 6,
+                    gso_type: virtio::GsoType::UdpL4,
+                    ..tcp(0, virtio::GsoType::UdpL4)
+                },
+                &uso,
+            ),
+        ),
+        ("truncated-ipv4", vnet(none, &udp[..12])),
+        ("not-ip", vnet(none, &[0x55; 40])),
+    ]
+}
+
+/// Encapsulates `pkt` at node a, as node b receives it.
+fn from_a(pkt: &[u8]) -> Vec<u8> {
+    let (a, _) = pair();
+    let mut buf = in_buf(pkt);
+    let mut scratch = vec![0u8; 1500];
+    match inside::process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch) {
+        Verdict::Forward { start, len, .. } => buf[start..start + len].to_vec(),
+        v => panic!("fixture not forwarded: {v:?}"),
+    }
+}
+
+fn framed(dgrams: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for d in dgrams {
+        v.extend_from_slice(&(d.len() as u16).to_be_bytes());
+        v.extend_from_slice(d);
+    }
+    v
+}
+
+fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
+    let a = [198, 19, 1, 5];
+    let b = [198, 19, 2, 7];
+    let udp = from_a(&build(|v| v4(a, b).udp(5000, 53).write(v, b"query").unwrap()));
+    let segs: Vec<Vec<u8>> = (0..3u32)
+        .map(|i| {
+            from_a(&build(|v| {
+                v4(a, b)
+                    .tcp(40000, 5201, 1 + i * 1000, 512)
+                    .ack(9)
+                    .write(v, &[i as u8; 1000])
+                    .unwrap()
+            }))
+        })
+        .collect();
+    let spoofed = from_a(&build(|v| v4([10, 0, 0, 1], b).udp(1, 2).write(v, b"x").unwrap()));
+    let mut bad_flags = udp.clone();
+    bad_flags[0] = 0;
+    let mut bad_vni = udp.clone();
+    bad_vni[6] = 99;
+    let mut bad_mac = udp.clone();
+    bad_mac[8] ^= 0x10;
+    let mut arp = udp.clone();
+    arp[20..22].copy_from_slice(&[0x08, 0x06]);
+    let mut padded = udp.clone();
+    padded.extend_from_slice(&[0u8; 18]);
+    vec![
+        ("udp", framed(std::slice::from_ref(&udp))),
+        ("tcp-run-coalesces", framed(&segs)),
+        ("tcp-gap", framed(&[segs[0].clone(), segs[2].clone()])),
+        ("spoofed", framed(&[spoofed])),
+        ("vxlan-no-i-flag", framed(&[bad_flags])),
+        ("wrong-vni", framed(&[bad_vni])),
+        ("wrong-mac", framed(&[bad_mac])),
+        ("arp", framed(&[arp])),
+        ("ethernet-padding", framed(&[padded])),
+        (
+            "truncated",
+            framed(&[udp[..ENCAP_LEN + 10].to_vec(), udp[..5].to_vec()]),
+        ),
+        ("mixed", framed(&[segs[0].clone(), udp, segs[1].clone()])),
+    ]
+}
+
+fn seeds_control() -> Vec<(&'static str, Vec<u8>)> {
+    let ann = [
+        control::Announce {
+            prefix: "198.19.1.0/24".parse().unwrap(),
+            version: 3,
+            block: false,
+        },
+        control::Announce {
+            prefix: "198.19.64.0/19".parse().unwrap(),
+            version: 3,
+            block: true,
+        },
+        control::Announce {
+            prefix: "fd00:1::/64".parse().unwrap(),
+            version: 1,
+            block: false,
+        },
+    ];
+    let r = control::Repr {
+        kind: control::Kind::Hello,
+        seq: 1_700_000_000_000_000,
+        state: 5,
+        ack: 4,
+        page: 0,
+        pages: 1,
+        data_port: 4789,
+        underlay: "198.18.0.1".parse().unwrap(),
+        name: "6e:1f:a5:00:00:01",
+        nickname: "gw-a",
+        prefixes: control::Prefixes::Slice(&ann),
+    };
+    let emit = |r: &control::Repr, key: Option<&[u8]>| {
+        let mut b = vec![0u8; r.buffer_len(key.is_some())];
+        r.emit(&mut b, key).unwrap();
+        b
+    };
+    let hello = emit(&r, None);
+    let signed = emit(&r, Some(b"fuzzing-secret"));
+    let bye = emit(
+        &control::Repr {
+            kind: control::Kind::Bye,
+            prefixes: control::Prefixes::Slice(&[]),
+            ..r
+        },
+        None,
+    );
+    let page2 = emit(
+        &control::Repr {
+            page: 1,
+            pages: 2,
+            underlay: "::".parse().unwrap(),
+            ..r
+        },
+        None,
+    );
+    let mut bad_magic = hello.clone();
+    bad_magic[0] = b'X';
+    let mut bad_family = hello.clone();
+    bad_family[38] = 5;
+    vec![
+        ("hello", hello.clone()),
+        ("hello-signed", signed),
+        ("bye", bye),
+        ("page-2-of-2-ipv6-underlay", page2),
+        ("truncated", hello[..50].to_vec()),
+        ("bad-magic", bad_magic),
+        ("bad-family", bad_family),
+    ]
+}
+
+fn seeds_icmp() -> Vec<(&'static str, Vec<u8>)> {
+    let a = [198, 19, 1, 5];
+    let b = [198, 19, 2, 7];
+    let with = |sel: u8, pkt: Vec<u8>| {
+        let mut v = vec![sel];
+        v.extend(pkt);
+        v
+    };
+    let tcp = build(|v| v4(a, b).tcp(1, 2, 3, 4).write(v, &[1u8; 1400]).unwrap());
+    let v6 = build(|v| {
+        PacketBuilder::ipv6([0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5], [0xfd; 16], 64)
+            .udp(1, 2)
+            .write(v, &[2u8; 1400])
+            .unwrap()
+    });
+    let err = build(|v| {
+        v4(a, b)
+            .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ))
+            .write(v, &tcp[..28])
+            .unwrap()
+    });
+    let mut frag = tcp.clone();
+    frag[6] = 0;
+    frag[7] = 0x20;
+    vec![
+        ("frag-needed-tcp", with(0, tcp.clone())),
+        ("time-exceeded-tcp", with(1, tcp.clone())),
+        ("unreachable-headers-only", with(2, tcp[..28].to_vec())),
+        ("packet-too-big-v6", with(0x81, v6)),
+        ("error-about-an-error", with(1, err)),
+        ("non-first-fragment", with(2, frag)),
+    ]
+}
+
+fn seeds_weave() -> Vec<(&'static str, Vec<u8>)> {
+    let form = "application/x-www-form-urlencoded";
+    let req = |m: &str, url: &str, ct: &str, body: &str| format!("{m}\n{url}\n{ct}\n{body}").into_bytes();
+    vec![
+        ("status", req("GET", "/status", "", "")),
+        ("allocate", req("POST", "/ip/abc123def456", "", "")),
+        (
+            "allocate-check-alive",
+            req("POST", "/ip/abc123?check-alive=true", "", ""),
+        ),
+        ("allocate-in-subnet", req("POST", "/ip/abc/10.32.0.0/12", "", "")),
+        ("claim", req("PUT", "/ip/abc/10.32.0.5/12", form, "check-alive=false")),
+        ("release", req("DELETE", "/ip/abc", "", "")),
+        (
+            "connect",
+            req(
+                "POST",
+                "/connect",
+                form,
+                "peer=10.0.1.5&peer=10.0.1.6:7000&replace=false",
+            ),
+        ),
+        ("connect-host", req("POST", "/connect", form, "peer=node-b.example")),
+        ("expose", req("POST", "/expose/10.32.0.1/12", "", "")),
+        ("expose-escaped", req("POST", "/expose/10.32.0.1%2F12", "", "")),
+        ("remove-peer", req("DELETE", "/peer/8a:3d:c1:f9:a2:b7", "", "")),
+        (
+            "name",
+            req("PUT", "/name/abc/10.32.0.2", form, "fqdn=myapp.weave.local."),
+        ),
+        ("name-delete", req("DELETE", "/name/abc/10.32.0.2", "", "")),
+        (
+            "json-body",
+            req("POST", "/connect", "application/json", "{\"peer\":\"x\"}"),
+        ),
+        ("bad-percent", req("PUT", "/name/%zz/%C0%AF", form, "fqdn=%")),
+    ]
+}
+
+fn seeds_config() -> Vec<(&'static str, Vec<u8>)> {
+    let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tunloom.toml")).unwrap();
+    vec![
+        ("shipped-example", shipped),
+        ("empty", Vec::new()),
+        (
+            "two-hosts",
+            b"[node]\nname = \"gw-a\"\n[ipam]\nblocks = [\"10.32.0.0/13\"]\n[overlay]\nexpose = [\"10.32.0.100/12\"]\n[[peers]]\naddress = \"198.18.0.2\"\n".to_vec(),
+        ),
+        ("bad-vni", b"[dataplane]\nvni = 0\n".to_vec()),
+        ("unknown-key", b"[dataplane]\nwrokers = 2\n".to_vec()),
+        ("bad-toml", b"[dataplane\nworkers = ".to_vec()),
+        ("ipv6-underlay", b"[dataplane]\nbind = \"::\"\nunderlay_mtu = 1350\n".to_vec()),
+    ]
+}
+
+#[test]
+#[ignore = "rewrites fuzz/corpus; run by hand"]
+fn write_seed_corpus() {
+    type Seeds = Vec<(&'static str, Vec<u8>)>;
+    let all: Vec<(&str, Seeds)> = vec![
+        ("inside", seeds_inside()),
+        ("outside", seeds_outside()),
+        ("control", seeds_control()),
+        ("icmp", seeds_icmp()),
+        ("weave", seeds_weave()),
+        ("config", seeds_config()),
+    ];
+    for (target, seeds) in all {
+        let d = dir("corpus", target);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, bytes) in seeds {
+            std::fs::write(d.join(name), bytes).unwrap();
+        }
+    }
+}
