@@ -289,11 +289,10 @@ impl Daemon {
     /// kernel then removes). Returns the first worker error, if any.
     pub fn stop(self) -> io::Result<()> {
         self.shutdown.store(true, Ordering::Relaxed);
-        self.shared.published.publish(|g| {
-            let mut s = (*self.shared.published.load_full()).clone();
-            s.generation = g;
-            s
-        });
+        // Workers asleep in their poll see the flag at once, not after their timeout.
+        for i in 0..self.shared.published.workers() {
+            self.shared.published.wake(i);
+        }
         let mut result = Ok(());
         for h in self.workers {
             match h.join() {

@@ -184,10 +184,6 @@ impl Published {
         self.current.load()
     }
 
-    pub fn load_full(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
     /// The generation worker `i` last reported.
     pub fn seen(&self, i: usize) -> u64 {
         self.seen.get(i).map_or(0, |s| s.load(Ordering::Acquire))
