@@ -501,10 +501,7 @@ impl Peers {
             peer.last_seq = msg.seq;
             peer.pending = None;
             if peer.up {
-                peer.up = false;
-                peer.down_events += 1;
-                self.counters.peer_down.fetch_add(1, Ordering::Relaxed);
-                log::info!("control: peer {} left; its routes are withdrawn", peer.name);
+                self.down(peer, "said bye");
                 self.moved.notify_all();
                 return Outcome {
                     changed: true,
@@ -587,6 +584,18 @@ impl Peers {
         self.moved.notify_all();
     }
 
+    /// Takes `p` down (its routes go with the next snapshot), counting and logging why.
+    fn down(&self, p: &mut Peer, why: &str) {
+        p.up = false;
+        p.down_events += 1;
+        self.counters.peer_down.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "control: peer {} ({}) {why}; its routes are withdrawn",
+            p.name,
+            p.nickname
+        );
+    }
+
     /// Marks peers not heard for too long as down. Returns whether any changed.
     pub fn expire(&self, now: Instant) -> bool {
         let c = &self.settings.config.control;
@@ -594,15 +603,7 @@ impl Peers {
         let mut changed = false;
         for p in self.table.lock().iter_mut() {
             if p.up && p.last_seen.is_none_or(|t| now.duration_since(t) > dead) {
-                p.up = false;
-                p.down_events += 1;
-                self.counters.peer_down.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "control: peer {} ({}) missed {} hellos; its routes are withdrawn",
-                    p.name,
-                    p.nickname,
-                    c.dead_after
-                );
+                self.down(p, &format!("missed {} hellos", c.dead_after));
                 changed = true;
             }
         }

@@ -13,40 +13,47 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($($name:ident => $text:literal, $doc:literal;)*) => {
-        /// A dataplane event counted per worker.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An enum whose variants index a counter array and have snake_case names for stats
+/// and metrics: `ALL`, `COUNT` and `name()`.
+macro_rules! counted_enum {
+    ($(#[$meta:meta])* $enum:ident { $($name:ident => $text:literal, $doc:literal;)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(u8)]
-        pub enum Counter { $(#[doc = $doc] $name,)* }
+        pub enum $enum { $(#[doc = $doc] $name,)* }
 
-        impl Counter {
-            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+        impl $enum {
+            pub const ALL: &'static [$enum] = &[$($enum::$name,)*];
             pub const COUNT: usize = Self::ALL.len();
+            /// The snake_case name used in stats and metrics.
             pub const fn name(self) -> &'static str {
-                match self { $(Counter::$name => $text,)* }
+                match self { $($enum::$name => $text,)* }
             }
         }
     };
 }
+pub(crate) use counted_enum;
 
-counters! {
-    InsidePackets => "inside_packets", "Packets read from the TUN device (after splitting superpackets).";
-    InsideBytes => "inside_bytes", "Bytes of those packets.";
-    ForwardedPackets => "forwarded_packets", "VXLAN datagrams sent to peers.";
-    ForwardedBytes => "forwarded_bytes", "Inner bytes of those datagrams.";
-    OutsidePackets => "outside_packets", "Datagrams received on the data port (after splitting GRO trains).";
-    OutsideBytes => "outside_bytes", "Bytes of those datagrams.";
-    DeliveredPackets => "delivered_packets", "Inner packets written to the TUN device.";
-    DeliveredBytes => "delivered_bytes", "Bytes of those packets.";
-    IcmpErrors => "icmp_errors", "ICMP errors sent back to local senders.";
-    ServicePackets => "service_packets", "Packets for gateway addresses handed to the service thread.";
-    Batches => "batches", "Batches processed.";
-    TunReads => "tun_reads", "Reads from the TUN queue (one superpacket each with offload).";
-    TunWrites => "tun_write_calls", "Batched writes to the TUN queue.";
-    UdpRecvCalls => "udp_recv_calls", "recvmmsg calls that returned data.";
-    UdpSendCalls => "udp_send_calls", "sendmmsg calls.";
-    GsoTrains => "gso_trains", "UDP sends carrying more than one segment (UDP_SEGMENT).";
+counted_enum! {
+    /// A dataplane event counted per worker.
+    Counter {
+        InsidePackets => "inside_packets", "Packets read from the TUN device (after splitting superpackets).";
+        InsideBytes => "inside_bytes", "Bytes of those packets.";
+        ForwardedPackets => "forwarded_packets", "VXLAN datagrams sent to peers.";
+        ForwardedBytes => "forwarded_bytes", "Inner bytes of those datagrams.";
+        OutsidePackets => "outside_packets", "Datagrams received on the data port (after splitting GRO trains).";
+        OutsideBytes => "outside_bytes", "Bytes of those datagrams.";
+        DeliveredPackets => "delivered_packets", "Inner packets written to the TUN device.";
+        DeliveredBytes => "delivered_bytes", "Bytes of those packets.";
+        IcmpErrors => "icmp_errors", "ICMP errors sent back to local senders.";
+        ServicePackets => "service_packets", "Packets for gateway addresses handed to the service thread.";
+        Batches => "batches", "Batches processed.";
+        TunReads => "tun_reads", "Reads from the TUN queue (one superpacket each with offload).";
+        TunWrites => "tun_write_calls", "Batched writes to the TUN queue.";
+        UdpRecvCalls => "udp_recv_calls", "recvmmsg calls that returned data.";
+        UdpSendCalls => "udp_send_calls", "sendmmsg calls.";
+        GsoTrains => "gso_trains", "UDP sends carrying more than one segment (UDP_SEGMENT).";
+    }
 }
 
 /// Per-batch accumulation, owned by one worker.

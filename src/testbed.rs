@@ -212,6 +212,14 @@ hello_interval_ms = {hello}
     )
 }
 
+/// A request to the Weave API (127.0.0.1:6784) in namespace `ns`, the body sent as a
+/// form; status and body text.
+pub fn weave_request(ns: &str, method: &str, path: &str, form: Option<&str>) -> io::Result<(u16, String)> {
+    let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, body) = api_request(ns, 6784, method, path, form.map(|f| f.as_bytes().to_vec()), &headers)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// Starts `tunloom run -c <config> --state-dir <state>` in `ns`, its log appended
 /// to `log`.
 pub fn spawn_daemon(ns: &Netns, exe: &Path, config: &Path, state: &Path, log: &Path) -> io::Result<Proc> {
@@ -380,16 +388,7 @@ impl TwoHosts {
 
     /// A Weave API request to host `i` (body sent as a form); status and body text.
     pub fn weave(&self, i: usize, method: &str, path: &str, form: Option<&str>) -> io::Result<(u16, String)> {
-        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
-        let (status, body) = api_request(
-            &self.ns(i).name,
-            6784,
-            method,
-            path,
-            form.map(|f| f.as_bytes().to_vec()),
-            &headers,
-        )?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        weave_request(&self.ns(i).name, method, path, form)
     }
 
     /// Waits until daemon `i` answers on its management API.
@@ -602,16 +601,7 @@ impl OneHost {
 
     /// A Weave API request (body sent as a form): status and body text.
     pub fn weave(&self, method: &str, path: &str, form: Option<&str>) -> io::Result<(u16, String)> {
-        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
-        let (status, body) = api_request(
-            &self.ns.name,
-            6784,
-            method,
-            path,
-            form.map(|f| f.as_bytes().to_vec()),
-            &headers,
-        )?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        weave_request(&self.ns.name, method, path, form)
     }
 
     /// A management API request: status and body.

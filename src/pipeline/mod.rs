@@ -49,44 +49,29 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-macro_rules! drop_reasons {
-    ($($name:ident => $text:literal, $doc:literal;)*) => {
-        /// Why the dataplane dropped a packet. Indexes the per-worker drop counters.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum DropReason { $(#[doc = $doc] $name,)* }
-
-        impl DropReason {
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
-            pub const COUNT: usize = Self::ALL.len();
-            /// The snake_case name used in stats and metrics.
-            pub const fn name(self) -> &'static str {
-                match self { $(DropReason::$name => $text,)* }
-            }
-        }
-    };
-}
-
-drop_reasons! {
-    Malformed => "malformed", "Inside: not a well-formed IPv4/IPv6 packet.";
-    Multicast => "multicast", "Inside: a multicast or broadcast destination (the overlay carries unicast).";
-    NoRoute => "no_route", "Inside: no overlay route for the destination.";
-    Hairpin => "hairpin", "Inside: the destination is local, yet the host sent it into the TUN.";
-    TtlExpired => "ttl_expired", "Inside: TTL / hop limit ran out here.";
-    TooBig => "too_big", "Inside: larger than the overlay MTU and may not be fragmented.";
-    NoHeadroom => "no_headroom", "Inside: the buffer leaves no room to encapsulate (a bug, counted not crashed).";
-    UnknownPeer => "unknown_peer", "Outside: the datagram's source is not a peer that is up.";
-    BadVxlan => "bad_vxlan", "Outside: truncated VXLAN header or I flag not set.";
-    UnknownVni => "unknown_vni", "Outside: a VNI this node does not serve.";
-    BadEthernet => "bad_ethernet", "Outside: truncated inner Ethernet header, or not addressed to this node.";
-    NotIp => "not_ip", "Outside: inner EtherType is neither IPv4 nor IPv6.";
-    BadInner => "bad_inner", "Outside: the inner IP packet is malformed or truncated.";
-    Spoofed => "spoofed", "Outside: the inner source is not inside the sender's announced prefixes.";
-    NotLocal => "not_local", "Outside: the inner destination is not served by this node.";
-    TunWrite => "tun_write", "I/O: the TUN device refused the write.";
-    UdpSend => "udp_send", "I/O: the UDP send failed (no buffer space, unreachable peer).";
-    RxTruncated => "rx_truncated", "I/O: a datagram larger than the receive buffer.";
-    ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
+crate::stats::counted_enum! {
+    /// Why the dataplane dropped a packet. Indexes the per-worker drop counters.
+    DropReason {
+        Malformed => "malformed", "Inside: not a well-formed IPv4/IPv6 packet.";
+        Multicast => "multicast", "Inside: a multicast or broadcast destination (the overlay carries unicast).";
+        NoRoute => "no_route", "Inside: no overlay route for the destination.";
+        Hairpin => "hairpin", "Inside: the destination is local, yet the host sent it into the TUN.";
+        TtlExpired => "ttl_expired", "Inside: TTL / hop limit ran out here.";
+        TooBig => "too_big", "Inside: larger than the overlay MTU and may not be fragmented.";
+        NoHeadroom => "no_headroom", "Inside: the buffer leaves no room to encapsulate (a bug, counted not crashed).";
+        UnknownPeer => "unknown_peer", "Outside: the datagram's source is not a peer that is up.";
+        BadVxlan => "bad_vxlan", "Outside: truncated VXLAN header or I flag not set.";
+        UnknownVni => "unknown_vni", "Outside: a VNI this node does not serve.";
+        BadEthernet => "bad_ethernet", "Outside: truncated inner Ethernet header, or not addressed to this node.";
+        NotIp => "not_ip", "Outside: inner EtherType is neither IPv4 nor IPv6.";
+        BadInner => "bad_inner", "Outside: the inner IP packet is malformed or truncated.";
+        Spoofed => "spoofed", "Outside: the inner source is not inside the sender's announced prefixes.";
+        NotLocal => "not_local", "Outside: the inner destination is not served by this node.";
+        TunWrite => "tun_write", "I/O: the TUN device refused the write.";
+        UdpSend => "udp_send", "I/O: the UDP send failed (no buffer space, unreachable peer).";
+        RxTruncated => "rx_truncated", "I/O: a datagram larger than the receive buffer.";
+        ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
+    }
 }
 
 /// A fast, deterministic hash of an inner packet's flow (addresses, protocol and,
