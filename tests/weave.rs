@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tunloom::netns::Netns;
-use tunloom::testbed::{HostSpec, OneHost, TwoHosts, OVERLAY};
+use tunloom::testbed::{HostSpec, OneHost, TwoHosts, BLOCK, OVERLAY, UNDERLAY};
 
 const CONFIG: &str = r#"
 [node]
@@ -434,4 +434,34 @@ fn connect_and_expose_are_in_force_when_they_return() {
         "ping from the just-exposed {extra}: {from_new:?}\n{}",
         h.log(1)
     );
+
+    // b dies for good; removing it on a takes over its IPAM block, and a allocates
+    // from that block at once.
+    let (status, body) = h.weave(0, "POST", &format!("/ip/x1/{}", BLOCK[1]), None).unwrap();
+    assert_eq!(
+        (status, body.starts_with("no free address")),
+        (503, true),
+        "b's block is not a's before the takeover: {body}"
+    );
+    h.stop(1, true);
+    let (status, body) = h.weave(0, "DELETE", &format!("/peer/{}", UNDERLAY[1]), None).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "8192 IPs taken over from 198.18.0.2\n"),
+        "{}",
+        h.log(0)
+    );
+    let (status, body) = h.weave(0, "POST", &format!("/ip/x1/{}", BLOCK[1]), None).unwrap();
+    assert_eq!(status, 200, "{body}\n{}", h.log(0));
+    let got: ipnet::Ipv4Net = body.trim().parse().unwrap();
+    let block: ipnet::Ipv4Net = BLOCK[1].parse().unwrap();
+    assert!(block.contains(&got.addr()), "{got} outside {block}");
+
+    // The takeover is durable: after kill -9 a still owns the block.
+    h.stop(0, true);
+    h.start(0).unwrap();
+    h.wait_up(0, Duration::from_secs(10)).unwrap();
+    assert_eq!(h.weave(0, "GET", "/ip/x1", None).unwrap(), (200, format!("{got}")));
+    let (status, body) = h.weave(0, "POST", &format!("/ip/x2/{}", BLOCK[1]), None).unwrap();
+    assert_eq!(status, 200, "{body}\n{}", h.log(0));
 }
