@@ -1,6 +1,7 @@
 //! Fuzz entry points: one function per parser, taking arbitrary bytes. The cargo-fuzz
-//! targets in `fuzz/` call them, and `tests/fuzz_corpus.rs` replays every seed and
-//! every past crash through them, so the regression guard needs no fuzzer.
+//! targets in `fuzz/` call them, and the `corpus` tests replay every seed and every
+//! past crash through them, so the regression guard needs no fuzzer. The module exists
+//! only under `cfg(fuzzing)` (set by cargo-fuzz) and in `cargo test`.
 //!
 //! Each entry point asserts invariants, not only "no panic": a verdict's ranges stay
 //! inside its buffer, an encapsulated packet is what the peer accepts, parse → emit →
@@ -83,8 +84,11 @@ pub fn inside(data: &[u8]) {
             let src = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
             match gso {
                 None => {
+                    // Larger than the MTU only as IPv4 that may be fragmented (the
+                    // outer packet then is); DF set or IPv6 gets "too big" instead.
+                    let inner = &d[ENCAP_LEN..];
                     assert!(
-                        n - ENCAP_LEN <= usize::from(a.mtu) || d[ENCAP_LEN] >> 4 == 4,
+                        n - ENCAP_LEN <= usize::from(a.mtu) || (inner[0] >> 4 == 4 && inner[6] & 0x40 == 0),
                         "MTU enforced"
                     );
                     // What a forwards, b either delivers whole or drops for a reason
@@ -126,23 +130,30 @@ pub fn inside(data: &[u8]) {
     }
 }
 
-/// Outside path: the input is a run of datagrams from peer a, each behind a 2-byte
-/// length, as one GRO receive buffer holds them; delivered packets are coalesced as
-/// a worker coalesces them.
+/// Outside path: the input is a run of datagrams, each behind a 2-byte length (the
+/// low 15 bits; the top bit set means it comes from an address that is no peer,
+/// otherwise from peer a), as one GRO receive buffer holds them; delivered packets
+/// are coalesced as a worker coalesces them.
 pub fn outside(data: &[u8]) {
     let (_, b) = snapshots();
-    let src = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
+    let peer = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
+    let stranger = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 77));
     let mut bufs = vec![data.to_vec()];
     let mut ranges = Vec::new();
     let mut memo = outside::Memo::default();
     let mut at = 0;
     while at + 2 <= data.len() {
-        let n = usize::from(u16::from_be_bytes([data[at], data[at + 1]]));
+        let raw = u16::from_be_bytes([data[at], data[at + 1]]);
+        let n = usize::from(raw & 0x7fff);
+        let src = if raw & 0x8000 != 0 { stranger } else { peer };
         let d0 = at + 2;
         let d1 = (d0 + n).min(data.len());
         let d = &data[d0..d1];
         let v = outside::process_memo(b, src, d, &mut memo);
         assert_eq!(v, outside::process(b, src, d), "the memo changes no verdict");
+        if src == stranger {
+            assert!(!matches!(v, Verdict::Deliver { .. }), "delivered from an unknown peer");
+        }
         if let Verdict::Deliver { start, len } = v {
             assert!(start + len <= d.len(), "delivered range inside the datagram");
             assert_ip(&d[start..start + len], "a delivered packet");
@@ -189,7 +200,7 @@ pub fn outside(data: &[u8]) {
 pub fn control(data: &[u8]) {
     const KEY: &[u8] = b"fuzzing-secret";
     let Ok(p) = control::Packet::new_checked(data) else {
-        peers().handle(
+        peers(false).handle(
             data,
             "198.18.0.9:6783".parse().expect("static"),
             std::time::Instant::now(),
@@ -209,21 +220,30 @@ pub fn control(data: &[u8]) {
             assert_eq!(r2, r, "parse -> emit -> parse is stable");
         }
     }
-    peers().handle(
-        data,
-        "198.18.0.9:6783".parse().expect("static"),
-        std::time::Instant::now(),
-    );
+    let from = "198.18.0.9:6783".parse().expect("static");
+    peers(false).handle(data, from, std::time::Instant::now());
+    // With a cluster secret, a message that does not carry its signature changes
+    // nothing.
+    let signed = peers(true);
+    signed.handle(data, from, std::time::Instant::now());
+    if p.verify(Some(KEY)).is_err() {
+        assert!(signed.snapshot().is_empty(), "an unauthenticated message was trusted");
+    }
 }
 
-/// A fresh peer table per input, so a long run does not accumulate peers.
-fn peers() -> crate::peers::Peers {
-    static S: OnceLock<std::sync::Arc<crate::config::Settings>> = OnceLock::new();
+/// A fresh peer table per input, so a long run does not accumulate peers; with
+/// `secret`, one whose cluster secret is the control target's key.
+fn peers(secret: bool) -> crate::peers::Peers {
+    static S: OnceLock<[std::sync::Arc<crate::config::Settings>; 2]> = OnceLock::new();
     let s = S.get_or_init(|| {
-        let s = Config::parse("[node]\nname = \"fuzz\"\n", std::path::Path::new("fuzz")).expect("static config");
-        std::sync::Arc::new(s)
+        let parse =
+            |text: &str| std::sync::Arc::new(Config::parse(text, std::path::Path::new("fuzz")).expect("static config"));
+        [
+            parse("[node]\nname = \"fuzz\"\n"),
+            parse("[node]\nname = \"fuzz\"\n[control]\nsecret = \"fuzzing-secret\"\n"),
+        ]
     });
-    crate::peers::Peers::new(s.clone())
+    crate::peers::Peers::new(s[usize::from(secret)].clone())
 }
 
 /// ICMP error emission on arbitrary input: the first byte picks the kind and the
@@ -331,3 +351,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("weave", weave),
     ("config", config),
 ];
+
+#[cfg(test)]
+mod corpus;

@@ -27,6 +27,8 @@
 //! - [`snapshot`]: the immutable forwarding state and its publication.
 //! - [`peers`], [`control`], [`service`]: the control plane, the HTTP API and the
 //!   gateway endpoint.
+//! - [`model`], [`store`]: what the control side knows (peers, IPAM, DNS records,
+//!   exposed addresses) and where it is kept durable (redb, group commit).
 //! - [`daemon`], [`config`], [`stats`]: assembly, configuration, counters.
 //! - [`sys`]: every raw system call; the only module with `unsafe`.
 //! - [`netns`], [`testbed`], [`lab`]: network namespaces, the two-host testbed, and
@@ -38,7 +40,9 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-#[doc(hidden)]
+// Only the fuzz build (cargo-fuzz sets `--cfg fuzzing`) and the corpus replay in
+// `cargo test` see the fuzz entry points; they are no part of the library's API.
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod lab;
 pub mod model;
@@ -52,6 +56,7 @@ pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod testbed;
+// Fixtures shared by unit tests, integration tests and benches; not an API.
 #[doc(hidden)]
 pub mod testkit;
 pub mod wire;

@@ -15,8 +15,8 @@ pub const HEADROOM: usize = 64;
 pub const A_UNDERLAY: [u8; 4] = [198, 18, 0, 1];
 
 /// Two nodes' snapshots: "a" (198.19.1.0/24 and fd00:1::/64 at 198.18.0.1) and
-/// "b" (198.19.2.0/24 at 198.18.0.2), each with the other as peer 0, VNI 42,
-/// overlay MTU 1450.
+/// "b" (198.19.2.0/24 and fd00:2::/64 at 198.18.0.2), each with the other as peer 0,
+/// VNI 42, overlay MTU 1450.
 pub fn pair() -> (Snapshot, Snapshot) {
     let (a, b) = pair_specs();
     (Snapshot::compile(1, a), Snapshot::compile(1, b))
@@ -24,8 +24,8 @@ pub fn pair() -> (Snapshot, Snapshot) {
 
 /// The specs [`pair`] compiles, for tests that change them first.
 pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
-    let mk = |me: &str, mine: &[&str], other: &str, theirs: &str, their_ip: [u8; 4], router: [u8; 4]| {
-        let theirs: IpNet = theirs.parse().expect("fixture prefix");
+    let mk = |me: &str, mine: &[&str], other: &str, theirs: &[&str], their_ip: [u8; 4], router: [u8; 4]| {
+        let theirs: Vec<IpNet> = theirs.iter().map(|p| p.parse().expect("fixture prefix")).collect();
         SnapshotSpec {
             node_mac: ether::Address::for_node(me),
             vni: 42,
@@ -37,9 +37,9 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
                     name: other.into(),
                     data_addr: SocketAddr::new(IpAddr::V4(their_ip.into()), 4789),
                     mac: ether::Address::for_node(other),
-                    allowed: Table::build(vec![(theirs, ())]),
+                    allowed: Table::build(theirs.iter().map(|p| (*p, ())).collect()),
                 },
-                vec![theirs],
+                theirs,
             )],
             router_v4: Some(router.into()),
             router_v6: None,
@@ -50,15 +50,15 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
             "a",
             &["198.19.1.0/24", "fd00:1::/64"],
             "b",
-            "198.19.2.0/24",
+            &["198.19.2.0/24", "fd00:2::/64"],
             [198, 18, 0, 2],
             [198, 19, 1, 1],
         ),
         mk(
             "b",
-            &["198.19.2.0/24"],
+            &["198.19.2.0/24", "fd00:2::/64"],
             "a",
-            "198.19.1.0/24",
+            &["198.19.1.0/24", "fd00:1::/64"],
             A_UNDERLAY,
             [198, 19, 2, 1],
         ),

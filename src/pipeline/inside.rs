@@ -437,7 +437,7 @@ pub(crate) mod tests {
         let mut v = Vec::new();
         PacketBuilder::ipv6(
             "fd00:1::5".parse::<Ipv6Addr>().unwrap().octets(),
-            "fd00:2::7".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00:3::7".parse::<Ipv6Addr>().unwrap().octets(),
             64,
         )
         .udp(1, 2)
@@ -445,13 +445,13 @@ pub(crate) mod tests {
         .unwrap();
         let mut buf = in_buf(&v);
         let mut scratch = [0u8; 1500];
-        // No route for fd00:2::/64 at node a: unreachable from the destination address.
+        // No route for fd00:3::/64 at node a: unreachable from the destination address.
         let r = process(&a, &mut buf, HEADROOM, v.len(), None, &mut scratch);
         let Verdict::Reply { len, reason } = r else {
             panic!("{r:?}")
         };
         assert_eq!(reason, DropReason::NoRoute);
         let ip = IpSlice::from_slice(&scratch[..len]).unwrap();
-        assert_eq!(ip.source_addr(), "fd00:2::7".parse::<IpAddr>().unwrap());
+        assert_eq!(ip.source_addr(), "fd00:3::7".parse::<IpAddr>().unwrap());
     }
 }

@@ -1,18 +1,19 @@
 //! Replays every seed in `fuzz/corpus/<target>/` and every past crash in
-//! `fuzz/regressions/<target>/` through the same entry points the fuzz targets call
-//! (`tunloom::fuzzing`), so the regression guard runs in `cargo test`, without a
-//! fuzzer or a nightly toolchain.
+//! `fuzz/regressions/<target>/` through the same entry points the fuzz targets call,
+//! so the regression guard runs in `cargo test`, without a fuzzer or a nightly
+//! toolchain. Compiled for `cargo test` only; it reads files under `fuzz/` and writes
+//! them only in the ignored seed writer.
 //!
 //! The seeds are real packets and messages made here with etherparse and tunloom's own
-//! emitters: `cargo test --test fuzz_corpus -- --ignored write_seed_corpus` rewrites
+//! emitters: `cargo test --lib fuzzing -- --ignored write_seed_corpus` rewrites
 //! them (review the diff before committing).
 
+use super::TARGETS;
+use crate::pipeline::{inside, Verdict, ENCAP_LEN};
+use crate::testkit::{in_buf, pair, HEADROOM};
+use crate::wire::{control, virtio};
 use etherparse::PacketBuilder;
 use std::path::{Path, PathBuf};
-use tunloom::fuzzing::TARGETS;
-use tunloom::pipeline::{inside, Verdict, ENCAP_LEN};
-use tunloom::testkit::{in_buf, pair, HEADROOM};
-use tunloom::wire::{control, virtio};
 
 fn dir(kind: &str, target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,6 +47,52 @@ fn replay_every_seed_and_past_crash() {
     eprintln!("replayed {total} corpus and regression inputs");
 }
 
+/// The seeds reach the code they were made for: IPv6 and superpackets are forwarded
+/// by a and delivered by b, and a stranger's datagram is not. Without this a change
+/// to the fixture could leave the fuzzer starting from nothing but early drops.
+#[test]
+fn seeds_reach_the_paths_they_were_made_for() {
+    use crate::pipeline::outside;
+    let (a, b) = pair();
+    for (name, data) in seeds_inside() {
+        let (vh, pkt) = data.split_at(virtio::HEADER_LEN);
+        let vh = virtio::Repr::parse(vh).unwrap();
+        if !(name.starts_with("ipv6-") || name.starts_with("tso-") || name.starts_with("uso-")) {
+            continue;
+        }
+        let gso = (vh.gso_type != virtio::GsoType::None).then(|| crate::pipeline::segment::Gso {
+            l4: if vh.gso_type == virtio::GsoType::UdpL4 {
+                crate::pipeline::segment::L4::Udp
+            } else {
+                crate::pipeline::segment::L4::Tcp
+            },
+            l3_len: usize::from(vh.csum_start),
+            size: usize::from(vh.gso_size),
+        });
+        let mut buf = in_buf(pkt);
+        let mut scratch = vec![0u8; 1500];
+        let v = inside::process(&a, &mut buf, HEADROOM, pkt.len(), gso.as_ref(), &mut scratch);
+        assert!(matches!(v, Verdict::Forward { .. }), "inside seed {name}: {v:?}");
+    }
+    let a_addr = std::net::IpAddr::from(crate::testkit::A_UNDERLAY);
+    for (name, data) in seeds_outside() {
+        let raw = u16::from_be_bytes([data[0], data[1]]);
+        let d = &data[2..2 + usize::from(raw & 0x7fff)];
+        let v = outside::process(&b, a_addr, d);
+        let delivered = matches!(v, Verdict::Deliver { .. });
+        match name {
+            "ipv6-udp" | "ipv6-tcp-run-coalesces" | "tcp-syn" | "icmp-echo" | "gro-buffer-max" => {
+                assert!(delivered, "outside seed {name}: {v:?}")
+            }
+            "unknown-peer" => {
+                let stranger = std::net::IpAddr::from([198, 18, 0, 77]);
+                assert!(!matches!(outside::process(&b, stranger, d), Verdict::Deliver { .. }))
+            }
+            _ => {}
+        }
+    }
+}
+
 fn vnet(h: virtio::Repr, pkt: &[u8]) -> Vec<u8> {
     let mut v = h.to_bytes().to_vec();
     v.extend_from_slice(pkt);
@@ -62,6 +109,14 @@ fn build(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     v
 }
 
+/// fd00:1::5 at node a and fd00:2::7 at node b (see `testkit::pair`).
+const A6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const B6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+fn v6(src: [u8; 16], dst: [u8; 16]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ipv6(src, dst, 64)
+}
+
 fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
     let none = virtio::Repr::NONE;
     let a = [198, 19, 1, 5];
@@ -69,14 +124,18 @@ fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
     let udp = build(|v| v4(a, b).udp(5000, 53).write(v, b"query").unwrap());
     let syn = build(|v| v4(a, b).tcp(40000, 5201, 1, 64240).syn().write(v, &[]).unwrap());
     let echo = build(|v| v4(a, b).icmpv4_echo_request(1, 1).write(v, b"ping").unwrap());
-    let v6 = build(|v| {
-        PacketBuilder::ipv6([0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5], [0xfd; 16], 64)
-            .udp(1, 2)
-            .write(v, b"six")
+    let udp6 = build(|v| v6(A6, B6).udp(1, 2).write(v, b"six").unwrap());
+    let syn6 = build(|v| v6(A6, B6).tcp(40000, 5201, 1, 64240).syn().write(v, &[]).unwrap());
+    let tso6 = build(|v| {
+        v6(A6, B6)
+            .tcp(40000, 5201, 1000, 512)
+            .ack(1)
+            .write(v, &[5u8; 20_000])
             .unwrap()
     });
+    let uso6 = build(|v| v6(A6, B6).udp(4000, 4001).write(v, &[4u8; 5000]).unwrap());
     // IPv6 with a hop-by-hop extension header before UDP.
-    let mut ext = v6.clone();
+    let mut ext = udp6.clone();
     ext[6] = 0; // next header: hop-by-hop
     let mut hbh = vec![17u8, 0, 1, 4, 0, 0, 0, 0];
     hbh.extend_from_slice(&ext[40..]);
@@ -121,7 +180,32 @@ fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
         ("udp", vnet(none, &udp)),
         ("tcp-syn", vnet(none, &syn)),
         ("icmp-echo", vnet(none, &echo)),
-        ("ipv6-udp", vnet(none, &v6)),
+        ("ipv6-udp", vnet(none, &udp6)),
+        ("ipv6-tcp-syn", vnet(none, &syn6)),
+        (
+            "tso-tcpv6",
+            vnet(
+                virtio::Repr {
+                    hdr_len: 60,
+                    csum_start: 40,
+                    ..tcp(1378, virtio::GsoType::TcpV6)
+                },
+                &tso6,
+            ),
+        ),
+        (
+            "uso-udpv6",
+            vnet(
+                virtio::Repr {
+                    hdr_len: 48,
+                    gso_size: 1380,
+                    csum_start: 40,
+                    csum_offset: 6,
+                    ..tcp(0, virtio::GsoType::UdpL4)
+                },
+                &uso6,
+            ),
+        ),
         ("ipv6-hop-by-hop", vnet(none, &ext)),
         ("ttl-1", vnet(none, &ttl1)),
         ("too-big-df", vnet(none, &big_df)),
@@ -159,6 +243,7 @@ fn from_a(pkt: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Datagrams from peer a, framed as the `outside` target reads them.
 fn framed(dgrams: &[Vec<u8>]) -> Vec<u8> {
     let mut v = Vec::new();
     for d in dgrams {
@@ -168,21 +253,36 @@ fn framed(dgrams: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
+/// The same, from an address that is no peer (the length's top bit).
+fn framed_from_stranger(d: &[u8]) -> Vec<u8> {
+    let mut v = (d.len() as u16 | 0x8000).to_be_bytes().to_vec();
+    v.extend_from_slice(d);
+    v
+}
+
+/// `count` in-order segments of one TCP flow with `size` bytes each, as a sends them.
+fn tcp_run(
+    ip: impl Fn() -> etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    count: u32,
+    size: u32,
+) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            from_a(&build(|v| {
+                ip().tcp(40000, 5201, 1 + i * size, 512)
+                    .ack(9)
+                    .write(v, &vec![i as u8; size as usize])
+                    .unwrap()
+            }))
+        })
+        .collect()
+}
+
 fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
     let a = [198, 19, 1, 5];
     let b = [198, 19, 2, 7];
     let udp = from_a(&build(|v| v4(a, b).udp(5000, 53).write(v, b"query").unwrap()));
-    let segs: Vec<Vec<u8>> = (0..3u32)
-        .map(|i| {
-            from_a(&build(|v| {
-                v4(a, b)
-                    .tcp(40000, 5201, 1 + i * 1000, 512)
-                    .ack(9)
-                    .write(v, &[i as u8; 1000])
-                    .unwrap()
-            }))
-        })
-        .collect();
+    let segs = tcp_run(|| v4(a, b), 3, 1000);
     let spoofed = from_a(&build(|v| v4([10, 0, 0, 1], b).udp(1, 2).write(v, b"x").unwrap()));
     let mut bad_flags = udp.clone();
     bad_flags[0] = 0;
@@ -194,6 +294,16 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
     arp[20..22].copy_from_slice(&[0x08, 0x06]);
     let mut padded = udp.clone();
     padded.extend_from_slice(&[0u8; 18]);
+    let udp6 = from_a(&build(|v| v6(A6, B6).udp(5000, 53).write(v, b"query").unwrap()));
+    let segs6 = tcp_run(|| v6(A6, B6), 3, 1000);
+    let syn = from_a(&build(|v| {
+        v4(a, b).tcp(40000, 5201, 1, 64240).syn().write(v, &[]).unwrap()
+    }));
+    let echo = from_a(&build(|v| {
+        v4(a, b).icmpv4_echo_request(1, 1).write(v, b"ping").unwrap()
+    }));
+    // A full GRO buffer: 45 MTU-sized segments of one flow, about 64 KB.
+    let full = tcp_run(|| v4(a, b), 45, 1398);
     vec![
         ("udp", framed(std::slice::from_ref(&udp))),
         ("tcp-run-coalesces", framed(&segs)),
@@ -208,7 +318,13 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
             "truncated",
             framed(&[udp[..ENCAP_LEN + 10].to_vec(), udp[..5].to_vec()]),
         ),
-        ("mixed", framed(&[segs[0].clone(), udp, segs[1].clone()])),
+        ("mixed", framed(&[segs[0].clone(), udp.clone(), segs[1].clone()])),
+        ("ipv6-udp", framed(&[udp6])),
+        ("ipv6-tcp-run-coalesces", framed(&segs6)),
+        ("tcp-syn", framed(&[syn])),
+        ("icmp-echo", framed(&[echo])),
+        ("gro-buffer-max", framed(&full)),
+        ("unknown-peer", framed_from_stranger(&udp)),
     ]
 }
 
