@@ -123,6 +123,11 @@ impl Daemon {
         let api = TcpListener::bind(c.api.listen).map_err(bind_err("API address", c.api.listen))?;
         let weave_api =
             TcpListener::bind(c.api.weave_listen).map_err(bind_err("Weave API address", c.api.weave_listen))?;
+        // The data sockets form a SO_REUSEPORT group, which any other socket with
+        // SO_REUSEPORT could join and silently take a share of the traffic: so check
+        // first, with a plain bind, that no one holds the data port.
+        let data_addr = SocketAddr::new(c.dataplane.bind, c.dataplane.data_port);
+        drop(UdpSocket::bind(data_addr).map_err(bind_err("data port", data_addr))?);
         let api_addr = api.local_addr().map_err(|e| StartError::Io {
             what: "reading the API address".into(),
             source: e,
@@ -140,7 +145,6 @@ impl Daemon {
         };
         let tun = device::create_tun(&settings, n)?;
 
-        let data_addr = SocketAddr::new(c.dataplane.bind, c.dataplane.data_port);
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
             let rx = device::udp_socket(data_addr, true, c.dataplane.socket_buffer)

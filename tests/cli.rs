@@ -130,6 +130,23 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     let e = log_of(&dir, "second");
     assert!(e.contains("control port 0.0.0.0:6783 is already in use"), "{e}");
 
+    // Other ports and another state directory, but the same data port: refused, not
+    // a silent share of the first daemon's traffic through SO_REUSEPORT.
+    let fourth = daemon(
+        &ns,
+        &dir,
+        "fourth",
+        "[control]\nport = 7004\n[api]\nlisten = \"127.0.0.1:7005\"\nweave_listen = \"127.0.0.1:7006\"\n[dataplane]\ntun_name = \"tl3\"\n",
+        "state4",
+    );
+    assert_eq!(exit_code(fourth), Some(1));
+    let e = log_of(&dir, "fourth");
+    assert!(e.contains("data port 0.0.0.0:4789 is already in use"), "{e}");
+    assert!(
+        ns.run("ip", &["link", "show", "tl3"], Duration::from_secs(5)).is_err(),
+        "no TUN left behind"
+    );
+
     // The same state directory: locked.
     let third = daemon(&ns, &dir, "third", "[control]\nport = 7000\n", "state1");
     assert_eq!(exit_code(third), Some(1));
@@ -141,7 +158,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         let cfg = dir.0.join("nobody.toml");
         std::fs::write(
             &cfg,
-            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\n[dataplane]\ntun_name = \"tl2\"\n",
+            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\n[dataplane]\ntun_name = \"tl2\"\ndata_port = 4801\n",
         )
         .unwrap();
         let state = dir.0.join("state-nobody");
@@ -179,10 +196,15 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(stderr(&o).contains("needs CAP_NET_ADMIN"), "{}", stderr(&o));
     } else {
+        assert!(
+            !common::netns_required(),
+            "setpriv (util-linux) is missing: run scripts/setup"
+        );
         eprintln!("setpriv missing: capability check not exercised");
     }
 
-    // SIGTERM: exits 0 and the TUN device is gone.
+    // SIGTERM, then SIGINT (Ctrl-C) to a new daemon: each exits 0 and removes its TUN device.
+
     assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
     tunloom::sys::signal(first.pid(), libc::SIGTERM).unwrap();
     let code = exit_code(first);
@@ -192,5 +214,16 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     assert!(
         ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
         "tl0 removed"
+    );
+    let again = daemon(&ns, &dir, "again", "", "state5");
+    wait_for_api(&ns);
+    tunloom::sys::signal(again.pid(), libc::SIGINT).unwrap();
+    let code = exit_code(again);
+    let e = log_of(&dir, "again");
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("tunloom stopped"), "{e}");
+    assert!(
+        ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
+        "tl0 removed after SIGINT"
     );
 }

@@ -16,13 +16,18 @@ pub fn netns_or_skip(test: &str) -> bool {
     match tunloom::netns::available() {
         Ok(()) => true,
         Err(why) => {
-            if std::env::var("TUNLOOM_REQUIRE_NETNS").as_deref() == Ok("1") {
+            if netns_required() {
                 panic!("{test}: TUNLOOM_REQUIRE_NETNS=1 but namespace tests cannot run: {why}");
             }
             eprintln!("\n*** SKIPPED {test}: {why} (set TUNLOOM_REQUIRE_NETNS=1 to make this a failure) ***\n");
             false
         }
     }
+}
+
+/// Whether this run must not skip namespace tests (CI sets TUNLOOM_REQUIRE_NETNS=1).
+pub fn netns_required() -> bool {
+    std::env::var("TUNLOOM_REQUIRE_NETNS").as_deref() == Ok("1")
 }
 
 /// Whether a program is installed (for tests that need iperf3 or ping).
