@@ -183,6 +183,12 @@ fn main() -> ExitCode {
                     "announces {:?}",
                     s.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>()
                 );
+                println!(
+                    "IPAM range {}, default subnet {}, owns and announces {:?}",
+                    s.config.ipam.range.trunc(),
+                    s.default_subnet,
+                    s.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>()
+                );
                 println!("static peers {:?}", s.peers);
                 println!("configuration OK");
                 ExitCode::SUCCESS

@@ -326,6 +326,16 @@ impl Peers {
         Some(p)
     }
 
+    /// Puts a removed peer back (its removal could not be stored), unless the
+    /// table has one at that address again.
+    pub fn put_back(&self, p: Peer) {
+        let mut table = self.table.lock();
+        if !table.iter().any(|q| q.control_addr == p.control_addr) {
+            table.push(p);
+            self.moved.notify_all();
+        }
+    }
+
     /// Waits, at most `timeout`, until `done` holds for the peer table.
     pub fn wait(&self, timeout: Duration, mut done: impl FnMut(&[Peer]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;

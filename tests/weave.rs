@@ -58,6 +58,13 @@ fn every_route_of_the_seed_answers_as_weave_does() {
         w(&h, "GET", "/ipinfo/defaultsubnet", None),
         (200, "10.32.0.0/12".into())
     );
+    // A log line per request: face, client, method, path, status, time.
+    let log = h.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("weave: 127.0.0.1:") && l.contains(" GET /ipinfo/defaultsubnet 200 ")),
+        "{log}"
+    );
     assert_eq!(w(&h, "GET", "/domain", None), (200, "weave.local.".into()));
 
     // Allocation: network and gateway are never handed out; idempotent per container.
@@ -155,6 +162,19 @@ fn every_route_of_the_seed_answers_as_weave_does() {
         !["10.32.0.2/12", "10.32.0.9/12", "10.32.0.100/12"].contains(&a.as_str()),
         "{a}"
     );
+
+    // `weave hide`: releasing weave:expose takes the address off the device and
+    // frees it for containers.
+    assert_eq!(w(&h, "DELETE", "/ip/weave:expose", None).0, 204);
+    let shown =
+        h.ns.run("ip", &["-o", "addr", "show", "dev", "tl0"], Duration::from_secs(5))
+            .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&shown.stdout).contains("10.32.0.100/12"),
+        "hidden"
+    );
+    assert_eq!(w(&h, "DELETE", "/ip/weave:expose", None).0, 404);
+    assert_eq!(w(&h, "PUT", "/ip/c5/10.32.0.100/12", None).0, 200);
 }
 
 #[test]
@@ -198,6 +218,13 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
         ("PUT", "/ip/c1/10.32.0.1/12", None, 400, "gateway"),
         ("PUT", "/ip/c1/10.47.255.255/12", None, 400, "broadcast"),
         ("POST", "/ip/c1/10.32.0.0/31", None, 400, "too small"),
+        (
+            "POST",
+            "/ip/c1/10.40.0.5/16",
+            None,
+            400,
+            "bits set after the network prefix (did you mean 10.40.0.0/16?)",
+        ),
         ("DELETE", "/ip/unknown-container", None, 404, "holds no addresses"),
         ("GET", "/ip/unknown-container", None, 404, "no address"),
         ("POST", "/connect", None, 400, "peer is required"),
@@ -280,6 +307,19 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     // After all that, the node still answers.
     assert_eq!(w(&h, "POST", "/ip/after", None).0, 200);
+
+    // A full default subnet: 503, as the seed says, and why.
+    let mut small = OneHost::create(
+        "weavefull",
+        &common::exe(),
+        &format!("{CONFIG}[ipam]\ndefault_subnet = \"10.32.0.0/30\"\n"),
+    )
+    .unwrap();
+    small.start().unwrap();
+    assert_eq!(w(&small, "POST", "/ip/only", None), (200, "10.32.0.2/30".into()));
+    let (status, body) = w(&small, "POST", "/ip/one-too-many", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no free address"), "{body}");
 }
 
 #[test]
@@ -290,27 +330,32 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
     let mut h = host("weavekill");
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let ns = h.ns.name.clone();
-    let clients: Vec<_> = (0..25)
-        .map(|t| {
-            let (ns, acked) = (ns.clone(), acked.clone());
-            std::thread::spawn(move || {
-                tunloom::sys::enter_netns(&ns).unwrap();
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(5)))
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                for i in 0..40 {
-                    let id = format!("k{t}-{i}");
+    // 1,000 clients, each with one allocation, all let loose at once.
+    const CLIENTS: usize = 1000;
+    let go = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (ns, acked, go) = (ns.clone(), acked.clone(), go.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    tunloom::sys::enter_netns(&ns).unwrap();
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    let id = format!("k{i}");
+                    go.wait();
                     let Ok(mut r) = agent.post(&format!("http://127.0.0.1:6784/ip/{id}")).send_empty() else {
-                        continue;
+                        return;
                     };
                     if r.status() == 200 {
                         let addr = r.body_mut().read_to_string().unwrap_or_default();
                         acked.lock().unwrap().insert(id, addr);
                     }
-                }
-            })
+                })
+                .unwrap()
         })
         .collect();
     // Crash it in the middle of the storm.
@@ -318,7 +363,12 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
     while acked.lock().unwrap().len() < 300 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Writes are grouped: fewer transactions than write requests.
+    let (_, stats) = h.api("GET", "/api/v1/stats", None).unwrap();
     h.stop(true);
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let (txns, reqs) = (&stats["store"]["transactions"], &stats["store"]["requests"]);
+    assert!(txns.as_u64().unwrap() < reqs.as_u64().unwrap(), "{}", stats["store"]);
     for c in clients {
         c.join().unwrap();
     }
@@ -331,13 +381,11 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
     assert!(acked.len() < 1000, "the kill came after everything was acknowledged");
     h.start().unwrap();
     let mut seen: HashMap<String, String> = HashMap::new();
-    for t in 0..25 {
-        for i in 0..40 {
-            let id = format!("k{t}-{i}");
-            let (status, addr) = w(&h, "GET", &format!("/ip/{id}"), None);
-            if status == 200 {
-                seen.insert(id, addr);
-            }
+    for i in 0..CLIENTS {
+        let id = format!("k{i}");
+        let (status, addr) = w(&h, "GET", &format!("/ip/{id}"), None);
+        if status == 200 {
+            seen.insert(id, addr);
         }
     }
     for (id, addr) in &acked {
@@ -346,14 +394,11 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
     let distinct: HashSet<&String> = seen.values().collect();
     assert_eq!(distinct.len(), seen.len(), "an address is held twice");
     eprintln!(
-        "kill -9: {} of 1000 allocations acknowledged before the kill, {} held after restart",
+        "kill -9: {} of {CLIENTS} allocations acknowledged before the kill, {} held after restart; \
+         {txns} transactions for {reqs} write requests",
         acked.len(),
         seen.len()
     );
-    // Writes were grouped: fewer transactions than requests.
-    let (_, stats) = h.api("GET", "/api/v1/stats", None).unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
-    assert!(stats["store"]["transactions"].as_u64().is_some(), "{}", stats["store"]);
 }
 
 #[test]

@@ -2,17 +2,20 @@
 //! its own thread, reading shared state and never touching a worker.
 //!
 //! - [`router`]: patterns, 404/405, request and response values.
-//! - [`management`]: the management face (`/health`, `/api/v1/stats`).
+//! - [`management`]: the management face (`/health`, `/api/v1/stats`,
+//!   `/api/v1/openapi.json`).
+//! - [`weave`]: the Weave Net local API, parsed into calls on the [`crate::model`].
 //!
 //! Every face shares [`serve`]: a 2 MiB body limit (413 beyond it, without reading
-//! the body), a log line per request, and a caught panic turned into a JSON 500, so no
+//! the body), a log line per request, and errors in the face's style (JSON or plain
+//! text). A panic in a handler would be a bug; it is caught and answered 500, so no
 //! request can take the daemon down.
 
 pub mod management;
 pub mod router;
 pub mod weave;
 
-use router::{ErrorStyle, Request, Response, Router};
+use router::{Request, Router};
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,17 +75,14 @@ fn handle<S>(face: &str, router: &Router<S>, state: &S, mut raw: tiny_http::Requ
         .iter()
         .map(|h| (h.field.as_str().as_str().to_string(), h.value.as_str().to_string()))
         .collect();
-    let too_big = |style| match style {
-        ErrorStyle::Json => Response::error(413, &format!("request body exceeds the {MAX_BODY}-byte limit")),
-        ErrorStyle::Text => Response::text(413, format!("request body exceeds the {MAX_BODY}-byte limit\n")),
-    };
+    let too_big = || router.error(413, &format!("request body exceeds the {MAX_BODY}-byte limit"));
     let resp = if raw.body_length().is_some_and(|n| n > MAX_BODY) {
-        too_big(router.style)
+        too_big()
     } else {
         let mut body = Vec::new();
         match raw.as_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
-            Err(e) => Response::error(400, &format!("cannot read request body: {e}")),
-            Ok(_) if body.len() > MAX_BODY => too_big(router.style),
+            Err(e) => router.error(400, &format!("cannot read request body: {e}")),
+            Ok(_) if body.len() > MAX_BODY => too_big(),
             Ok(_) => {
                 let req = Request {
                     method: method.clone(),
@@ -94,7 +94,7 @@ fn handle<S>(face: &str, router: &Router<S>, state: &S, mut raw: tiny_http::Requ
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router.dispatch(state, &req))).unwrap_or_else(
                     |_| {
                         log::error!("{face}: handler for {method} {path} panicked");
-                        Response::error(500, "internal error; the request was not applied")
+                        router.error(500, "internal error (a bug in tunloom); the daemon log has the details")
                     },
                 )
             }

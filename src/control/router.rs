@@ -177,7 +177,8 @@ impl<S> Router<S> {
         out
     }
 
-    fn error(&self, status: u16, message: &str) -> Response {
+    /// An error answer in this face's style.
+    pub fn error(&self, status: u16, message: &str) -> Response {
         match self.style {
             ErrorStyle::Json => Response::error(status, message),
             ErrorStyle::Text => Response::text(status, format!("{message}\n")),

@@ -84,7 +84,7 @@ const ROUTES: &[(&str, &str, Parse)] = &[
         Ok(Call::Claim {
             id: p.get("id").to_string(),
             check_alive: check_alive(&form(r)?),
-            cidr: subnet_of(p)?,
+            cidr: cidr_of(p)?,
         })
     }),
     ("DELETE", "/peer/{name}", |_, p, _| {
@@ -114,6 +114,7 @@ pub fn router() -> Router<Shared> {
 
 /// The same routes, parsing only: what a request would do, as text (for fuzzing and
 /// tests of the parsing alone).
+#[cfg(any(fuzzing, test))]
 pub fn parse_router() -> Router<()> {
     let mut r = Router::new(ErrorStyle::Text);
     for &(method, pattern, parse) in ROUTES {
@@ -249,13 +250,27 @@ fn parse_expose(_: &Request, p: &Params, _: u16) -> Result<Call, Response> {
     })
 }
 
-fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
+/// An address with its subnet's prefix length, as a claim names it.
+fn cidr_of(p: &Params) -> Result<Ipv4Net, Response> {
     p.get("subnet").parse::<Ipv4Net>().map_err(|_| {
         bad(format!(
             "invalid subnet {:?} (expected an IPv4 address/prefix-length)",
             p.get("subnet")
         ))
     })
+}
+
+/// A subnet to allocate in: no host bits.
+fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
+    let net = cidr_of(p)?;
+    // As Weave does: a subnet with host bits set is a mistake to report, not to guess at.
+    if net != net.trunc() {
+        return Err(bad(format!(
+            "subnet {net} has bits set after the network prefix (did you mean {}?)",
+            net.trunc()
+        )));
+    }
+    Ok(net)
 }
 
 fn ip_of(p: &Params) -> Result<IpAddr, Response> {

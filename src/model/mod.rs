@@ -218,6 +218,28 @@ impl Model {
                 ));
             }
         }
+        // The default subnet and the domain are the configuration's to set, as Weave's
+        // launch flags are; the state remembers them so that a change is said aloud.
+        let domain = normalize_fqdn(&settings.config.dns.domain).unwrap_or_else(|| "weave.local.".into());
+        let changes = [
+            (
+                "ipam.default_subnet",
+                "default_subnet",
+                settings.default_subnet.to_string(),
+                "addresses allocated in the old one stay held; GET /ip/{id} lists only the new one's",
+            ),
+            (
+                "dns.domain",
+                "domain",
+                domain.clone(),
+                "DNS records under the old domain are kept as they are",
+            ),
+        ];
+        for (option, key, now, consequence) in changes {
+            if let Some(old) = meta.get(key).filter(|old| **old != now) {
+                log::warn!("state: {option} was {old} and is now {now}: {consequence}");
+            }
+        }
         let taken: Vec<Ipv4Net> = table(Table::Blocks).keys().filter_map(|k| k.parse().ok()).collect();
         let mut owned = settings.blocks.clone();
         owned.extend(taken.iter().filter(|b| range.contains(*b)));
@@ -265,7 +287,7 @@ impl Model {
             state: Mutex::new(State {
                 ipam,
                 default_subnet: settings.default_subnet,
-                domain: normalize_fqdn(&settings.config.dns.domain).unwrap_or_else(|| "weave.local.".into()),
+                domain,
                 records,
                 exposed: exposed.clone(),
                 taken,
@@ -425,8 +447,12 @@ impl Model {
         })
     }
 
-    /// Releases everything `id` holds; NotFound when it held nothing.
+    /// Releases everything `id` holds; NotFound when it held nothing. For
+    /// `weave:expose` that is what `weave hide` asks: see [`Model::hide`].
     pub fn release(&self, id: &str) -> Result<usize, ModelError> {
+        if id == EXPOSE_ID {
+            return self.hide();
+        }
         self.write(|st| {
             let freed = st.ipam.release(id);
             if freed.is_empty() {
@@ -549,7 +575,8 @@ impl Model {
             })
             .collect();
         let addr = p.control_addr.to_string();
-        self.write(move |st| {
+        let back = p.clone();
+        let r = self.write(move |st| {
             let mut ops = vec![Op::delete(Table::Peers, addr)];
             let mut taken = 0u64;
             for b in blocks {
@@ -560,16 +587,70 @@ impl Model {
                     taken += 1u64 << (32 - b.prefix_len());
                 }
             }
+            // No undo of the IPAM side: a failed commit fails the store for good
+            // (every later write is refused, /status says 503) and a restart reloads
+            // what is on disk, where the peer still is.
             Ok(Change {
                 value: taken,
                 ops,
                 undo: None,
                 routing: true,
             })
-        })
+        });
+        if let Err(ModelError::Unavailable(_)) = &r {
+            self.peers.put_back(back);
+        }
+        r
+    }
+
+    /// Takes every address exposed through the API off the TUN device, stops
+    /// announcing them, and frees their IPAM holds; addresses the configuration
+    /// exposes stay. Returns how many were hidden.
+    pub fn hide(&self) -> Result<usize, ModelError> {
+        let configured = self.settings.config.overlay.expose.clone();
+        let gone = self.write(|st| {
+            let gone = std::mem::take(&mut st.exposed);
+            if gone.is_empty() {
+                return Err(ModelError::NotFound("no address is exposed through the API".into()));
+            }
+            let mut freed = Vec::new();
+            for e in &gone {
+                if let IpAddr::V4(a) = e.addr() {
+                    let by_config = configured.iter().any(|c| c.addr() == e.addr());
+                    if !by_config && st.ipam.release_one(EXPOSE_ID, a) {
+                        freed.push((a, e.prefix_len()));
+                    }
+                }
+            }
+            let ops = gone.iter().map(|e| Op::delete(Table::Exposed, e.to_string())).collect();
+            let back = gone.clone();
+            Ok(Change {
+                value: gone,
+                ops,
+                undo: Some(Box::new(move |st: &mut State| {
+                    st.exposed = back;
+                    for (a, len) in freed {
+                        let _ = st.ipam.restore(EXPOSE_ID, a, len);
+                    }
+                })),
+                routing: true,
+            })
+        })?;
+        // Off the device only once no one is told to send to it any more.
+        for e in gone.iter().filter(|e| !configured.iter().any(|c| c.addr() == e.addr())) {
+            if let Err(err) = self.link_change(e, false) {
+                log::warn!("hide: {err}");
+            }
+        }
+        log::info!("hid {} exposed address(es)", gone.len());
+        Ok(gone.len())
     }
 
     fn link_address(&self, net: &IpNet) -> Result<(), String> {
+        self.link_change(net, true)
+    }
+
+    fn link_change(&self, net: &IpNet, add: bool) -> Result<(), String> {
         let Some(link) = &self.link else { return Ok(()) };
         let mut nl = self.netlink.lock();
         if nl.is_none() {
@@ -578,8 +659,13 @@ impl Model {
         let Some(nl) = nl.as_mut() else {
             return Err("no netlink socket".into());
         };
-        nl.add_address(link.index, net)
-            .map_err(|e| format!("adding {net} to {}: {e}", link.name))
+        if add {
+            nl.add_address(link.index, net)
+                .map_err(|e| format!("adding {net} to {}: {e}", link.name))
+        } else {
+            nl.del_address(link.index, net)
+                .map_err(|e| format!("removing {net} from {}: {e}", link.name))
+        }
     }
 
     /// Puts `cidr` on the TUN device and announces it; waits until the peers that are
@@ -871,6 +957,37 @@ mod tests {
         assert!(b.to_string().contains("worker 0 is behind"), "{b}");
         // The change itself is durable.
         assert_eq!(m.exposed(), vec!["10.32.0.50/12".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn not_ready_until_every_worker_forwards_by_the_state() {
+        let d = dir("ready");
+        let m = open_workers(&d.0, "[node]\nname = \"m\"\n", 2).unwrap();
+        assert!(!m.status().ready, "no worker has applied the first snapshot");
+        let g = m.published.load().generation;
+        m.published.mark_seen(0, g);
+        assert!(!m.status().ready, "worker 1 still has not");
+        m.published.mark_seen(1, g);
+        assert!(m.status().ready);
+    }
+
+    #[test]
+    fn hiding_takes_exposed_addresses_back_and_frees_them() {
+        let d = dir("hide");
+        let m = open(&d.0, "").unwrap();
+        assert!(matches!(m.release(EXPOSE_ID), Err(ModelError::NotFound(_))));
+        m.expose("10.32.0.7/12".parse().unwrap()).unwrap();
+        assert!(matches!(
+            m.claim("c1", "10.32.0.7/12".parse().unwrap(), false),
+            Err(ModelError::Bad(_))
+        ));
+        assert_eq!(m.release(EXPOSE_ID).unwrap(), 1);
+        assert!(m.exposed().is_empty());
+        assert!(m.lookup_all(EXPOSE_ID).is_empty());
+        assert!(m.claim("c1", "10.32.0.7/12".parse().unwrap(), false).is_ok());
+        drop(m);
+        let m = open(&d.0, "").unwrap();
+        assert!(m.exposed().is_empty(), "hidden for good");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! A minimal rtnetlink client: the four link, address and route changes tunloom makes
+//! A minimal rtnetlink client: the few link, address and route changes tunloom makes
 //! to its own TUN device. Requests are encoded here by hand (each is a few dozen
 //! bytes) and sent on a socket2 netlink socket; the kernel's acknowledgement says
 //! whether it worked. No unsafe code: only byte building and parsing.
@@ -11,6 +11,7 @@ use std::time::Duration;
 const NETLINK_ROUTE: i32 = 0;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -90,12 +91,18 @@ fn link_request(seq: u32, index: u32, mtu: Option<u32>, gso_max_size: Option<u32
     m.finish()
 }
 
-/// Encodes "add address `net` (address and prefix length) to link `index`".
-fn address_request(seq: u32, index: u32, net: &IpNet) -> Vec<u8> {
+/// Encodes "add address `net` (address and prefix length) to link `index`", or with
+/// `add` false, "remove it".
+fn address_request(seq: u32, index: u32, net: &IpNet, add: bool) -> Vec<u8> {
     let (family, addr) = addr_bytes(net);
     let mut fixed = vec![family, net.prefix_len(), 0, RT_SCOPE_UNIVERSE];
     fixed.extend_from_slice(&index.to_ne_bytes());
-    Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, seq, &fixed)
+    let (kind, flags) = if add {
+        (RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE)
+    } else {
+        (RTM_DELADDR, 0)
+    };
+    Msg::new(kind, flags, seq, &fixed)
         .attr(IFA_LOCAL, &addr)
         .attr(IFA_ADDRESS, &addr)
         .finish()
@@ -183,7 +190,12 @@ impl Netlink {
 
     /// Adds (or refreshes) an address on link `index`.
     pub fn add_address(&mut self, index: u32, net: &IpNet) -> io::Result<()> {
-        self.request(|seq| address_request(seq, index, net))
+        self.request(|seq| address_request(seq, index, net, true))
+    }
+
+    /// Removes an address from link `index`.
+    pub fn del_address(&mut self, index: u32, net: &IpNet) -> io::Result<()> {
+        self.request(|seq| address_request(seq, index, net, false))
     }
 
     /// Routes `net` through link `index` (replacing an existing route for it).
@@ -215,10 +227,15 @@ mod tests {
         let m = link_request(1, 9, Some(1450), Some(60000));
         assert_eq!(m.len(), 16 + 16 + 8 + 8);
         assert_eq!(u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize, m.len());
-        let a = address_request(2, 9, &"fd00::1/64".parse().unwrap());
+        let a = address_request(2, 9, &"fd00::1/64".parse().unwrap(), true);
         assert_eq!(a.len(), 16 + 8 + 20 + 20);
         assert_eq!(a[16], AF_INET6);
         assert_eq!(a[17], 64);
+        let d = address_request(2, 9, &"fd00::1/64".parse().unwrap(), false);
+        assert_eq!(d.len(), a.len());
+        assert_eq!(u16::from_ne_bytes([d[4], d[5]]), RTM_DELADDR);
+        assert_eq!(u16::from_ne_bytes([d[6], d[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(d[16..], a[16..], "the same address, only the verb differs");
     }
 
     #[test]
