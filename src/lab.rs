@@ -152,6 +152,9 @@ const KV: [&str; 2] = ["198.19.129.1", "198.19.129.2"];
 
 fn rtts(hosts: &TwoHosts, dst: &str, count: u32) -> Result<(f64, f64), LabError> {
     let mut r = hosts.ping(0, dst, count, "0.005")?;
+    if hosts.interrupted() {
+        return Err(LabError::Interrupted);
+    }
     if r.len() < (count as usize) / 2 {
         return Err(LabError::Failed(format!(
             "ping {dst}: only {} of {count} replies",
@@ -210,9 +213,18 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
         ..HostSpec::default()
     };
     let mut hosts = TwoHosts::create("lab", exe, &spec, stop)?;
+    // Ctrl-C is seen between steps; what was made is removed when `hosts` drops.
+    let go_on = |hosts: &TwoHosts| {
+        if hosts.interrupted() {
+            Err(LabError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
     hosts.start(0)?;
     hosts.start(1)?;
     hosts.wait_peers("up", Duration::from_secs(20))?;
+    go_on(&hosts)?;
     // The kernel's VXLAN between the same namespaces, over the same veth.
     for (i, dev) in [(0usize, "tlva"), (1, "tlvb")] {
         let ns = hosts.ns(i);
@@ -243,7 +255,9 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     // Warm both paths (ARP on the kernel VXLAN, first packets) before timing.
     let _ = hosts.ping(0, tl, 5, "0.01");
     let _ = hosts.ping(0, kv, 5, "0.01");
+    go_on(&hosts)?;
     (t.rtt_p50_us, t.rtt_p99_us) = rtts(&hosts, tl, o.pings)?;
+    go_on(&hosts)?;
     (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, kv, o.pings)?;
     let mut retransmits = [[0u64; 3]; 2];
     (t.tcp_gbps, retransmits[0][0]) = gbps(&hosts, tl, o.duration, 1, false)?;
@@ -252,6 +266,7 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     (k.tcp_parallel_gbps, retransmits[1][1]) = gbps(&hosts, kv, o.duration, o.parallel, false)?;
     (t.tcp_reverse_gbps, retransmits[0][2]) = gbps(&hosts, tl, o.duration, 1, true)?;
     (k.tcp_reverse_gbps, retransmits[1][2]) = gbps(&hosts, kv, o.duration, 1, true)?;
+    go_on(&hosts)?;
     let mut drops = serde_json::Map::new();
     let mut workers = o.workers;
     for i in 0..2 {

@@ -169,6 +169,10 @@ fn main() -> ExitCode {
                     eprintln!("tunloom lab: {e}");
                     ExitCode::from(2)
                 }
+                Err(LabError::Interrupted) => {
+                    eprintln!("tunloom lab: interrupted; everything it made is removed");
+                    ExitCode::from(130)
+                }
                 Err(e) => {
                     eprintln!("tunloom lab: {e}");
                     ExitCode::FAILURE

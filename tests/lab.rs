@@ -1,0 +1,125 @@
+//! `tunloom lab`, the main job, end to end but short: both paths measured, the JSON
+//! document complete, and nothing left behind — after a run and after Ctrl-C.
+//! Needs root, iperf3 and ping (skipped without root unless TUNLOOM_REQUIRE_NETNS=1).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Namespaces and temporary directories a lab run with this pid would leave.
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("tl-lab-{pid}-");
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            left.push(name);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("tunloom-lab-{pid}"));
+    if dir.exists() {
+        left.push(dir.display().to_string());
+    }
+    left
+}
+
+/// Processes whose command line mentions `needle` (the lab's daemons name their
+/// configuration in its directory).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn ready() -> bool {
+    if !common::netns_or_skip("tunloom lab") {
+        return false;
+    }
+    for prog in ["iperf3", "ping"] {
+        if !common::has(prog) {
+            assert!(!common::netns_required(), "{prog} is missing: run scripts/setup");
+            eprintln!("{prog} missing: lab test skipped");
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn lab_measures_both_paths_and_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let child = Command::new(common::exe())
+        .args(["lab", "--duration", "1", "--parallel", "2", "--pings", "20", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = tunloom::netns::wait_limited(child, Duration::from_secs(180)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    for path in ["tunloom", "kernel_vxlan", "ratio"] {
+        for key in [
+            "rtt_p50_us",
+            "rtt_p99_us",
+            "tcp_gbps",
+            "tcp_parallel_gbps",
+            "tcp_reverse_gbps",
+        ] {
+            let x = v[path][key].as_f64().unwrap_or(0.0);
+            assert!(x > 0.0, "{path}.{key} = {}", v[path][key]);
+        }
+    }
+    let t = &v["tunloom"];
+    assert!(t["rtt_p50_us"].as_f64() <= t["rtt_p99_us"].as_f64(), "{t}");
+    let ratio = v["ratio"]["tcp_gbps"].as_f64().unwrap();
+    let want = t["tcp_gbps"].as_f64().unwrap() / v["kernel_vxlan"]["tcp_gbps"].as_f64().unwrap();
+    assert!(
+        (ratio - want).abs() < 0.01,
+        "ratio {ratio} is not tunloom / kernel ({want})"
+    );
+    assert_eq!(v["setup"]["pings"], 20);
+    assert_eq!(leftovers(pid), Vec::<String>::new(), "left behind after a run");
+}
+
+#[test]
+fn ctrl_c_stops_the_lab_and_removes_everything() {
+    if !ready() {
+        return;
+    }
+    let child = Command::new(common::exe())
+        .args(["lab", "--duration", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Interrupt once both daemons run.
+    let dir = std::env::temp_dir().join(format!("tunloom-lab-{pid}"));
+    let needle = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_mentioning(&needle).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(processes_mentioning(&needle).len() >= 2, "both daemons started");
+    std::thread::sleep(Duration::from_millis(500));
+    tunloom::sys::signal(pid, libc::SIGINT).unwrap();
+    let out = tunloom::netns::wait_limited(child, Duration::from_secs(60)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(leftovers(pid), Vec::<String>::new(), "left behind after Ctrl-C");
+    assert_eq!(processes_mentioning(&needle), Vec::<u32>::new(), "daemons left running");
+}
