@@ -9,6 +9,7 @@
 
 mod common;
 
+use etherparse::PacketBuilder;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -101,6 +102,24 @@ fn the_pipeline_allocates_nothing_per_packet() {
     let unroutable = udp4([198, 19, 1, 5], [198, 19, 99, 7], 64, 100);
     let mut sp = vec![0u8; ENCAP_LEN];
     sp.extend_from_slice(&tcp4(1, 20_000));
+    // USO: one UDP superpacket; and the IPv6 paths (TSO split included).
+    let mut usp = vec![0u8; ENCAP_LEN];
+    usp.extend_from_slice(&udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 5000));
+    let (a6, b6) = (
+        [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+        [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+    );
+    let mut pkt6 = Vec::new();
+    PacketBuilder::ipv6(a6, b6, 64)
+        .udp(1, 2)
+        .write(&mut pkt6, &[6u8; 1000])
+        .unwrap();
+    let mut sp6 = vec![0u8; ENCAP_LEN];
+    PacketBuilder::ipv6(a6, b6, 64)
+        .tcp(40000, 5201, 1, 512)
+        .ack(1)
+        .write(&mut sp6, &[5u8; 20_000])
+        .unwrap();
     let segs: Vec<Vec<u8>> = (0..10u32).map(|i| tcp4(1 + i * 1000, 1000)).collect();
     let mut rx = Vec::new();
     let mut ranges = Vec::new();
@@ -116,6 +135,8 @@ fn the_pipeline_allocates_nothing_per_packet() {
     // Every buffer exists before the loop, as in a worker.
     let mut buf = in_buf(&pkt);
     let mut buf2 = in_buf(&unroutable);
+    let mut buf6 = in_buf(&pkt6);
+    let mut memo = outside::Memo::default();
     let mut scratch = vec![0u8; 1500];
     let mut arena = Arena::new(64 * 1024);
     let mut seg_out = Vec::with_capacity(64);
@@ -125,6 +146,16 @@ fn the_pipeline_allocates_nothing_per_packet() {
         l4: L4::Tcp,
         l3_len: 20,
         size: 1398,
+    };
+    let uso = Gso {
+        l4: L4::Udp,
+        l3_len: 20,
+        size: 1400,
+    };
+    let tso6 = Gso {
+        l4: L4::Tcp,
+        l3_len: 40,
+        size: 1378,
     };
 
     let before = mine();
@@ -138,6 +169,20 @@ fn the_pipeline_allocates_nothing_per_packet() {
             outside::process(&b, peer_src, &buf[start..start + len]),
             Verdict::Deliver { .. }
         ));
+        // What the worker runs: the flow memo's path.
+        assert!(matches!(
+            outside::process_memo(&b, peer_src, &buf[start..start + len], &mut memo),
+            Verdict::Deliver { .. }
+        ));
+        buf6[HEADROOM..HEADROOM + pkt6.len()].copy_from_slice(&pkt6);
+        let v = inside::process(&a, &mut buf6, HEADROOM, pkt6.len(), None, &mut scratch);
+        let Verdict::Forward { start, len, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert!(matches!(
+            outside::process_memo(&b, peer_src, &buf6[start..start + len], &mut memo),
+            Verdict::Deliver { .. }
+        ));
         buf2[HEADROOM..HEADROOM + unroutable.len()].copy_from_slice(&unroutable);
         let v = inside::process(&a, &mut buf2, HEADROOM, unroutable.len(), None, &mut scratch);
         assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");
@@ -147,6 +192,12 @@ fn the_pipeline_allocates_nothing_per_packet() {
         tx.clear();
         for s in &seg_out[..n] {
             assert!(tx.push(&segment_iovs(s, 0), dst, (round % 4) as u8));
+        }
+        for (superpacket, how) in [(&usp, &uso), (&sp6, &tso6)] {
+            arena.clear();
+            seg_out.clear();
+            let n = segment::split(superpacket, how, &mut arena, &mut seg_out).unwrap();
+            assert!(n > 3, "split into {n}");
         }
         co.clear();
         for r in &ranges {
@@ -167,9 +218,29 @@ fn worker_threads_allocate_nothing_while_forwarding() {
     if !common::netns_or_skip("worker_threads_allocate_nothing_while_forwarding") {
         return;
     }
+    live_workers("alloc", true);
+}
+
+#[test]
+fn worker_threads_allocate_nothing_with_offloads_off() {
+    if !common::netns_or_skip("worker_threads_allocate_nothing_with_offloads_off") {
+        return;
+    }
+    live_workers("allocnooff", false);
+}
+
+/// Host a's daemon runs in this process, so the counting allocator sees its workers:
+/// TCP both ways, pings over the overlay, to the gateway (service thread) and to an
+/// address with no route (ICMP errors from the workers).
+fn live_workers(tag: &str, offload: bool) {
     assert!(common::has("iperf3") && common::has("ping"), "needs iperf3 and ping");
-    use tunloom::testbed::{HostSpec, TwoHosts, OVERLAY};
-    let mut h = TwoHosts::create("alloc", &common::exe(), &HostSpec::default(), common::never()).unwrap();
+    use tunloom::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
+    let spec = HostSpec {
+        offload,
+        gateways: true,
+        ..HostSpec::default()
+    };
+    let mut h = TwoHosts::create(tag, &common::exe(), &spec, common::never()).unwrap();
     // Host a runs in this process (so this allocator sees its workers), b as a process.
     let settings = tunloom::config::Config::load(&h.config_path(0)).unwrap();
     let (ns, state) = (h.a.name.clone(), h.dir.0.join("state-a"));
@@ -190,6 +261,10 @@ fn worker_threads_allocate_nothing_while_forwarding() {
     assert!(tids.iter().all(|t| *t > 0));
     let traffic = |secs| {
         assert_eq!(h.ping(0, OVERLAY[1], 20, "0.01").unwrap().len(), 20);
+        assert_eq!(h.ping(0, GATEWAY[0], 10, "0.01").unwrap().len(), 10);
+        // No replies, only "unreachable" errors made by the workers.
+        // (198.19.30.1: routed into tl0, in no peer's prefix or block.)
+        assert_eq!(h.ping(0, "198.19.30.1", 10, "0.01").unwrap().len(), 0);
         h.iperf(0, OVERLAY[1], secs, 2, false).unwrap();
         h.iperf(0, OVERLAY[1], secs, 1, true).unwrap();
     };
@@ -197,24 +272,25 @@ fn worker_threads_allocate_nothing_while_forwarding() {
     let before: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();
     // The allocator does see these threads: each allocated its buffers at start.
     assert!(before.iter().all(|n| *n > 0), "allocator sees the workers: {before:?}");
-    let forwarded_before = daemon
-        .shared
-        .workers
-        .iter()
-        .map(|w| w.snapshot().get("forwarded_packets"))
-        .sum::<u64>();
+    let total = |name: &str| {
+        daemon
+            .shared
+            .workers
+            .iter()
+            .map(|w| w.snapshot().get(name))
+            .sum::<u64>()
+    };
+    let (forwarded_before, errors_before) = (total("forwarded_packets"), total("icmp_errors"));
     traffic(2);
     let after: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();
-    let forwarded = daemon
-        .shared
-        .workers
-        .iter()
-        .map(|w| w.snapshot().get("forwarded_packets"))
-        .sum::<u64>()
-        - forwarded_before;
+    let forwarded = total("forwarded_packets") - forwarded_before;
     assert!(
         forwarded > 10_000,
         "traffic went through the workers: {forwarded} packets"
+    );
+    assert!(
+        total("icmp_errors") - errors_before >= 10,
+        "the workers answered with ICMP errors"
     );
     assert_eq!(
         before, after,
