@@ -44,7 +44,9 @@ pub struct HostSpec {
     pub expose: bool,
     pub offload: bool,
     pub hello_interval_ms: u64,
-    /// TOML appended to both configurations (e.g. a `[control]` secret).
+    /// The cluster secret both hosts sign their control messages with.
+    pub secret: Option<String>,
+    /// TOML appended to both configurations.
     pub extra: String,
 }
 
@@ -58,6 +60,7 @@ impl Default for HostSpec {
             expose: true,
             offload: true,
             hello_interval_ms: 200,
+            secret: None,
             extra: String::new(),
         }
     }
@@ -182,6 +185,7 @@ range = "198.19.0.0/16"
 blocks = ["{block}"]
 [control]
 hello_interval_ms = {hello}
+{secret}
 {peers}
 {extra}
 "#,
@@ -197,6 +201,10 @@ hello_interval_ms = {hello}
             "[]".into()
         },
         hello = spec.hello_interval_ms,
+        secret = spec
+            .secret
+            .as_ref()
+            .map_or(String::new(), |s| format!("secret = {s:?}")),
         block = BLOCK[i],
         peers = if spec.static_peers {
             format!("[[peers]]\naddress = \"{}\"", UNDERLAY[1 - i])

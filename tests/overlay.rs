@@ -39,8 +39,10 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     }
     assert!(common::has("ping"), "ping is needed (apt-get install -y iputils-ping)");
     assert!(common::has("iperf3"), "iperf3 is needed (apt-get install -y iperf3)");
+    // Both hosts sign their control messages: peering below proves it works.
     let spec = HostSpec {
         gateways: true,
+        secret: Some("overlay-test-secret".into()),
         ..HostSpec::default()
     };
     let mut h = TwoHosts::create("it", &common::exe(), &spec, common::never()).unwrap();
@@ -161,4 +163,53 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
         "still forwards after the storm"
     );
     assert!(reachable(&h, 1, OVERLAY[0], Duration::from_secs(3)), "both ways");
+
+    // Well-formed hellos that claim to be a new peer, unsigned or signed with the
+    // wrong key: dropped, counted, and never trusted.
+    let before = h.stats(0).unwrap();
+    let b_ns = h.b.name.clone();
+    std::thread::spawn(move || {
+        use tunloom::wire::control;
+        tunloom::sys::enter_netns(&b_ns).unwrap();
+        let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
+        let ann = [control::Announce {
+            prefix: "198.19.1.0/24".parse().unwrap(),
+            version: 1,
+            block: false,
+        }];
+        let forged = control::Repr {
+            kind: control::Kind::Hello,
+            seq: 1,
+            state: 1,
+            ack: 0,
+            page: 0,
+            pages: 1,
+            data_port: 4789,
+            underlay: "198.18.0.2".parse().unwrap(),
+            name: "6e:1f:a5:66:66:66",
+            nickname: "forger",
+            prefixes: control::Prefixes::Slice(&ann),
+        };
+        for key in [None, Some(&b"not-the-secret"[..])] {
+            let mut buf = vec![0u8; forged.buffer_len(key.is_some())];
+            forged.emit(&mut buf, key).unwrap();
+            for _ in 0..50 {
+                sock.send_to(&buf, ("198.18.0.1", 6783)).unwrap();
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = h.stats(0).unwrap();
+    let counted = after["control"]["dropped_unauthenticated"].as_u64().unwrap()
+        - before["control"]["dropped_unauthenticated"].as_u64().unwrap();
+    assert_eq!(counted, 100, "{:#}", after["control"]);
+    let peers = after["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "the forger is no peer: {peers:#?}");
+    assert_eq!(peers[0]["state"], "up");
+    assert!(
+        reachable(&h, 0, OVERLAY[1], Duration::from_secs(3)),
+        "and a still forwards"
+    );
 }
