@@ -169,6 +169,9 @@ pub struct Model {
     link: Option<Link>,
     /// Serialises link changes (netlink) across API threads.
     netlink: Mutex<Option<Netlink>>,
+    /// Serialises changes to the peer set, so that two `replace=true` calls cannot
+    /// each store a set computed from what the other is replacing.
+    peer_set: Mutex<()>,
 }
 
 fn parse_alloc(value: &str) -> Option<(u8, &str)> {
@@ -297,6 +300,7 @@ impl Model {
             peers,
             store: committer,
             netlink: Mutex::new(None),
+            peer_set: Mutex::new(()),
             link,
         };
         for e in &exposed {
@@ -504,6 +508,7 @@ impl Model {
     /// at most the sync timeout, until each answers and both sides forward by each
     /// other's state. Returns the peers that did not get there in time.
     pub fn connect(&self, addrs: &[SocketAddr], replace: bool) -> Result<Vec<SocketAddr>, ModelError> {
+        let set_guard = self.peer_set.lock();
         let before: BTreeSet<SocketAddr> = self
             .peers
             .snapshot()
@@ -547,6 +552,7 @@ impl Model {
             }
             self.republish()?;
         }
+        drop(set_guard);
         for a in addrs {
             self.peers.hello_to(*a);
         }
@@ -561,6 +567,7 @@ impl Model {
     /// Removes a peer and takes over the IPAM blocks it owned. Returns the number of
     /// addresses taken over.
     pub fn remove_peer(&self, who: &str) -> Result<u64, ModelError> {
+        let _set_guard = self.peer_set.lock();
         let p = self
             .peers
             .remove(who)
@@ -988,6 +995,42 @@ mod tests {
         drop(m);
         let m = open(&d.0, "").unwrap();
         assert!(m.exposed().is_empty(), "hidden for good");
+    }
+
+    #[test]
+    fn concurrent_replacements_store_the_set_that_is_in_force() {
+        let d = dir("replace-race");
+        let targets = |m: &Model| -> BTreeSet<SocketAddr> {
+            m.peers
+                .snapshot()
+                .iter()
+                .filter(|p| p.target)
+                .map(|p| p.control_addr)
+                .collect()
+        };
+        let in_force = {
+            let m = Arc::new(open(&d.0, "[control]\nsync_timeout_ms = 100\n").unwrap());
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let m = m.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..10u8 {
+                            let set: Vec<SocketAddr> = (0..3u8)
+                                .map(|k| SocketAddr::from(([198, 18, t, 10 + (i + k) % 7], 6783)))
+                                .collect();
+                            m.connect(&set, true).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            targets(&m)
+        };
+        assert_eq!(in_force.len(), 3, "{in_force:?}");
+        let m = open(&d.0, "[control]\nsync_timeout_ms = 100\n").unwrap();
+        assert_eq!(targets(&m), in_force, "the stored peer set is the one in force");
     }
 
     #[test]
