@@ -289,6 +289,90 @@ pub fn icmp(data: &[u8]) {
 pub fn weave(data: &[u8]) {
     static R: OnceLock<crate::control::router::Router<()>> = OnceLock::new();
     let router = R.get_or_init(crate::control::weave::parse_router);
+    let req = weave_request(data);
+    let resp = router.dispatch(&(), &req);
+    assert!(
+        resp.status == 200 || (400..500).contains(&resp.status),
+        "{} {}: status {}",
+        req.method,
+        req.path,
+        resp.status
+    );
+}
+
+/// The Weave face as it runs, against a fresh model (range 10.32.0.0/20, store in
+/// memory, no TUN): requests as the `weave` target reads them, separated by 0x1e.
+/// `/connect` only parses (it would resolve names and send datagrams). Every answer
+/// is a success, a 4xx, or the 503 of a full subnet — never a 500 or a panic.
+pub fn model(data: &[u8]) {
+    for (req, status, body) in model_answers(data) {
+        assert!(
+            status < 500 || status == 503,
+            "{} {}: status {status} {body}",
+            req.method,
+            req.path,
+        );
+    }
+}
+
+/// Each request of a `model` input with the status and body it was answered.
+fn model_answers(data: &[u8]) -> Vec<(Request, u16, String)> {
+    use crate::daemon::{Offloads, Shared};
+    static R: OnceLock<(
+        crate::control::router::Router<Shared>,
+        std::sync::Arc<crate::config::Settings>,
+    )> = OnceLock::new();
+    let (router, settings) = R.get_or_init(|| {
+        let text = "[node]\nname = \"fuzz\"\n[ipam]\nrange = \"10.32.0.0/20\"\n[control]\nsync_timeout_ms = 100\n";
+        let s = Config::parse(text, std::path::Path::new("fuzz")).expect("static config");
+        (crate::control::weave::offline_router(), std::sync::Arc::new(s))
+    });
+    let spec = crate::snapshot::SnapshotSpec {
+        node_mac: settings.node_mac,
+        vni: 1,
+        mtu: settings.mtu,
+        local: vec![],
+        service: vec![],
+        peers: vec![],
+        router_v4: None,
+        router_v6: None,
+    };
+    let published = std::sync::Arc::new(crate::snapshot::Published::new(
+        crate::snapshot::Snapshot::compile(0, spec),
+        0,
+    ));
+    let peers = std::sync::Arc::new(crate::peers::Peers::new(settings.clone()));
+    let store = crate::store::Memory::default();
+    let model = crate::model::Model::open(settings.clone(), published.clone(), peers.clone(), store, None)
+        .expect("a fresh model opens");
+    let shared = Shared {
+        settings: settings.clone(),
+        published,
+        workers: Vec::new(),
+        peers,
+        model: std::sync::Arc::new(model),
+        started: std::time::Instant::now(),
+        offloads: Offloads {
+            tun_tso: false,
+            tun_uso: false,
+            udp_gso: false,
+            udp_gro: false,
+        },
+        service: None,
+    };
+    data.split(|b| *b == 0x1e)
+        .take(32)
+        .map(|one| {
+            let req = weave_request(one);
+            let resp = router.dispatch(&shared, &req);
+            (req, resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+        })
+        .collect()
+}
+
+/// One request for the Weave targets: method, URL, content type and body, separated
+/// by newlines (a method it does not know is picked from the first byte).
+fn weave_request(data: &[u8]) -> Request {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(4, '\n');
     let first = parts.next().unwrap_or("");
@@ -306,7 +390,7 @@ pub fn weave(data: &[u8]) {
     let ctype = parts.next().unwrap_or("");
     let body = parts.next().unwrap_or("").as_bytes().to_vec();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let req = Request {
+    Request {
         method: method.into(),
         path: path.into(),
         query: crate::control::router::parse_query(query),
@@ -316,13 +400,7 @@ pub fn weave(data: &[u8]) {
             vec![("Content-Type".into(), ctype.into())]
         },
         body,
-    };
-    let resp = router.dispatch(&(), &req);
-    assert!(
-        resp.status == 200 || (400..500).contains(&resp.status),
-        "{method} {url}: status {}",
-        resp.status
-    );
+    }
 }
 
 /// The configuration file: any text either validates or is a clear error naming the
@@ -349,6 +427,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("control", control),
     ("icmp", icmp),
     ("weave", weave),
+    ("model", model),
     ("config", config),
 ];
 

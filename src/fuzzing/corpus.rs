@@ -91,6 +91,18 @@ fn seeds_reach_the_paths_they_were_made_for() {
             _ => {}
         }
     }
+    // The model seeds run against a real model: a container's life, a subnet that
+    // fills up, and `weave hide` freeing an address for a claim.
+    let seeds: std::collections::HashMap<_, _> = seeds_model().into_iter().collect();
+    let statuses = |name: &str| -> Vec<u16> {
+        super::model_answers(&seeds[name])
+            .into_iter()
+            .map(|(_, status, _)| status)
+            .collect()
+    };
+    assert_eq!(statuses("container-life"), [200, 200, 200, 200, 200, 200, 204, 404]);
+    assert_eq!(statuses("subnet-fills-up"), [200, 503, 200, 200, 204, 200]);
+    assert_eq!(statuses("expose-hide-claim"), [200, 400, 204, 200, 400, 200]);
 }
 
 fn vnet(h: virtio::Repr, pkt: &[u8]) -> Vec<u8> {
@@ -436,7 +448,7 @@ fn seeds_icmp() -> Vec<(&'static str, Vec<u8>)> {
 
 fn seeds_weave() -> Vec<(&'static str, Vec<u8>)> {
     let form = "application/x-www-form-urlencoded";
-    let req = |m: &str, url: &str, ct: &str, body: &str| format!("{m}\n{url}\n{ct}\n{body}").into_bytes();
+    let req = weave_req;
     vec![
         ("status", req("GET", "/status", "", "")),
         ("allocate", req("POST", "/ip/abc123def456", "", "")),
@@ -473,6 +485,79 @@ fn seeds_weave() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// One request as the Weave targets read it.
+fn weave_req(method: &str, url: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!("{method}\n{url}\n{content_type}\n{body}").into_bytes()
+}
+
+fn seeds_model() -> Vec<(&'static str, Vec<u8>)> {
+    let form = "application/x-www-form-urlencoded";
+    let seq = |reqs: &[Vec<u8>]| reqs.join(&0x1e);
+    let get = |url: &str| weave_req("GET", url, "", "");
+    let post = |url: &str| weave_req("POST", url, "", "");
+    let put = |url: &str| weave_req("PUT", url, "", "");
+    let delete = |url: &str| weave_req("DELETE", url, "", "");
+    vec![
+        (
+            "container-life",
+            seq(&[
+                get("/status"),
+                post("/ip/c1"),
+                post("/ip/c1"),
+                get("/ip/c1"),
+                weave_req("PUT", "/name/c1/10.32.0.2", form, "fqdn=c1.weave.local."),
+                weave_req("DELETE", "/name/c1/10.32.0.2", "", ""),
+                delete("/ip/c1"),
+                get("/ip/c1"),
+            ]),
+        ),
+        (
+            "subnet-fills-up",
+            seq(&[
+                post("/ip/a/10.32.1.0/30"),
+                post("/ip/b/10.32.1.0/30"),
+                post("/ip/a/10.32.2.0/24"),
+                get("/ip/a"),
+                delete("/ip/a"),
+                post("/ip/b/10.32.1.0/30"),
+            ]),
+        ),
+        (
+            "claims-at-the-edges",
+            seq(&[
+                put("/ip/a/10.32.0.0/20"),
+                put("/ip/a/10.32.0.1/20"),
+                put("/ip/a/10.32.15.255/20"),
+                put("/ip/a/10.32.15.254/20"),
+                put("/ip/b/10.32.15.254/20"),
+                put("/ip/b/10.33.0.5/20"),
+                put("/ip/b/10.32.3.7/30"),
+            ]),
+        ),
+        (
+            "expose-hide-claim",
+            seq(&[
+                post("/expose/10.32.0.100/20"),
+                put("/ip/a/10.32.0.100/20"),
+                delete("/ip/weave:expose"),
+                put("/ip/a/10.32.0.100/20"),
+                post("/expose/10.32.0.100/20"),
+                get("/status"),
+            ]),
+        ),
+        (
+            "peers-and-info",
+            seq(&[
+                weave_req("POST", "/connect", form, "peer=198.18.0.9&replace=true"),
+                delete("/peer/198.18.0.9"),
+                get("/ipinfo/defaultsubnet"),
+                get("/domain"),
+                post("/ip/c?check-alive=true"),
+            ]),
+        ),
+    ]
+}
+
 fn seeds_config() -> Vec<(&'static str, Vec<u8>)> {
     let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tunloom.toml")).unwrap();
     vec![
@@ -499,6 +584,7 @@ fn write_seed_corpus() {
         ("control", seeds_control()),
         ("icmp", seeds_icmp()),
         ("weave", seeds_weave()),
+        ("model", seeds_model()),
         ("config", seeds_config()),
     ];
     for (target, seeds) in all {

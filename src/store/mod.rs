@@ -259,39 +259,58 @@ pub(crate) fn conformance<S: Store>(mut open: impl FnMut() -> S) {
     assert!(get(Table::Records).is_empty());
 }
 
+/// A store that keeps everything in memory and nothing across processes: for the
+/// fuzz targets and tests that exercise the model, not durability.
+#[cfg(any(test, fuzzing))]
+#[derive(Clone, Default)]
+pub struct Memory {
+    data: Arc<parking_lot::Mutex<Contents>>,
+}
+
+#[cfg(any(test, fuzzing))]
+impl Store for Memory {
+    fn load(&self) -> Result<Contents, StoreError> {
+        Ok(self.data.lock().clone())
+    }
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut d = self.data.lock();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    d.entry(*table).or_default().insert(key.clone(), value.clone());
+                }
+                Op::Delete { table, key } => {
+                    d.entry(*table).or_default().remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
 
-    /// A store in memory, counting transactions, optionally failing.
+    /// A store in memory that takes as long as an fsync, counts transactions, and
+    /// fails on demand.
     #[derive(Clone, Default)]
     struct Mem {
-        data: Arc<Mutex<Contents>>,
+        inner: Memory,
         txns: Arc<AtomicU64>,
         fail: Arc<AtomicBool>,
     }
 
     impl Store for Mem {
         fn load(&self) -> Result<Contents, StoreError> {
-            Ok(self.data.lock().clone())
+            self.inner.load()
         }
         fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError("disk on fire".into()));
             }
             std::thread::sleep(std::time::Duration::from_millis(2)); // an fsync
-            let mut d = self.data.lock();
-            for op in ops {
-                match op {
-                    Op::Put { table, key, value } => {
-                        d.entry(*table).or_default().insert(key.clone(), value.clone());
-                    }
-                    Op::Delete { table, key } => {
-                        d.entry(*table).or_default().remove(key);
-                    }
-                }
-            }
+            self.inner.apply(ops)?;
             self.txns.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
@@ -316,7 +335,7 @@ mod tests {
         for t in threads {
             t.join().unwrap().unwrap();
         }
-        assert_eq!(m.data.lock()[&Table::Allocations].len(), 64);
+        assert_eq!(m.inner.data.lock()[&Table::Allocations].len(), 64);
         let txns = m.txns.load(Ordering::Relaxed);
         assert!(txns < 64, "64 writes in {txns} transactions");
         assert_eq!(c.stats.requests.load(Ordering::Relaxed), 64);
