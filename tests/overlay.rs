@@ -164,6 +164,40 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     );
     assert!(reachable(&h, 1, OVERLAY[0], Duration::from_secs(3)), "both ways");
 
+    // Well-formed VXLAN from an underlay address that is no peer: all dropped as
+    // unknown_peer, none delivered.
+    h.b.ip(&["addr", "add", "198.18.0.3/24", "dev", "tlvb"]).unwrap();
+    let before = h.stats(0).unwrap();
+    let b_ns = h.b.name.clone();
+    std::thread::spawn(move || {
+        tunloom::sys::enter_netns(&b_ns).unwrap();
+        let sock = UdpSocket::bind("198.18.0.3:0").unwrap();
+        let mut v = vec![0x08u8, 0, 0, 0, 0, 0, 1, 0];
+        v.extend_from_slice(&[0u8; 14]);
+        v.extend_from_slice(&tunloom::testkit::udp4([198, 19, 2, 9], [198, 19, 1, 1], 64, 40));
+        for i in 0..1000 {
+            sock.send_to(&v, ("198.18.0.1", 4789)).unwrap();
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = h.stats(0).unwrap();
+    let d = |s: &serde_json::Value, k: &str| s["total"]["drops"][k].as_u64().unwrap_or(0);
+    let strangers = d(&after, "unknown_peer") - d(&before, "unknown_peer");
+    assert!(
+        strangers >= 900,
+        "datagrams from a stranger counted: {strangers} of 1000"
+    );
+    let delivered = |s: &serde_json::Value| s["total"]["counters"]["delivered_packets"].as_u64().unwrap_or(0);
+    assert!(
+        delivered(&after) - delivered(&before) < 50,
+        "nothing of theirs delivered"
+    );
+
     // Well-formed hellos that claim to be a new peer, unsigned or signed with the
     // wrong key: dropped, counted, and never trusted.
     let before = h.stats(0).unwrap();
