@@ -1,5 +1,8 @@
-//! The management face (127.0.0.1:6786 by default): health and statistics. Later
-//! issues grow it into the full management API over the same router.
+//! The management face (127.0.0.1:6786 by default): `/health`, `/api/v1/stats` and
+//! `/api/v1/openapi.json`. It only reads: the workers' counters and histograms (summed
+//! here, on the control thread), the peer table, the model's counts and the store's
+//! commit counters; it never writes state and never touches a worker. Later issues
+//! grow it into the full management API over the same router.
 
 use super::router::{ErrorStyle, Params, Request, Response, Router};
 use crate::daemon::Shared;

@@ -1,5 +1,8 @@
 //! The TX batch a worker fills while it processes packets and drains with
-//! `sendmmsg`. All storage is allocated once, when the worker starts.
+//! `sendmmsg`: iovecs pointing into the worker's own buffers, grouped into UDP GSO
+//! trains per destination and source port. All storage is allocated once, when the
+//! worker starts; it is owned by one worker and touches no shared state. The system
+//! calls themselves are in `sys`.
 
 use crate::pipeline::segment::Segment;
 use crate::sys::{TxIov, TxMsg, MAX_GSO_PAYLOAD, MAX_GSO_SEGMENTS};
