@@ -6,10 +6,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use tunloom::pipeline::coalesce::{Coalescer, Range};
+use tunloom::pipeline::coalesce::Coalescer;
 use tunloom::pipeline::segment::{self, Arena, Gso, L4};
 use tunloom::pipeline::{inside, outside, Verdict, ENCAP_LEN};
-use tunloom::testkit::{in_buf, pair, tcp4, udp4, HEADROOM};
+use tunloom::testkit::{in_buf, laid_out, pair, tcp4, udp4, HEADROOM};
 use tunloom::wire::checksum;
 
 const SIZES: [usize; 3] = [64, 512, 1400];
@@ -97,18 +97,8 @@ fn bench_segment(c: &mut Criterion) {
 fn bench_coalesce(c: &mut Criterion) {
     // 43 consecutive 1398-byte segments of one flow, laid out as a GRO receive
     // buffer lays them out (each behind its 22 bytes of VXLAN + Ethernet).
-    let mut buf = Vec::new();
-    let mut ranges = Vec::new();
-    for i in 0..43u32 {
-        let p = tcp4(1 + i * 1398, 1398);
-        buf.extend_from_slice(&[0u8; ENCAP_LEN]);
-        ranges.push(Range {
-            buf: 0,
-            start: buf.len() as u32,
-            len: p.len() as u32,
-        });
-        buf.extend_from_slice(&p);
-    }
+    let segs: Vec<Vec<u8>> = (0..43u32).map(|i| tcp4(1 + i * 1398, 1398)).collect();
+    let (buf, ranges) = laid_out(&segs, ENCAP_LEN);
     let pristine = vec![buf];
     let mut g = c.benchmark_group("coalesce");
     g.throughput(Throughput::Elements(ranges.len() as u64));

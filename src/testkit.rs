@@ -87,6 +87,24 @@ pub fn tcp4(seq: u32, payload: usize) -> Vec<u8> {
     v
 }
 
+/// Packets one after another in one buffer, each `gap` bytes after the previous one
+/// (a GRO receive buffer holds them behind their encapsulation), with the ranges a
+/// worker pushes to the coalescer.
+pub fn laid_out(pkts: &[Vec<u8>], gap: usize) -> (Vec<u8>, Vec<crate::pipeline::coalesce::Range>) {
+    let mut buf = Vec::new();
+    let mut ranges = Vec::with_capacity(pkts.len());
+    for p in pkts {
+        buf.resize(buf.len() + gap, 0);
+        ranges.push(crate::pipeline::coalesce::Range {
+            buf: 0,
+            start: buf.len() as u32,
+            len: p.len() as u32,
+        });
+        buf.extend_from_slice(p);
+    }
+    (buf, ranges)
+}
+
 /// `pkt` in a fresh buffer behind `HEADROOM` bytes.
 pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; HEADROOM + pkt.len() + 16];

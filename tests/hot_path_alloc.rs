@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 use tunloom::dataplane::batch::{segment_iovs, TxBatch};
-use tunloom::pipeline::coalesce::{Coalescer, Range};
+use tunloom::pipeline::coalesce::Coalescer;
 use tunloom::pipeline::segment::{self, Arena, Gso, L4};
 use tunloom::pipeline::{inside, outside, Verdict, ENCAP_LEN};
-use tunloom::testkit::{in_buf, pair, tcp4, udp4, HEADROOM};
+use tunloom::testkit::{in_buf, laid_out, pair, tcp4, udp4, HEADROOM};
 
 const SLOTS: usize = 1024;
 static TIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
@@ -121,16 +121,7 @@ fn the_pipeline_allocates_nothing_per_packet() {
         .write(&mut sp6, &[5u8; 20_000])
         .unwrap();
     let segs: Vec<Vec<u8>> = (0..10u32).map(|i| tcp4(1 + i * 1000, 1000)).collect();
-    let mut rx = Vec::new();
-    let mut ranges = Vec::new();
-    for s in &segs {
-        ranges.push(Range {
-            buf: 0,
-            start: rx.len() as u32,
-            len: s.len() as u32,
-        });
-        rx.extend_from_slice(s);
-    }
+    let (rx, ranges) = laid_out(&segs, 0);
     let mut rx_bufs = vec![rx];
     // Every buffer exists before the loop, as in a worker.
     let mut buf = in_buf(&pkt);

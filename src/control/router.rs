@@ -39,22 +39,20 @@ pub struct Response {
 impl Response {
     pub fn json<T: Serialize>(status: u16, value: &T) -> Response {
         match serde_json::to_vec_pretty(value) {
-            Ok(mut body) => {
-                body.push(b'\n');
-                Response {
-                    status,
-                    content_type: "application/json",
-                    headers: Vec::new(),
-                    body,
-                }
-            }
+            Ok(body) => Response::json_bytes(status, body),
             Err(e) => Response::error(500, &format!("cannot encode response: {e}")),
         }
     }
 
     /// The JSON error shape every JSON face uses: `{"error": "..."}`.
     pub fn error(status: u16, message: &str) -> Response {
-        let mut body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+        Response::json_bytes(
+            status,
+            serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
+        )
+    }
+
+    fn json_bytes(status: u16, mut body: Vec<u8>) -> Response {
         body.push(b'\n');
         Response {
             status,

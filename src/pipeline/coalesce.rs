@@ -275,16 +275,7 @@ mod tests {
 
     /// Lays packets out in one buffer and pushes them.
     fn run(pkts: &[Vec<u8>], enabled: bool) -> (Coalescer, Vec<Vec<u8>>) {
-        let mut buf = Vec::new();
-        let mut ranges = Vec::new();
-        for p in pkts {
-            ranges.push(Range {
-                buf: 0,
-                start: buf.len() as u32,
-                len: p.len() as u32,
-            });
-            buf.extend_from_slice(p);
-        }
+        let (buf, ranges) = crate::testkit::laid_out(pkts, 0);
         let mut bufs = vec![buf];
         let mut c = Coalescer::new(16, 64, enabled);
         for (r, p) in ranges.iter().zip(pkts) {
