@@ -152,9 +152,7 @@ const KV: [&str; 2] = ["198.19.129.1", "198.19.129.2"];
 
 fn rtts(hosts: &TwoHosts, dst: &str, count: u32) -> Result<(f64, f64), LabError> {
     let mut r = hosts.ping(0, dst, count, "0.005")?;
-    if hosts.interrupted() {
-        return Err(LabError::Interrupted);
-    }
+    go_on(hosts)?;
     if r.len() < (count as usize) / 2 {
         return Err(LabError::Failed(format!(
             "ping {dst}: only {} of {count} replies",
@@ -170,6 +168,16 @@ fn gbps(hosts: &TwoHosts, dst: &str, secs: u32, parallel: u32, reverse: bool) ->
     let v = hosts.iperf(0, dst, secs, parallel, reverse)?;
     let g = iperf_gbps(&v).ok_or_else(|| LabError::Failed(format!("iperf3 to {dst} gave no throughput")))?;
     Ok((g, v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+}
+
+/// Ctrl-C is seen between steps; what the lab made is removed when its `TwoHosts`
+/// drops.
+fn go_on(hosts: &TwoHosts) -> Result<(), LabError> {
+    if hosts.interrupted() {
+        Err(LabError::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -213,14 +221,6 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
         ..HostSpec::default()
     };
     let mut hosts = TwoHosts::create("lab", exe, &spec, stop)?;
-    // Ctrl-C is seen between steps; what was made is removed when `hosts` drops.
-    let go_on = |hosts: &TwoHosts| {
-        if hosts.interrupted() {
-            Err(LabError::Interrupted)
-        } else {
-            Ok(())
-        }
-    };
     hosts.start(0)?;
     hosts.start(1)?;
     hosts.wait_peers("up", Duration::from_secs(20))?;

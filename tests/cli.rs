@@ -204,26 +204,23 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     }
 
     // SIGTERM, then SIGINT (Ctrl-C) to a new daemon: each exits 0 and removes its TUN device.
-
-    assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
-    tunloom::sys::signal(first.pid(), libc::SIGTERM).unwrap();
-    let code = exit_code(first);
-    let e = log_of(&dir, "first");
-    assert_eq!(code, Some(0), "{e}");
-    assert!(e.contains("tunloom stopped"), "{e}");
-    assert!(
-        ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
-        "tl0 removed"
-    );
+    stops_cleanly(&ns, &dir, first, "first", libc::SIGTERM);
     let again = daemon(&ns, &dir, "again", "", "state5");
     wait_for_api(&ns);
-    tunloom::sys::signal(again.pid(), libc::SIGINT).unwrap();
-    let code = exit_code(again);
-    let e = log_of(&dir, "again");
-    assert_eq!(code, Some(0), "{e}");
+    stops_cleanly(&ns, &dir, again, "again", libc::SIGINT);
+}
+
+/// Sends `signal` to daemon `name` (whose TUN device is tl0) and checks that it exits
+/// 0, says so in its log, and leaves no tl0 behind.
+fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: libc::c_int) {
+    assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
+    tunloom::sys::signal(p.pid(), signal).unwrap();
+    let code = exit_code(p);
+    let e = log_of(dir, name);
+    assert_eq!(code, Some(0), "signal {signal}: {e}");
     assert!(e.contains("tunloom stopped"), "{e}");
     assert!(
         ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
-        "tl0 removed after SIGINT"
+        "tl0 removed after signal {signal}"
     );
 }
