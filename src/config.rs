@@ -251,7 +251,7 @@ impl Config {
             message,
         };
         let d = &self.dataplane;
-        if d.tun_name.is_empty() || d.tun_name.len() > 15 || d.tun_name.contains(['/', ' ', '\0']) {
+        if !crate::names::valid_ifname(&d.tun_name) {
             return Err(invalid(
                 "dataplane.tun_name",
                 format!(
@@ -392,7 +392,7 @@ impl Config {
             ));
         }
         let domain = &self.dns.domain;
-        if crate::model::normalize_fqdn(domain).is_none() {
+        if crate::names::normalize_fqdn(domain).is_none() {
             return Err(invalid("dns.domain", format!("{domain:?} is not a valid domain name")));
         }
         let mut peers = Vec::new();

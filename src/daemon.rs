@@ -8,12 +8,12 @@
 use crate::config::Settings;
 use crate::control;
 use crate::dataplane::device::{self, DeviceError};
+use crate::dataplane::stats::WorkerStats;
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::model::{Link, Model};
 use crate::peers::Peers;
 use crate::service::{Service, ServiceQueues};
 use crate::snapshot::{Published, Snapshot};
-use crate::stats::WorkerStats;
 use crate::store::redb::RedbStore;
 use crate::sys;
 use crossbeam_utils::CachePadded;

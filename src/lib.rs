@@ -46,15 +46,16 @@ pub mod dataplane;
 pub mod fuzzing;
 pub mod lab;
 pub mod model;
+pub mod names;
 pub mod netns;
 pub mod peers;
 pub mod pipeline;
 pub mod route;
 pub mod service;
 pub mod snapshot;
-pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod telemetry;
 pub mod testbed;
 // Fixtures shared by unit tests, integration tests and benches; not an API.
 #[doc(hidden)]

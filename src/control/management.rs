@@ -6,7 +6,8 @@
 
 use super::router::{ErrorStyle, Params, Request, Response, Router};
 use crate::daemon::Shared;
-use crate::stats::{self, Latency};
+use crate::dataplane::stats;
+use crate::telemetry::Latency;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 

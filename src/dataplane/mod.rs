@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod device;
+pub mod stats;
 pub mod worker;
 
 /// Bytes of headroom in front of every packet read from the TUN: room for VXLAN +

@@ -19,14 +19,15 @@
 //! (the shared histogram's lock is taken about once a second).
 
 use super::batch::{segment_iovs, TxBatch, READ_BUF};
+use super::stats::{Counter, Tally, WorkerStats};
 use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
 use crate::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
 use crate::service::ServiceQueues;
 use crate::snapshot::{Published, Snapshot};
-use crate::stats::{new_histogram, Counter, Tally, WorkerStats};
 use crate::sys::{self, RecvBatch, SendScratch, TxIov};
+use crate::telemetry::new_histogram;
 use crate::wire::virtio::{self, GsoType};
 use crossbeam_utils::CachePadded;
 use mio::unix::SourceFd;

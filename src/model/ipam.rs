@@ -12,6 +12,7 @@
 //! few hundred words), an owner table of one `u32` per address, container slots, and a
 //! hash table of slot numbers so each container id is stored once.
 
+use crate::names::valid_container_id;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ pub enum IpamError {
     Full(Ipv4Net),
     #[error("subnet {0} is too small to allocate from (at most /30)")]
     TooSmall(Ipv4Net),
-    #[error("container id must be 1 to 256 characters without whitespace or '/'")]
+    #[error("{}", crate::names::CONTAINER_ID_RULE)]
     BadId,
 }
 
@@ -177,10 +178,6 @@ fn reserved(subnet: &Ipv4Net) -> [(u32, &'static str); 3] {
     ]
 }
 
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 256 && !id.chars().any(|c| c.is_whitespace() || c == '/' || c.is_control())
-}
-
 impl Ipam {
     /// An allocator over `range` (a /8 to a /30), owning `owned` (blocks inside it).
     pub fn new(range: Ipv4Net, owned: &[Ipv4Net]) -> Result<Ipam, IpamError> {
@@ -312,7 +309,7 @@ impl Ipam {
     /// Allocates an address for `id` in `subnet`, or returns the one it already has
     /// there. The flag says whether the address is new.
     pub fn allocate(&mut self, id: &str, subnet: Ipv4Net) -> Result<(Ipv4Addr, bool), IpamError> {
-        if !valid_id(id) {
+        if !valid_container_id(id) {
             return Err(IpamError::BadId);
         }
         let subnet = self.check_subnet(subnet)?;
@@ -359,7 +356,7 @@ impl Ipam {
     /// Claims `cidr`'s address for `id` (its prefix length names the subnet). The
     /// flag says whether the claim is new (false: `id` already held it).
     pub fn claim(&mut self, id: &str, cidr: Ipv4Net) -> Result<bool, IpamError> {
-        if !valid_id(id) {
+        if !valid_container_id(id) {
             return Err(IpamError::BadId);
         }
         let a = cidr.addr();

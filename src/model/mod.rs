@@ -15,6 +15,7 @@
 pub mod ipam;
 
 use crate::config::Settings;
+use crate::names::{normalize_fqdn, valid_container_id, CONTAINER_ID_RULE};
 use crate::peers::{Peer, Peers};
 use crate::snapshot::{Behind, Published, Snapshot, SnapshotSpec};
 use crate::store::{Committer, Op, Store, Table};
@@ -65,24 +66,6 @@ impl Record {
     fn key(&self) -> String {
         format!("{}\t{}\t{}", self.container, self.ip, self.fqdn)
     }
-}
-
-/// `name` as an absolute domain name (trailing dot, lower case) if it is one: labels
-/// of letters, digits and hyphens (and `_`, as in service names), 1–63 bytes each, not
-/// starting or ending with a hyphen, 253 bytes in all.
-pub fn normalize_fqdn(name: &str) -> Option<String> {
-    let n = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    if n.is_empty() || n.len() > 253 {
-        return None;
-    }
-    let ok = n.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    ok.then(|| format!("{n}."))
 }
 
 /// Whether a container is alive, for `check-alive=true`. tunloom has no container
@@ -740,10 +723,8 @@ impl Model {
 
     /// Registers `fqdn` for `container` at `ip`.
     pub fn put_record(&self, container: &str, ip: IpAddr, fqdn: &str) -> Result<(), ModelError> {
-        if !ipam::valid_id(container) {
-            return Err(ModelError::Bad(
-                "container id must be 1 to 256 characters without whitespace or '/'".into(),
-            ));
+        if !valid_container_id(container) {
+            return Err(ModelError::Bad(CONTAINER_ID_RULE.into()));
         }
         let fqdn =
             normalize_fqdn(fqdn).ok_or_else(|| ModelError::Bad(format!("{fqdn:?} is not a valid domain name")))?;
@@ -1057,17 +1038,5 @@ mod tests {
             "check-alive: no namespace, no process"
         );
         assert!(matches!(m.remove_peer("ghost"), Err(ModelError::NotFound(_))));
-    }
-
-    #[test]
-    fn fqdns_are_normalized() {
-        assert_eq!(
-            normalize_fqdn("MyApp.Weave.Local").as_deref(),
-            Some("myapp.weave.local.")
-        );
-        assert_eq!(normalize_fqdn("a.b.").as_deref(), Some("a.b."));
-        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a b.c", &"x".repeat(64)] {
-            assert_eq!(normalize_fqdn(bad), None, "{bad:?}");
-        }
     }
 }

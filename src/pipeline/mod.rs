@@ -49,7 +49,7 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-crate::stats::counted_enum! {
+crate::telemetry::counted_enum! {
     /// Why the dataplane dropped a packet. Indexes the per-worker drop counters.
     DropReason {
         Malformed => "malformed", "Inside: not a well-formed IPv4/IPv6 packet.";

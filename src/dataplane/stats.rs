@@ -4,35 +4,16 @@
 //! local [`Tally`] while it works a batch and adds the tally to its atomics once per
 //! batch, so counting costs no shared-cache traffic per packet. Batch processing times
 //! go into a worker-local hdrhistogram that is merged into the shared one about once a
-//! second. The control thread only reads.
+//! second. The control side only reads. Built on [`crate::telemetry`]'s counter
+//! arrays; touches nothing else.
 
 use crate::pipeline::DropReason;
+use crate::telemetry::{counted_enum, new_histogram, Counters, Local};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-
-/// An enum whose variants index a counter array and have snake_case names for stats
-/// and metrics: `ALL`, `COUNT` and `name()`.
-macro_rules! counted_enum {
-    ($(#[$meta:meta])* $enum:ident { $($name:ident => $text:literal, $doc:literal;)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum $enum { $(#[doc = $doc] $name,)* }
-
-        impl $enum {
-            pub const ALL: &'static [$enum] = &[$($enum::$name,)*];
-            pub const COUNT: usize = Self::ALL.len();
-            /// The snake_case name used in stats and metrics.
-            pub const fn name(self) -> &'static str {
-                match self { $($enum::$name => $text,)* }
-            }
-        }
-    };
-}
-pub(crate) use counted_enum;
+use std::sync::atomic::AtomicI32;
 
 counted_enum! {
     /// A dataplane event counted per worker.
@@ -57,29 +38,20 @@ counted_enum! {
 }
 
 /// Per-batch accumulation, owned by one worker.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Tally {
-    pub counters: [u64; Counter::COUNT],
-    pub drops: [u64; DropReason::COUNT],
-}
-
-impl Default for Tally {
-    fn default() -> Self {
-        Tally {
-            counters: [0; Counter::COUNT],
-            drops: [0; DropReason::COUNT],
-        }
-    }
+    pub counters: Local<Counter>,
+    pub drops: Local<DropReason>,
 }
 
 impl Tally {
     #[inline]
     pub fn add(&mut self, c: Counter, n: u64) {
-        self.counters[c as usize] += n;
+        self.counters.add(c, n);
     }
     #[inline]
     pub fn drop(&mut self, r: DropReason, n: u64) {
-        self.drops[r as usize] += n;
+        self.drops.add(r, n);
     }
 }
 
@@ -111,38 +83,10 @@ impl CounterSnapshot {
     }
 }
 
-/// Batch latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Latency {
-    pub count: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-}
-
-impl Latency {
-    pub fn of(h: &Histogram<u64>) -> Latency {
-        let us = |ns: u64| ns as f64 / 1000.0;
-        Latency {
-            count: h.len(),
-            p50_us: us(h.value_at_quantile(0.5)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
-        }
-    }
-}
-
-/// New histogram for batch times: 1 ns to 10 s at 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("static histogram bounds are valid")
-}
-
 /// The counters one worker publishes.
 pub struct WorkerStats {
-    counters: [AtomicU64; Counter::COUNT],
-    drops: [AtomicU64; DropReason::COUNT],
+    counters: Counters<Counter>,
+    drops: Counters<DropReason>,
     pub tid: AtomicI32,
     pub cpu: AtomicI32,
     histogram: Mutex<Histogram<u64>>,
@@ -151,8 +95,8 @@ pub struct WorkerStats {
 impl Default for WorkerStats {
     fn default() -> Self {
         WorkerStats {
-            counters: std::array::from_fn(|_| AtomicU64::new(0)),
-            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            counters: Counters::default(),
+            drops: Counters::default(),
             tid: AtomicI32::new(0),
             cpu: AtomicI32::new(-1),
             histogram: Mutex::new(new_histogram()),
@@ -163,18 +107,8 @@ impl Default for WorkerStats {
 impl WorkerStats {
     /// Adds a batch's tally and clears it. Called by the owning worker only.
     pub fn flush(&self, t: &mut Tally) {
-        for (a, v) in self.counters.iter().zip(t.counters.iter_mut()) {
-            if *v != 0 {
-                a.fetch_add(*v, Ordering::Relaxed);
-                *v = 0;
-            }
-        }
-        for (a, v) in self.drops.iter().zip(t.drops.iter_mut()) {
-            if *v != 0 {
-                a.fetch_add(*v, Ordering::Relaxed);
-                *v = 0;
-            }
-        }
+        self.counters.flush(&mut t.counters);
+        self.drops.flush(&mut t.drops);
     }
 
     /// Merges a worker-local histogram into the shared one and clears it.
@@ -186,14 +120,8 @@ impl WorkerStats {
 
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
-            counters: Counter::ALL
-                .iter()
-                .map(|c| (c.name(), self.counters[*c as usize].load(Ordering::Relaxed)))
-                .collect(),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.name(), self.drops[*r as usize].load(Ordering::Relaxed)))
-                .collect(),
+            counters: self.counters.snapshot(),
+            drops: self.drops.snapshot(),
         }
     }
 
@@ -225,7 +153,7 @@ mod tests {
         t.add(Counter::InsidePackets, 3);
         t.drop(DropReason::Spoofed, 2);
         ws[0].flush(&mut t);
-        assert_eq!(t.counters[Counter::InsidePackets as usize], 0);
+        assert_eq!(t.counters.get(Counter::InsidePackets), 0);
         t.add(Counter::InsidePackets, 4);
         ws[1].flush(&mut t);
         let mut h = new_histogram();
@@ -237,6 +165,6 @@ mod tests {
         assert_eq!(c.get("spoofed"), 2);
         assert_eq!(c.total_drops(), 2);
         assert_eq!(hist.len(), 1);
-        assert!((Latency::of(&hist).p50_us - 1.5).abs() < 0.01);
+        assert!((crate::telemetry::Latency::of(&hist).p50_us - 1.5).abs() < 0.01);
     }
 }

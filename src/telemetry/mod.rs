@@ -1,0 +1,249 @@
+//! What tunloom counts and times, and the one registry every reader goes through.
+//!
+//! - [`counted_enum!`] declares an event enum whose variants index a counter array and
+//!   carry the snake_case names that stats and metrics show ([`Counted`]).
+//! - [`Counters`] is the shared, atomic array of one such enum; [`Local`] is the plain
+//!   array a single thread fills and flushes into it (a worker flushes once per batch,
+//!   so counting costs no shared-cache traffic per packet).
+//! - [`Registry`] gathers named sections of counters (peer control, store, service;
+//!   the dataplane's per-worker stats are read beside it) and renders them as JSON
+//!   today; Prometheus text is a second rendering of the same registry.
+//!
+//! A leaf module: it depends on nothing else in the crate, so the pipeline, the
+//! peers, the store and the service can all declare their events with it.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// An enum whose variants are counted: each has an index into a counter array and a
+/// snake_case name for stats and metrics. Implemented by [`counted_enum!`].
+pub trait Counted: Copy + Send + Sync + 'static {
+    const ALL: &'static [Self];
+    fn index(self) -> usize;
+    fn name(self) -> &'static str;
+}
+
+/// Declares an enum whose variants index a counter array and have snake_case names
+/// for stats and metrics: `ALL`, `COUNT`, `name()` and [`Counted`].
+macro_rules! counted_enum {
+    ($(#[$meta:meta])* $enum:ident { $($name:ident => $text:literal, $doc:literal;)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $enum { $(#[doc = $doc] $name,)* }
+
+        impl $enum {
+            pub const ALL: &'static [$enum] = &[$($enum::$name,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// The snake_case name used in stats and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $($enum::$name => $text,)* }
+            }
+        }
+
+        impl $crate::telemetry::Counted for $enum {
+            const ALL: &'static [$enum] = $enum::ALL;
+            #[inline]
+            fn index(self) -> usize {
+                self as usize
+            }
+            fn name(self) -> &'static str {
+                $enum::name(self)
+            }
+        }
+    };
+}
+pub(crate) use counted_enum;
+
+/// One atomic counter per variant of `E`, shared between threads.
+pub struct Counters<E: Counted> {
+    values: Box<[AtomicU64]>,
+    _kind: PhantomData<E>,
+}
+
+impl<E: Counted> Default for Counters<E> {
+    fn default() -> Self {
+        Counters {
+            values: E::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<E: Counted> Counters<E> {
+    #[inline]
+    pub fn add(&self, e: E, n: u64) {
+        self.values[e.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self, e: E) {
+        self.add(e, 1);
+    }
+
+    pub fn get(&self, e: E) -> u64 {
+        self.values[e.index()].load(Ordering::Relaxed)
+    }
+
+    /// Adds `local` and clears it. Only non-zero entries touch the shared cache lines.
+    #[inline]
+    pub fn flush(&self, local: &mut Local<E>) {
+        for (a, v) in self.values.iter().zip(local.values.iter_mut()) {
+            if *v != 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        }
+    }
+
+    /// Every counter by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        E::ALL.iter().map(|e| (e.name(), self.get(*e))).collect()
+    }
+}
+
+/// One plain counter per variant of `E`, owned by one thread.
+#[derive(Clone)]
+pub struct Local<E: Counted> {
+    values: Box<[u64]>,
+    _kind: PhantomData<E>,
+}
+
+impl<E: Counted> Default for Local<E> {
+    fn default() -> Self {
+        Local {
+            values: vec![0; E::ALL.len()].into_boxed_slice(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<E: Counted> Local<E> {
+    #[inline]
+    pub fn add(&mut self, e: E, n: u64) {
+        self.values[e.index()] += n;
+    }
+
+    #[inline]
+    pub fn get(&self, e: E) -> u64 {
+        self.values[e.index()]
+    }
+}
+
+/// Something the registry can read counters from.
+pub trait Source: Send + Sync {
+    /// Calls `f` with each counter's name and value.
+    fn visit(&self, f: &mut dyn FnMut(&'static str, u64));
+}
+
+impl<E: Counted> Source for Counters<E> {
+    fn visit(&self, f: &mut dyn FnMut(&'static str, u64)) {
+        for e in E::ALL {
+            f(e.name(), self.get(*e));
+        }
+    }
+}
+
+/// Named sections of counters, in registration order.
+#[derive(Default, Clone)]
+pub struct Registry {
+    sections: Vec<(&'static str, Arc<dyn Source>)>,
+}
+
+impl Registry {
+    pub fn register(&mut self, section: &'static str, source: Arc<dyn Source>) {
+        self.sections.push((section, source));
+    }
+
+    /// The counters of `section` by name (empty when no such section).
+    pub fn section(&self, section: &str) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for (_, s) in self.sections.iter().filter(|(name, _)| *name == section) {
+            s.visit(&mut |k, v| {
+                *out.entry(k).or_default() += v;
+            });
+        }
+        out
+    }
+
+    /// Every section as one JSON object of objects.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = serde_json::Map::new();
+        for (name, _) in &self.sections {
+            doc.entry(name.to_string())
+                .or_insert_with(|| serde_json::json!(self.section(name)));
+        }
+        serde_json::Value::Object(doc)
+    }
+}
+
+/// Latency percentiles in microseconds, from a histogram of nanoseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// A new histogram for durations in nanoseconds: 1 ns to 10 s at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    counted_enum! {
+        /// Events of a test.
+        Ev {
+            One => "one", "The first.";
+            Two => "two", "The second.";
+        }
+    }
+
+    #[test]
+    fn locals_flush_into_shared_counters_and_the_registry_reads_them() {
+        let shared = Arc::new(Counters::<Ev>::default());
+        let mut local = Local::<Ev>::default();
+        local.add(Ev::Two, 3);
+        shared.flush(&mut local);
+        assert_eq!(local.get(Ev::Two), 0, "flushing clears");
+        shared.inc(Ev::One);
+        let mut r = Registry::default();
+        r.register("test", shared.clone());
+        r.register("test", shared);
+        assert_eq!(r.section("test").get("two"), Some(&6), "sections of one name add up");
+        assert_eq!(r.to_json()["test"]["one"], 2);
+        assert!(r.section("none").is_empty());
+        assert_eq!(Ev::COUNT, 2);
+    }
+
+    #[test]
+    fn latency_in_microseconds() {
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        let l = Latency::of(&h);
+        assert_eq!(l.count, 1);
+        assert!((l.p50_us - 1.5).abs() < 0.01);
+    }
+}
