@@ -8,13 +8,13 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tunloom::lab::{self, LabOptions};
+use tunloom_lab::lab::{self, LabOptions};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks what is here; nothing to list.
     }
-    if let Err(why) = tunloom::netns::available() {
+    if let Err(why) = tunloom_lab::netns::available() {
         eprintln!("overlay bench skipped: {why}");
         return;
     }

@@ -31,8 +31,9 @@
 //!   exposed addresses) and where it is kept durable (redb, group commit).
 //! - [`daemon`], [`config`], [`stats`]: assembly, configuration, counters.
 //! - [`sys`]: every raw system call; the only module with `unsafe`.
-//! - [`netns`], [`testbed`], [`lab`]: network namespaces, the two-host testbed, and
-//!   `tunloom lab`.
+//!
+//! The lab (network namespaces, the two-host testbed and `tunloom lab`) is the
+//! separate crate `tunloom-lab` in `lab/`: no module here can depend on it.
 
 #![deny(unsafe_code)]
 
@@ -44,10 +45,8 @@ pub mod dataplane;
 // `cargo test` see the fuzz entry points; they are no part of the library's API.
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
-pub mod lab;
 pub mod model;
 pub mod names;
-pub mod netns;
 pub mod peers;
 pub mod pipeline;
 pub mod route;
@@ -56,7 +55,6 @@ pub mod snapshot;
 pub mod store;
 pub mod sys;
 pub mod telemetry;
-pub mod testbed;
 // Fixtures shared by unit tests, integration tests and benches; not an API.
 #[doc(hidden)]
 pub mod testkit;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunloom::config::Config;
 use tunloom::daemon::Daemon;
-use tunloom::lab::{self, LabError, LabOptions};
+use tunloom_lab::lab::{self, LabError, LabOptions};
 
 /// Userspace VXLAN overlay gateway for container networks.
 ///

@@ -4,7 +4,7 @@
 
 mod common;
 
-use tunloom::testbed::{api_request, OneHost};
+use tunloom_lab::testbed::{api_request, OneHost};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))

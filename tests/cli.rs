@@ -6,8 +6,8 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tunloom::netns::{self, Netns};
-use tunloom::testbed::{spawn_daemon, Proc, TempDir};
+use tunloom_lab::netns::{self, Netns, Signal};
+use tunloom_lab::testbed::{spawn_daemon, Proc, TempDir};
 
 fn tunloom(args: &[&str]) -> Output {
     Command::new(common::exe())
@@ -98,7 +98,7 @@ fn log_of(dir: &TempDir, name: &str) -> String {
 
 fn wait_for_api(ns: &Netns) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tunloom::testbed::api_get(&ns.name, "/health").is_err() {
+    while tunloom_lab::testbed::api_get(&ns.name, "/health").is_err() {
         assert!(Instant::now() < deadline, "daemon in {} did not come up", ns.name);
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -204,23 +204,23 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
     }
 
     // SIGTERM, then SIGINT (Ctrl-C) to a new daemon: each exits 0 and removes its TUN device.
-    stops_cleanly(&ns, &dir, first, "first", libc::SIGTERM);
+    stops_cleanly(&ns, &dir, first, "first", Signal::SIGTERM);
     let again = daemon(&ns, &dir, "again", "", "state5");
     wait_for_api(&ns);
-    stops_cleanly(&ns, &dir, again, "again", libc::SIGINT);
+    stops_cleanly(&ns, &dir, again, "again", Signal::SIGINT);
 }
 
 /// Sends `signal` to daemon `name` (whose TUN device is tl0) and checks that it exits
 /// 0, says so in its log, and leaves no tl0 behind.
-fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: libc::c_int) {
+fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: Signal) {
     assert!(ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_ok());
-    tunloom::sys::signal(p.pid(), signal).unwrap();
+    netns::signal(p.pid(), signal).unwrap();
     let code = exit_code(p);
     let e = log_of(dir, name);
-    assert_eq!(code, Some(0), "signal {signal}: {e}");
+    assert_eq!(code, Some(0), "signal {signal:?}: {e}");
     assert!(e.contains("tunloom stopped"), "{e}");
     assert!(
         ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
-        "tl0 removed after signal {signal}"
+        "tl0 removed after signal {signal:?}"
     );
 }

@@ -225,7 +225,7 @@ fn worker_threads_allocate_nothing_with_offloads_off() {
 /// address with no route (ICMP errors from the workers).
 fn live_workers(tag: &str, offload: bool) {
     assert!(common::has("iperf3") && common::has("ping"), "needs iperf3 and ping");
-    use tunloom::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
+    use tunloom_lab::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
     let spec = HostSpec {
         offload,
         gateways: true,
@@ -236,7 +236,7 @@ fn live_workers(tag: &str, offload: bool) {
     let settings = tunloom::config::Config::load(&h.config_path(0)).unwrap();
     let (ns, state) = (h.a.name.clone(), h.dir.0.join("state-a"));
     let daemon = std::thread::spawn(move || {
-        tunloom::sys::enter_netns(&ns).unwrap();
+        tunloom_lab::netns::enter(&ns).unwrap();
         tunloom::daemon::Daemon::start(settings, &state).unwrap()
     })
     .join()

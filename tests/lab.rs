@@ -66,7 +66,7 @@ fn lab_measures_both_paths_and_cleans_up() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let out = tunloom::netns::wait_limited(child, Duration::from_secs(180)).unwrap();
+    let out = tunloom_lab::netns::wait_limited(child, Duration::from_secs(180)).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
@@ -115,11 +115,22 @@ fn ctrl_c_stops_the_lab_and_removes_everything() {
     }
     assert!(processes_mentioning(&needle).len() >= 2, "both daemons started");
     std::thread::sleep(Duration::from_millis(500));
-    tunloom::sys::signal(pid, libc::SIGINT).unwrap();
-    let out = tunloom::netns::wait_limited(child, Duration::from_secs(60)).unwrap();
+    tunloom_lab::netns::signal(pid, tunloom_lab::netns::Signal::SIGINT).unwrap();
+    let out = tunloom_lab::netns::wait_limited(child, Duration::from_secs(60)).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_eq!(leftovers(pid), Vec::<String>::new(), "left behind after Ctrl-C");
     assert_eq!(processes_mentioning(&needle), Vec::<u32>::new(), "daemons left running");
+}
+
+/// The testbed's configurations are ones tunloom accepts, each host pointing at the
+/// other (no root needed).
+#[test]
+fn testbed_configs_point_each_host_at_the_other() {
+    use tunloom_lab::testbed::{host_config, HostSpec};
+    let a = host_config(0, &HostSpec::default());
+    assert!(a.contains("bind = \"198.18.0.1\"") && a.contains("address = \"198.18.0.2\""));
+    let s = tunloom::config::Config::parse(&a, std::path::Path::new("a.toml")).unwrap();
+    assert_eq!(s.node_name, "tb-a");
 }

@@ -7,7 +7,7 @@ mod common;
 use rand::{Rng, SeedableRng};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use tunloom::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
+use tunloom_lab::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
 
 fn drops(stats: &serde_json::Value, reason: &str) -> u64 {
     stats["total"]["drops"][reason].as_u64().unwrap_or(0)
@@ -113,7 +113,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     let before = h.stats(0).unwrap();
     let b_ns = h.b.name.clone();
     let sent = std::thread::spawn(move || {
-        tunloom::sys::enter_netns(&b_ns).unwrap();
+        tunloom_lab::netns::enter(&b_ns).unwrap();
         let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut valid = vec![0x08u8, 0, 0, 0, 0, 0, 1, 0];
@@ -170,7 +170,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     let before = h.stats(0).unwrap();
     let b_ns = h.b.name.clone();
     std::thread::spawn(move || {
-        tunloom::sys::enter_netns(&b_ns).unwrap();
+        tunloom_lab::netns::enter(&b_ns).unwrap();
         let sock = UdpSocket::bind("198.18.0.3:0").unwrap();
         let mut v = vec![0x08u8, 0, 0, 0, 0, 0, 1, 0];
         v.extend_from_slice(&[0u8; 14]);
@@ -204,7 +204,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     let b_ns = h.b.name.clone();
     std::thread::spawn(move || {
         use tunloom::wire::control;
-        tunloom::sys::enter_netns(&b_ns).unwrap();
+        tunloom_lab::netns::enter(&b_ns).unwrap();
         let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
         let ann = [control::Announce {
             prefix: "198.19.1.0/24".parse().unwrap(),

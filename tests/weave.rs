@@ -8,8 +8,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tunloom::netns::Netns;
-use tunloom::testbed::{HostSpec, OneHost, TwoHosts, BLOCK, OVERLAY, UNDERLAY};
+use tunloom_lab::netns::Netns;
+use tunloom_lab::testbed::{HostSpec, OneHost, TwoHosts, BLOCK, OVERLAY, UNDERLAY};
 
 const CONFIG: &str = r#"
 [node]
@@ -280,7 +280,7 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     }
     // Malformed forms: not a form, not UTF-8.
     let json = [("Content-Type", "application/json")];
-    let (status, body) = tunloom::testbed::api_request(
+    let (status, body) = tunloom_lab::testbed::api_request(
         &h.ns.name,
         6784,
         "POST",
@@ -291,7 +291,7 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    let (status, _) = tunloom::testbed::api_request(
+    let (status, _) = tunloom_lab::testbed::api_request(
         &h.ns.name,
         6784,
         "PUT",
@@ -303,7 +303,7 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     assert_eq!(status, 400);
     // A 3 MiB body: 413.
     let (status, body) =
-        tunloom::testbed::api_request(&h.ns.name, 6784, "POST", "/connect", Some(vec![b'a'; 3 << 20]), &form).unwrap();
+        tunloom_lab::testbed::api_request(&h.ns.name, 6784, "POST", "/connect", Some(vec![b'a'; 3 << 20]), &form).unwrap();
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     // After all that, the node still answers.
     assert_eq!(w(&h, "POST", "/ip/after", None).0, 200);
@@ -339,7 +339,7 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
             std::thread::Builder::new()
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    tunloom::sys::enter_netns(&ns).unwrap();
+                    tunloom_lab::netns::enter(&ns).unwrap();
                     let agent: ureq::Agent = ureq::Agent::config_builder()
                         .timeout_global(Some(Duration::from_secs(10)))
                         .http_status_as_error(false)

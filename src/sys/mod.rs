@@ -1,6 +1,6 @@
 //! Every system call tunloom makes that the standard library, socket2, mio and tun-rs
 //! do not wrap: batched UDP I/O with segmentation offloads, a few socket options, CPU
-//! pinning, network namespaces, and rtnetlink for the TUN device's link, addresses
+//! pinning, and rtnetlink for the TUN device's link, addresses
 //! and routes.
 //!
 //! This is the only module allowed `unsafe`; every block says why it is sound. The
@@ -125,23 +125,6 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn thread_id() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::gettid() }
-}
-
-/// Moves the calling thread into the network namespace `name` (as created by
-/// `ip netns add`). Sockets the thread creates afterwards live in that namespace.
-pub fn enter_netns(name: &str) -> io::Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
-    // SAFETY: `f` is an open namespace file for the duration of the call; setns only
-    // affects the calling thread's namespace membership.
-    cvt(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
-}
-
-/// Sends `signal` to process `pid` (one this process started).
-pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    // SAFETY: kill has no memory-safety preconditions; the pid is a child we spawned.
-    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
 }
 
 /// The interface index of `name` in the current network namespace.

@@ -13,7 +13,7 @@ pub fn exe() -> PathBuf {
 /// Whether namespace tests can run. Without root they are skipped loudly — unless
 /// TUNLOOM_REQUIRE_NETNS=1 (CI), where a missing capability fails the test.
 pub fn netns_or_skip(test: &str) -> bool {
-    match tunloom::netns::available() {
+    match tunloom_lab::netns::available() {
         Ok(()) => true,
         Err(why) => {
             if netns_required() {

@@ -211,7 +211,7 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     let spec = HostSpec {
         workers: o.workers,
         cpus: if o.split_cpus {
-            let all = crate::sys::allowed_cpus();
+            let all = crate::netns::allowed_cpus();
             let half = all.len().div_ceil(2);
             [all[..half].to_vec(), all[all.len() - half..].to_vec()]
         } else {
@@ -291,7 +291,7 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
             workers,
             offload: o.offload,
             pings: o.pings,
-            cpus: crate::sys::allowed_cpus().len(),
+            cpus: crate::netns::allowed_cpus().len(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
                 .trim()

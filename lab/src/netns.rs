@@ -4,9 +4,33 @@
 //! or routes: veth pairs are created inside a namespace with their peer end placed
 //! directly into the other one.
 
+pub use nix::sys::signal::Signal;
 use std::io;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Moves the calling thread into the network namespace `name` (as created by
+/// `ip netns add`). Sockets the thread creates afterwards live in that namespace.
+pub fn enter(name: &str) -> io::Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// Sends `signal` to process `pid` (one this process started).
+pub fn signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(io::Error::from)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|i| set.is_set(*i).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
 
 /// Runs `ip` with `args` and fails with its stderr when it fails.
 pub fn ip(args: &[&str]) -> io::Result<()> {
@@ -121,7 +145,7 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
 
 /// Does this process have what namespace tests and the lab need?
 pub fn available() -> Result<(), String> {
-    // SAFETY-free check: root and a working `ip netns`.
+    // Root and a working `ip netns`.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
