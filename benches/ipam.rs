@@ -98,20 +98,15 @@ fn bench_full(c: &mut Criterion) {
 }
 
 fn durable_report() {
-    use tunloom::config::Config;
-    use tunloom::model::Model;
-    use tunloom::peers::Peers;
-    use tunloom::snapshot::{Published, Snapshot};
     use tunloom::store::redb::RedbStore;
+    use tunloom::store::CommitEvent;
     for threads in [1usize, 32] {
         let dir = std::env::temp_dir().join(format!("tunloom-bench-ipam-{}-{threads}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let s = Arc::new(Config::parse("[node]\nname = \"bench\"\n", std::path::Path::new("b")).unwrap());
-        let peers = Arc::new(Peers::new(s.clone()));
-        let spec = tunloom::testkit::pair_specs().0;
-        let published = Arc::new(Published::new(Snapshot::compile(0, spec), 0));
-        let model = Arc::new(Model::open(s, published, peers, RedbStore::open(&dir).unwrap(), None).unwrap());
+        let settings = tunloom::testkit::model_settings("10.32.0.0/12");
+        let (model, _) = tunloom::testkit::model_on(settings, RedbStore::open(&dir).unwrap(), 0).unwrap();
+        let model = Arc::new(model);
         let per = 2000 / threads;
         let t0 = Instant::now();
         let hs: Vec<_> = (0..threads)
@@ -128,12 +123,12 @@ fn durable_report() {
             h.join().unwrap();
         }
         let secs = t0.elapsed().as_secs_f64();
-        let stats = model.commit_stats();
+        let transactions = model.commits().get(CommitEvent::Transactions);
         println!(
             "durable: {} allocations from {threads} thread(s) in {secs:.2} s = {:.0} allocations/s ({} transactions)",
             per * threads,
             (per * threads) as f64 / secs,
-            stats["transactions"]
+            transactions
         );
         drop(model);
         let _ = std::fs::remove_dir_all(&dir);

@@ -199,12 +199,10 @@ pub fn outside(data: &[u8]) {
 /// parse → emit → parse stability, then hand the bytes to a peer table.
 pub fn control(data: &[u8]) {
     const KEY: &[u8] = b"fuzzing-secret";
+    let from = "198.18.0.9:6783".parse().expect("static");
+    let now = std::time::Instant::now();
     let Ok(p) = control::Packet::new_checked(data) else {
-        peers(false).handle(
-            data,
-            "198.18.0.9:6783".parse().expect("static"),
-            std::time::Instant::now(),
-        );
+        peers(false).handle(data, from, now);
         return;
     };
     let _ = p.verify(None);
@@ -220,30 +218,36 @@ pub fn control(data: &[u8]) {
             assert_eq!(r2, r, "parse -> emit -> parse is stable");
         }
     }
-    let from = "198.18.0.9:6783".parse().expect("static");
-    peers(false).handle(data, from, std::time::Instant::now());
+    peers(false).handle(data, from, now);
     // With a cluster secret, a message that does not carry its signature changes
     // nothing.
-    let signed = peers(true);
-    signed.handle(data, from, std::time::Instant::now());
+    let mut signed = peers(true);
+    signed.handle(data, from, now);
     if p.verify(Some(KEY)).is_err() {
-        assert!(signed.snapshot().is_empty(), "an unauthenticated message was trusted");
+        assert!(signed.peers().is_empty(), "an unauthenticated message was trusted");
     }
 }
 
 /// A fresh peer table per input, so a long run does not accumulate peers; with
 /// `secret`, one whose cluster secret is the control target's key.
-fn peers(secret: bool) -> crate::peers::Peers {
-    static S: OnceLock<[std::sync::Arc<crate::config::Settings>; 2]> = OnceLock::new();
-    let s = S.get_or_init(|| {
-        let parse =
-            |text: &str| std::sync::Arc::new(Config::parse(text, std::path::Path::new("fuzz")).expect("static config"));
-        [
-            parse("[node]\nname = \"fuzz\"\n"),
-            parse("[node]\nname = \"fuzz\"\n[control]\nsecret = \"fuzzing-secret\"\n"),
-        ]
-    });
-    crate::peers::Peers::new(s[usize::from(secret)].clone())
+fn peers(secret: bool) -> crate::peers::Table {
+    use crate::peers::{table::Time, Identity, Table, Timing};
+    let id = Identity {
+        name: "fuzz".into(),
+        nickname: "fuzz".into(),
+        underlay: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        data_port: 4789,
+        secret: secret.then(|| b"fuzzing-secret".to_vec()),
+    };
+    let timing = Timing {
+        hello_interval: std::time::Duration::from_secs(1),
+        dead_after: 3,
+    };
+    let now = Time {
+        at: std::time::Instant::now(),
+        unix_us: 1,
+    };
+    Table::new(id, timing, &[], std::sync::Arc::default(), now)
 }
 
 /// ICMP error emission on arbitrary input: the first byte picks the kind and the
@@ -301,8 +305,9 @@ pub fn weave(data: &[u8]) {
 }
 
 /// The Weave face as it runs, against a fresh model (range 10.32.0.0/20, store in
-/// memory, no TUN): requests as the `weave` target reads them, separated by 0x1e.
-/// `/connect` only parses (it would resolve names and send datagrams). Every answer
+/// memory, a recording host, no TUN): requests as the `weave` target reads them,
+/// separated by 0x1e. `/connect` only parses (it would resolve names and wait for
+/// peers). Every answer
 /// is a success, a 4xx, or the 503 of a full subnet — never a 500 or a panic.
 pub fn model(data: &[u8]) {
     for (req, status, body) in model_answers(data) {
@@ -315,56 +320,29 @@ pub fn model(data: &[u8]) {
     }
 }
 
-/// Each request of a `model` input with the status and body it was answered.
+/// Each request of a `model` input with the status and body it was answered: the
+/// Weave face over a fresh model on the in-memory store, with a recording host.
 fn model_answers(data: &[u8]) -> Vec<(Request, u16, String)> {
-    use crate::daemon::{Offloads, Shared};
-    static R: OnceLock<(
-        crate::control::router::Router<Shared>,
-        std::sync::Arc<crate::config::Settings>,
-    )> = OnceLock::new();
-    let (router, settings) = R.get_or_init(|| {
-        let text = "[node]\nname = \"fuzz\"\n[ipam]\nrange = \"10.32.0.0/20\"\n[control]\nsync_timeout_ms = 100\n";
-        let s = Config::parse(text, std::path::Path::new("fuzz")).expect("static config");
-        (crate::control::weave::offline_router(), std::sync::Arc::new(s))
-    });
-    let spec = crate::snapshot::SnapshotSpec {
-        node_mac: settings.node_mac,
-        vni: 1,
-        mtu: settings.mtu,
-        local: vec![],
-        service: vec![],
-        peers: vec![],
-        router_v4: None,
-        router_v6: None,
-    };
-    let published = std::sync::Arc::new(crate::snapshot::Published::new(
-        crate::snapshot::Snapshot::compile(0, spec),
-        0,
-    ));
-    let peers = std::sync::Arc::new(crate::peers::Peers::new(settings.clone()));
-    let store = crate::store::Memory::default();
-    let model = crate::model::Model::open(settings.clone(), published.clone(), peers.clone(), store, None)
+    use crate::control::weave::{offline_router, Weave};
+    static R: OnceLock<crate::control::router::Router<Weave>> = OnceLock::new();
+    let router = R.get_or_init(offline_router);
+    let mut settings = crate::testkit::model_settings("10.32.0.0/20");
+    settings.sync_timeout = std::time::Duration::from_millis(100);
+    let (model, _host) = crate::testkit::model_on(settings, crate::store::memory::MemoryStore::default(), 0)
         .expect("a fresh model opens");
-    let shared = Shared {
-        settings: settings.clone(),
-        published,
-        workers: Vec::new(),
-        peers,
+    let face = Weave {
         model: std::sync::Arc::new(model),
-        started: std::time::Instant::now(),
-        offloads: Offloads {
-            tun_tso: false,
-            tun_uso: false,
-            udp_gso: false,
-            udp_gro: false,
-        },
-        service: None,
+        control_port: 6783,
+        node_name: "fuzz".into(),
+        nickname: "fuzz".into(),
+        signed: false,
+        dns_upstream: Vec::new(),
     };
     data.split(|b| *b == 0x1e)
         .take(32)
         .map(|one| {
             let req = weave_request(one);
-            let resp = router.dispatch(&shared, &req);
+            let resp = router.dispatch(&face, &req);
             (req, resp.status, String::from_utf8_lossy(&resp.body).into_owned())
         })
         .collect()
@@ -404,14 +382,35 @@ fn weave_request(data: &[u8]) -> Request {
 }
 
 /// The configuration file: any text either validates or is a clear error naming the
-/// file; a valid one has a sane overlay MTU.
+/// file; a valid one has a sane overlay MTU. The machine is a fixed fake, so no input
+/// makes validation read a file.
 pub fn config(data: &[u8]) {
+    struct Fixed;
+    impl crate::config::Env for Fixed {
+        fn hostname(&self) -> String {
+            "fuzz-host".into()
+        }
+        fn allowed_cpus(&self) -> Vec<usize> {
+            vec![0, 1]
+        }
+        fn read_secret(&self, path: &std::path::Path) -> Result<Vec<u8>, String> {
+            match path.to_str() {
+                Some(p) if p.len() >= 8 => Ok(p.as_bytes().to_vec()),
+                _ => Err(format!("cannot read {}", path.display())),
+            }
+        }
+    }
     let text = String::from_utf8_lossy(data);
-    match Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+    match Config::parse_in(&text, std::path::Path::new("fuzz.toml"), &Fixed) {
         Ok(s) => {
-            assert!(s.mtu >= 1280, "overlay MTU {} below IPv6 minimum", s.mtu);
-            assert!(!s.node_name.is_empty());
-            assert!(s.blocks.iter().all(|b| s.config.ipam.range.trunc().contains(b)));
+            assert!(
+                s.dataplane.mtu >= 1280,
+                "overlay MTU {} below IPv6 minimum",
+                s.dataplane.mtu
+            );
+            assert!(!s.node.name.is_empty());
+            assert!(s.model.blocks.iter().all(|b| s.model.range.contains(b)));
+            assert!(s.dataplane.workers >= 1 && !s.dataplane.cpus.is_empty());
         }
         Err(e) => assert!(e.to_string().contains("fuzz.toml"), "{e}"),
     }

@@ -37,14 +37,15 @@
 
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod dataplane;
 // Only the fuzz build (cargo-fuzz sets `--cfg fuzzing`) and the corpus replay in
 // `cargo test` see the fuzz entry points; they are no part of the library's API.
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
+pub mod host;
 pub mod model;
 pub mod names;
 pub mod peers;

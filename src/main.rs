@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tunloom::app::Daemon;
 use tunloom::config::Config;
-use tunloom::daemon::Daemon;
 use tunloom_lab::lab::{self, LabError, LabOptions};
 
 /// Userspace VXLAN overlay gateway for container networks.
@@ -185,19 +185,24 @@ fn main() -> ExitCode {
         }
         Cmd::Check { config } => match Config::load(&config) {
             Ok(s) => {
-                println!("node {} ({}), MAC {}", s.node_name, s.nickname, s.node_mac);
-                println!("overlay MTU {} on {}", s.mtu, s.config.dataplane.tun_name);
+                let m = &s.model;
+                let list = |v: &[ipnet::IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+                println!("node {} ({}), MAC {}", s.node.name, s.node.nickname, s.node.mac);
+                println!(
+                    "overlay MTU {} on {}, {} workers on CPUs {:?}",
+                    s.dataplane.mtu, s.dataplane.tun_name, s.dataplane.workers, s.dataplane.cpus
+                );
                 println!(
                     "announces {:?}",
-                    s.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+                    list(&tunloom::model::announced_prefixes(&m.announce, &m.expose))
                 );
                 println!(
                     "IPAM range {}, default subnet {}, owns and announces {:?}",
-                    s.config.ipam.range.trunc(),
-                    s.default_subnet,
-                    s.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>()
+                    m.range,
+                    m.default_subnet,
+                    m.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>()
                 );
-                println!("static peers {:?}", s.peers);
+                println!("static peers {:?}", s.peers.static_peers);
                 println!("configuration OK");
                 ExitCode::SUCCESS
             }

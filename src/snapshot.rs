@@ -57,6 +57,14 @@ pub struct Snapshot {
     pub router_v6: Option<Ipv6Addr>,
 }
 
+/// What every snapshot of a node carries unchanged: its MAC, its VNI, the overlay MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotBase {
+    pub node_mac: ether::Address,
+    pub vni: u32,
+    pub mtu: u16,
+}
+
 /// The parts of a snapshot the control side decides.
 pub struct SnapshotSpec {
     pub node_mac: ether::Address,
@@ -68,6 +76,22 @@ pub struct SnapshotSpec {
     pub peers: Vec<(PeerEntry, Vec<IpNet>)>,
     pub router_v4: Option<Ipv4Addr>,
     pub router_v6: Option<Ipv6Addr>,
+}
+
+impl SnapshotSpec {
+    /// A node that forwards nothing yet: no prefixes, no peers, no gateways.
+    pub fn empty(base: SnapshotBase) -> SnapshotSpec {
+        SnapshotSpec {
+            node_mac: base.node_mac,
+            vni: base.vni,
+            mtu: base.mtu,
+            local: Vec::new(),
+            service: Vec::new(),
+            peers: Vec::new(),
+            router_v4: None,
+            router_v6: None,
+        }
+    }
 }
 
 impl Snapshot {
@@ -259,14 +283,13 @@ mod tests {
 
     fn spec(peers: Vec<(PeerEntry, Vec<IpNet>)>) -> SnapshotSpec {
         SnapshotSpec {
-            node_mac: ether::Address::for_node("me"),
-            vni: 1,
-            mtu: 1450,
             local: vec!["198.19.1.0/24".parse().unwrap()],
-            service: vec![],
             peers,
-            router_v4: None,
-            router_v6: None,
+            ..SnapshotSpec::empty(SnapshotBase {
+                node_mac: ether::Address::for_node("me"),
+                vni: 1,
+                mtu: 1450,
+            })
         }
     }
 

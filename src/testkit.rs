@@ -1,6 +1,7 @@
 //! Fixtures shared by unit tests, benchmarks, integration tests and fuzz targets: a
-//! pair of nodes' snapshots joined by an imaginary underlay, and packet builders.
-//! Not part of tunloom's interface; nothing in the daemon uses it.
+//! pair of nodes' snapshots joined by an imaginary underlay, packet builders, and a
+//! model with no dataplane behind it. Not part of tunloom's interface; nothing in
+//! the daemon uses it.
 
 use crate::route::Table;
 use crate::snapshot::{PeerEntry, Snapshot, SnapshotSpec};
@@ -110,4 +111,73 @@ pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; HEADROOM + pkt.len() + 16];
     b[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
     b
+}
+
+/// Model settings for a node that owns all of `range` (default subnet: the range),
+/// as an empty configuration would give: VNI 1, overlay MTU 1450, domain
+/// weave.local., peers waited for at most 3 s, workers at most 2 s.
+pub fn model_settings(range: &str) -> crate::model::Settings {
+    let range: ipnet::Ipv4Net = range.parse().expect("fixture range");
+    crate::model::Settings {
+        range,
+        default_subnet: range,
+        blocks: vec![range],
+        domain: "weave.local.".into(),
+        announce: Vec::new(),
+        expose: Vec::new(),
+        gateways: Vec::new(),
+        snapshot: crate::snapshot::SnapshotBase {
+            node_mac: ether::Address::for_node("m"),
+            vni: 1,
+            mtu: 1450,
+        },
+        sync_timeout: std::time::Duration::from_secs(3),
+        apply_timeout: std::time::Duration::from_secs(2),
+    }
+}
+
+/// A model named "m" on `store` with no dataplane: its snapshots go to `workers`
+/// workers that never apply them (0: none to wait for), its host changes and
+/// liveness questions to the returned recorder, and no peer thread runs (peers are
+/// added to the table, never said hello to).
+pub fn model_on<S: crate::store::Store>(
+    settings: crate::model::Settings,
+    store: S,
+    workers: usize,
+) -> Result<(crate::model::Model, std::sync::Arc<crate::host::Recorder>), crate::model::OpenError> {
+    use crate::peers::{driver::Peers, table::Time, Identity, Table, Timing};
+    use std::sync::Arc;
+    let identity = Identity {
+        name: "m".into(),
+        nickname: "m".into(),
+        underlay: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        data_port: 4789,
+        secret: None,
+    };
+    let timing = Timing {
+        hello_interval: std::time::Duration::from_secs(1),
+        dead_after: 3,
+    };
+    let peers = Arc::new(Peers::new(Table::new(
+        identity,
+        timing,
+        &[],
+        Arc::default(),
+        Time::now(),
+    )));
+    let published = Arc::new(crate::snapshot::Published::new(
+        Snapshot::compile(0, SnapshotSpec::empty(settings.snapshot)),
+        workers,
+    ));
+    let host = Arc::new(crate::host::Recorder::default());
+    let model = crate::model::Model::open(crate::model::Parts {
+        settings,
+        published,
+        peers,
+        store,
+        kernel: host.clone(),
+        liveness: host.clone(),
+        commits: Arc::default(),
+    })?;
+    Ok((model, host))
 }

@@ -237,18 +237,13 @@ fn live_workers(tag: &str, offload: bool) {
     let (ns, state) = (h.a.name.clone(), h.dir.0.join("state-a"));
     let daemon = std::thread::spawn(move || {
         tunloom_lab::netns::enter(&ns).unwrap();
-        tunloom::daemon::Daemon::start(settings, &state).unwrap()
+        tunloom::app::Daemon::start(settings, &state).unwrap()
     })
     .join()
     .unwrap();
     h.start(1).unwrap();
     h.wait_peers("up", Duration::from_secs(15)).unwrap();
-    let tids: Vec<i32> = daemon
-        .shared
-        .workers
-        .iter()
-        .map(|w| w.tid.load(Ordering::Relaxed))
-        .collect();
+    let tids: Vec<i32> = daemon.workers().iter().map(|w| w.tid.load(Ordering::Relaxed)).collect();
     assert!(tids.iter().all(|t| *t > 0));
     let traffic = |secs| {
         assert_eq!(h.ping(0, OVERLAY[1], 20, "0.01").unwrap().len(), 20);
@@ -263,14 +258,7 @@ fn live_workers(tag: &str, offload: bool) {
     let before: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();
     // The allocator does see these threads: each allocated its buffers at start.
     assert!(before.iter().all(|n| *n > 0), "allocator sees the workers: {before:?}");
-    let total = |name: &str| {
-        daemon
-            .shared
-            .workers
-            .iter()
-            .map(|w| w.snapshot().get(name))
-            .sum::<u64>()
-    };
+    let total = |name: &str| daemon.workers().iter().map(|w| w.snapshot().get(name)).sum::<u64>();
     let (forwarded_before, errors_before) = (total("forwarded_packets"), total("icmp_errors"));
     traffic(2);
     let after: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();

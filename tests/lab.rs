@@ -132,5 +132,5 @@ fn testbed_configs_point_each_host_at_the_other() {
     let a = host_config(0, &HostSpec::default());
     assert!(a.contains("bind = \"198.18.0.1\"") && a.contains("address = \"198.18.0.2\""));
     let s = tunloom::config::Config::parse(&a, std::path::Path::new("a.toml")).unwrap();
-    assert_eq!(s.node_name, "tb-a");
+    assert_eq!(s.node.name, "tb-a");
 }

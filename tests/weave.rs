@@ -303,7 +303,8 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     assert_eq!(status, 400);
     // A 3 MiB body: 413.
     let (status, body) =
-        tunloom_lab::testbed::api_request(&h.ns.name, 6784, "POST", "/connect", Some(vec![b'a'; 3 << 20]), &form).unwrap();
+        tunloom_lab::testbed::api_request(&h.ns.name, 6784, "POST", "/connect", Some(vec![b'a'; 3 << 20]), &form)
+            .unwrap();
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     // After all that, the node still answers.
     assert_eq!(w(&h, "POST", "/ip/after", None).0, 200);

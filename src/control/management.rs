@@ -1,21 +1,53 @@
 //! The management face (127.0.0.1:6786 by default): `/health`, `/api/v1/stats` and
 //! `/api/v1/openapi.json`. It only reads: the workers' counters and histograms (summed
-//! here, on the control thread), the peer table, the model's counts and the store's
-//! commit counters; it never writes state and never touches a worker. Later issues
-//! grow it into the full management API over the same router.
+//! here, on the control thread), the telemetry registry, the peer table and the
+//! model's counts; it never writes state and never touches a worker. Its state,
+//! [`Management`], holds exactly those. Later issues grow it into the full
+//! management API over the same router.
 
-use super::router::{ErrorStyle, Params, Request, Response, Router};
-use crate::daemon::Shared;
-use crate::dataplane::stats;
-use crate::telemetry::Latency;
+use super::router::{open_gate, Ctx, ErrorStyle, Response, Router};
+use crate::config::Node;
+use crate::dataplane::stats::{self, WorkerStats};
+use crate::dataplane::Offloads;
+use crate::model::Model;
+use crate::peers::split_announced;
+use crate::telemetry::{Latency, Registry};
+use crossbeam_utils::CachePadded;
 use serde_json::json;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
-pub fn router() -> Router<Shared> {
-    let mut r = Router::new(ErrorStyle::Json);
-    r.add("GET", "/health", health)
+/// What the management face reads.
+pub struct Management {
+    pub node: Node,
+    pub model: Arc<Model>,
+    pub workers: Vec<Arc<CachePadded<WorkerStats>>>,
+    pub registry: Arc<Registry>,
+    pub dataplane: DataplaneInfo,
+    pub started: Instant,
+}
+
+/// The dataplane as it was set up.
+#[derive(Debug, Clone)]
+pub struct DataplaneInfo {
+    pub tun: String,
+    pub mtu: u16,
+    pub vni: u32,
+    pub data_port: u16,
+    pub offloads: Offloads,
+    /// Gateway addresses the configuration has the service thread answer.
+    pub gateways: Vec<IpAddr>,
+}
+
+pub fn router() -> Router<Management> {
+    // No authentication yet: the listener is loopback by default. The identity
+    // issue puts its token gate here; /health and the document stay public.
+    let mut r = Router::new(ErrorStyle::Json, open_gate());
+    r.add_public("GET", "/health", health)
         .add("GET", "/api/v1/stats", stats_handler)
-        .add("GET", "/api/v1/openapi.json", openapi);
+        .add_public("GET", "/api/v1/openapi.json", openapi);
     r
 }
 
@@ -23,7 +55,7 @@ pub fn router() -> Router<Shared> {
 /// beside the code it describes; a test checks that it lists exactly the routes served.
 pub const OPENAPI: &str = include_str!("../../api/openapi.json");
 
-fn openapi(_: &Shared, _: &Request, _: &Params) -> Response {
+fn openapi(_: &Management, _: &Ctx) -> Response {
     Response {
         status: 200,
         content_type: "application/json",
@@ -32,23 +64,24 @@ fn openapi(_: &Shared, _: &Request, _: &Params) -> Response {
     }
 }
 
-fn health(s: &Shared, _: &Request, _: &Params) -> Response {
+fn health(s: &Management, _: &Ctx) -> Response {
     Response::json(
         200,
         &json!({
             "status": "ok",
-            "node": s.settings.node_name,
+            "node": s.node.name,
             "uptime_s": s.started.elapsed().as_secs(),
         }),
     )
 }
 
-fn stats_handler(s: &Shared, _: &Request, _: &Params) -> Response {
+fn stats_handler(s: &Management, _: &Ctx) -> Response {
     Response::json(200, &stats_json(s))
 }
 
 /// The whole statistics document.
-pub fn stats_json(s: &Shared) -> serde_json::Value {
+pub fn stats_json(s: &Management) -> serde_json::Value {
+    let published = s.model.published();
     let workers: Vec<serde_json::Value> = s
         .workers
         .iter()
@@ -59,7 +92,7 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
                 "id": i,
                 "cpu": w.cpu.load(Ordering::Relaxed),
                 "tid": w.tid.load(Ordering::Relaxed),
-                "generation_seen": s.published.seen(i),
+                "generation_seen": published.seen(i),
                 "counters": c.counters,
                 "drops": c.drops,
                 "batch_latency": Latency::of(&w.histogram()),
@@ -67,9 +100,9 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         })
         .collect();
     let (total, hist) = stats::totals(s.workers.iter().map(|w| &***w));
-    let settings = &s.settings;
     let st = s.model.status();
-    let announced = s.peers.announced();
+    let (announced, state) = s.model.peers().read(|t| (t.announced().to_vec(), t.state()));
+    let (prefixes, blocks) = split_announced(&announced);
     let ipam = json!({
         "range_num_ips": st.ipam.range_num_ips,
         "owned_num_ips": st.ipam.owned_num_ips,
@@ -77,21 +110,47 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
         "containers": st.ipam.containers,
         "default_subnet": st.default_subnet.to_string(),
     });
+    let mut store = json!(s.registry.section("store"));
+    store["failed"] = json!(s.model.store_failed());
+    let mut service = json!(s.registry.section("service"));
+    service["gateways"] = json!(s.dataplane.gateways);
+    let now = Instant::now();
+    let peers: Vec<serde_json::Value> = st
+        .peers
+        .iter()
+        .map(|p| {
+            let (prefixes, blocks) = split_announced(&p.prefixes);
+            json!({
+                "name": p.name,
+                "nickname": p.nickname,
+                "state": p.state_name(),
+                "control_address": p.control_addr,
+                "data_address": p.data_addr,
+                "last_seen_ms_ago": p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+                "prefixes": prefixes,
+                "blocks": blocks,
+                "static_peer": p.target,
+                "up_events": p.up_events,
+                "down_events": p.down_events,
+            })
+        })
+        .collect();
+    let d = &s.dataplane;
     json!({
         "node": {
-            "name": settings.node_name,
-            "nickname": settings.nickname,
-            "mac": settings.node_mac.to_string(),
+            "name": s.node.name,
+            "nickname": s.node.nickname,
+            "mac": s.node.mac.to_string(),
             "uptime_s": s.started.elapsed().as_secs(),
         },
         "dataplane": {
-            "tun": settings.config.dataplane.tun_name,
-            "mtu": settings.mtu,
-            "vni": settings.config.dataplane.vni,
-            "data_port": settings.config.dataplane.data_port,
+            "tun": d.tun,
+            "mtu": d.mtu,
+            "vni": d.vni,
+            "data_port": d.data_port,
             "workers": s.workers.len(),
-            "generation": s.published.load().generation,
-            "offloads": s.offloads,
+            "generation": published.load().generation,
+            "offloads": d.offloads,
         },
         "total": {
             "counters": total.counters,
@@ -100,19 +159,15 @@ pub fn stats_json(s: &Shared) -> serde_json::Value {
             "batch_latency": Latency::of(&hist),
         },
         "workers": workers,
-        "control": s.peers.counters.to_json(),
-        "store": s.model.commit_stats(),
+        "control": s.registry.section("control"),
+        "store": store,
         "ipam": ipam,
-        "service": s.service.as_ref().map(|q| json!({
-            "gateways": settings.config.overlay.gateways,
-            "handled": q.handled.load(Ordering::Relaxed),
-            "replies": q.replies.load(Ordering::Relaxed),
-        })),
-        "peers": s.peers.views(),
+        "service": service,
+        "peers": peers,
         "announced": {
-            "prefixes": announced.iter().filter(|a| !a.block).map(|a| a.prefix.to_string()).collect::<Vec<_>>(),
-            "blocks": announced.iter().filter(|a| a.block).map(|a| a.prefix.to_string()).collect::<Vec<_>>(),
-            "state": s.peers.state(),
+            "prefixes": prefixes,
+            "blocks": blocks,
+            "state": state,
         },
     })
 }

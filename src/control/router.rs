@@ -1,8 +1,54 @@
 //! A small synchronous HTTP router shared by every API face: path patterns with
 //! parameters, 404 for unknown paths, 405 (with `Allow`) for wrong methods, and
 //! responses as values so handlers stay plain functions.
+//!
+//! Every matched request passes the face's **gate** first: a before-hook that says
+//! who is asking (a [`Principal`]) or answers for itself (401). Each route carries a
+//! [`Permission`] — public, read or write — and the principal must hold it (403
+//! otherwise). Faces without authentication of their own (Weave, bound to loopback)
+//! use [`open_gate`], whose principal is the local operator; the identity layer
+//! plugs its token check in here.
 
 use serde::Serialize;
+
+/// Who a request comes from, as the face's gate established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The local operator, on a face without authentication of its own that only
+    /// listens on loopback: allowed everything.
+    Local,
+    /// Nobody: no credentials were presented. Allowed public routes only.
+    Anonymous,
+}
+
+/// What a route requires of the principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Anyone, with or without credentials (health, login, the API document).
+    Public,
+    /// Any authenticated principal.
+    Read,
+    /// A principal allowed to change things.
+    Write,
+}
+
+impl Principal {
+    pub fn may(&self, need: Permission) -> bool {
+        match (self, need) {
+            (_, Permission::Public) => true,
+            (Principal::Local, _) => true,
+            (Principal::Anonymous, _) => false,
+        }
+    }
+}
+
+/// A face's before-hook: the principal of a request, or the answer that refuses it.
+pub type Gate<S> = Box<dyn Fn(&S, &Request) -> Result<Principal, Response> + Send + Sync>;
+
+/// The gate of a face without authentication: everyone is the local operator.
+pub fn open_gate<S>() -> Gate<S> {
+    Box::new(|_, _| Ok(Principal::Local))
+}
 
 /// A request as handlers see it: decoded path, query pairs, headers, whole body.
 #[derive(Debug, Clone)]
@@ -96,11 +142,31 @@ enum Seg {
     Rest(&'static str),
 }
 
-pub type Handler<S> = Box<dyn Fn(&S, &Request, &Params) -> Response + Send + Sync>;
+/// What a handler is given: the request, its path parameters, and who sent it.
+pub struct Ctx<'a> {
+    pub req: &'a Request,
+    pub params: Params,
+    pub principal: Principal,
+}
+
+impl Ctx<'_> {
+    /// A path parameter (empty when the pattern has none of that name).
+    pub fn param(&self, name: &str) -> &str {
+        self.params.get(name)
+    }
+}
+
+pub type Handler<S> = Box<dyn Fn(&S, &Ctx) -> Response + Send + Sync>;
+
+struct Method<S> {
+    name: &'static str,
+    need: Permission,
+    handler: Handler<S>,
+}
 
 struct Route<S> {
     pattern: Vec<Seg>,
-    methods: Vec<(&'static str, Handler<S>)>,
+    methods: Vec<Method<S>>,
 }
 
 /// How errors are shaped on this face: JSON, or plain text (the Weave face).
@@ -112,26 +178,61 @@ pub enum ErrorStyle {
 
 pub struct Router<S> {
     routes: Vec<Route<S>>,
+    gate: Gate<S>,
     pub style: ErrorStyle,
 }
 
 impl<S> Router<S> {
-    pub fn new(style: ErrorStyle) -> Router<S> {
+    /// A router whose every request passes `gate` first.
+    pub fn new(style: ErrorStyle, gate: Gate<S>) -> Router<S> {
         Router {
             routes: Vec::new(),
+            gate,
             style,
         }
     }
 
-    /// Adds `method pattern → handler`. Patterns are `/`-separated literals,
-    /// `{param}` for one segment and a final `{param*}` for the rest of the path.
+    /// Adds `method pattern → handler`, needing [`Permission::Read`] for GET and
+    /// [`Permission::Write`] for every other method. Patterns are `/`-separated
+    /// literals, `{param}` for one segment and a final `{param*}` for the rest of the
+    /// path.
     pub fn add(
         &mut self,
         method: &'static str,
         pattern: &'static str,
-        h: impl Fn(&S, &Request, &Params) -> Response + Send + Sync + 'static,
+        h: impl Fn(&S, &Ctx) -> Response + Send + Sync + 'static,
     ) -> &mut Self {
-        let h: Handler<S> = Box::new(h);
+        let need = if method == "GET" {
+            Permission::Read
+        } else {
+            Permission::Write
+        };
+        self.add_with(method, pattern, need, h)
+    }
+
+    /// Adds a route that anyone may call.
+    pub fn add_public(
+        &mut self,
+        method: &'static str,
+        pattern: &'static str,
+        h: impl Fn(&S, &Ctx) -> Response + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.add_with(method, pattern, Permission::Public, h)
+    }
+
+    /// Adds `method pattern → handler` needing `need`.
+    pub fn add_with(
+        &mut self,
+        method: &'static str,
+        pattern: &'static str,
+        need: Permission,
+        h: impl Fn(&S, &Ctx) -> Response + Send + Sync + 'static,
+    ) -> &mut Self {
+        let m = Method {
+            name: method,
+            need,
+            handler: Box::new(h),
+        };
         let segs: Vec<Seg> = pattern
             .trim_start_matches('/')
             .split('/')
@@ -146,11 +247,11 @@ impl<S> Router<S> {
             .collect();
         let key = format!("{segs:?}");
         if let Some(r) = self.routes.iter_mut().find(|r| format!("{:?}", r.pattern) == key) {
-            r.methods.push((method, h));
+            r.methods.push(m);
         } else {
             self.routes.push(Route {
                 pattern: segs,
-                methods: vec![(method, h)],
+                methods: vec![m],
             });
         }
         self
@@ -168,8 +269,8 @@ impl<S> Router<S> {
                     Seg::Param(_) | Seg::Rest(_) => "/{}".to_string(),
                 })
                 .collect();
-            for (m, _) in &r.methods {
-                out.push((*m, path.clone()));
+            for m in &r.methods {
+                out.push((m.name, path.clone()));
             }
         }
         out
@@ -202,10 +303,23 @@ impl<S> Router<S> {
             } else {
                 req.method.as_str()
             };
-            if let Some((_, h)) = r.methods.iter().find(|(m, _)| *m == want) {
-                return h(state, req, &params);
+            if let Some(m) = r.methods.iter().find(|m| m.name == want) {
+                let principal = match ((self.gate)(state, req), m.need) {
+                    (Ok(p), _) => p,
+                    // A public route serves callers whose credentials do not hold.
+                    (Err(_), Permission::Public) => Principal::Anonymous,
+                    (Err(refusal), _) => return refusal,
+                };
+                if !principal.may(m.need) {
+                    return self.error(
+                        403,
+                        &format!("{} {} needs {:?} permission", req.method, req.path, m.need),
+                    );
+                }
+                let ctx = Ctx { req, params, principal };
+                return (m.handler)(state, &ctx);
             }
-            allowed.extend(r.methods.iter().map(|(m, _)| *m));
+            allowed.extend(r.methods.iter().map(|m| m.name));
         }
         if allowed.is_empty() {
             self.error(404, &format!("no such endpoint: {}", req.path))
@@ -303,11 +417,11 @@ mod tests {
     }
 
     fn router() -> Router<()> {
-        let mut r = Router::new(ErrorStyle::Json);
-        r.add("GET", "/a/{id}", |_, _, p| Response::text(200, p.get("id").to_string()))
-            .add("DELETE", "/a/{id}", |_, _, _| Response::text(204, ""))
-            .add("PUT", "/ip/{id}/{cidr*}", |_, _, p| {
-                Response::text(200, format!("{}|{}", p.get("id"), p.get("cidr")))
+        let mut r = Router::new(ErrorStyle::Json, open_gate());
+        r.add("GET", "/a/{id}", |_, c| Response::text(200, c.param("id").to_string()))
+            .add("DELETE", "/a/{id}", |_, _| Response::text(204, ""))
+            .add("PUT", "/ip/{id}/{cidr*}", |_, c| {
+                Response::text(200, format!("{}|{}", c.param("id"), c.param("cidr")))
             });
         r
     }
@@ -328,6 +442,44 @@ mod tests {
         assert_eq!(resp.headers, vec![("Allow", "DELETE, GET".to_string())]);
         let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert!(body["error"].as_str().unwrap().contains("not allowed"));
+    }
+
+    #[test]
+    fn the_gate_runs_before_every_route_and_permissions_hold() {
+        // A gate that knows one credential, which may only read.
+        let gate: Gate<()> = Box::new(|_, req: &Request| match req.header("authorization") {
+            None => Ok(Principal::Anonymous),
+            Some("local") => Ok(Principal::Local),
+            Some(_) => Err(Response::error(401, "bad credentials")),
+        });
+        let mut r = Router::new(ErrorStyle::Json, gate);
+        r.add_public("GET", "/health", |_, c| {
+            Response::text(200, format!("{:?}", c.principal))
+        })
+        .add("GET", "/things", |_, _| Response::text(200, "things"))
+        .add("POST", "/things", |_, _| Response::text(201, "made"));
+        let with = |m: &str, p: &str, auth: Option<&str>| {
+            let mut q = req(m, p);
+            if let Some(a) = auth {
+                q.headers.push(("Authorization".into(), a.into()));
+            }
+            r.dispatch(&(), &q)
+        };
+        assert_eq!(with("GET", "/health", None).body, b"Anonymous");
+        assert_eq!(
+            with("GET", "/health", Some("wrong")).status,
+            200,
+            "public despite bad credentials"
+        );
+        assert_eq!(with("GET", "/things", Some("wrong")).status, 401);
+        assert_eq!(with("GET", "/things", None).status, 403);
+        assert_eq!(with("POST", "/things", None).status, 403);
+        assert_eq!(with("POST", "/things", Some("local")).status, 201);
+        assert_eq!(
+            with("GET", "/nope", Some("wrong")).status,
+            404,
+            "no gate for unknown paths"
+        );
     }
 
     #[test]

@@ -4,19 +4,36 @@
 //! configuration only allows a loopback address.
 //!
 //! Every handler is a thin adapter over [`crate::model::Model`]: parse the path and
-//! form, call the model, map its error kinds to status codes (400 wrong request, 404
-//! unknown thing, 503 not possible now). Where the seed leaves a detail open the real
-//! Weave Net decides: `check-alive=true` on a container that is gone answers 200
+//! form into a [`Call`], carry it out on the model, and map the model's error kinds
+//! to status codes in one place ([`failed`]: 400 wrong request or conflict, as Weave
+//! answers both, 404 unknown thing, 503 not possible now). The face's state,
+//! [`Weave`], is the model and the few settings `/status` shows — nothing else.
+//!
+//! Where the seed leaves a detail open the real Weave Net decides: `check-alive=true` on a container that is gone answers 200
 //! `cancelled` and allocates nothing; `GET /ip/{id}` lists the container's addresses
 //! in the default subnet separated by spaces; `DELETE /peer/{name}` answers
 //! `<n> IPs taken over from <name>`.
 
-use super::router::{parse_query, ErrorStyle, Params, Request, Response, Router};
-use crate::daemon::Shared;
-use crate::model::{Allocation, ModelError};
+use super::router::{open_gate, parse_query, Ctx, ErrorStyle, Request, Response, Router};
+use crate::model::{self, Allocation, Kind, Model};
+use crate::peers::{Peer, PeerAddr};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the Weave face works with.
+pub struct Weave {
+    pub model: Arc<Model>,
+    /// The control port, for peers given without one.
+    pub control_port: u16,
+    pub node_name: String,
+    pub nickname: String,
+    /// Control messages are signed with a cluster secret.
+    pub signed: bool,
+    /// Shown by `/status` as the DNS upstream.
+    pub dns_upstream: Vec<IpAddr>,
+}
 
 /// A parsed Weave API request: what to do, with every argument checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,44 +71,44 @@ pub enum Call {
     },
 }
 
-type Parse = fn(&Request, &Params, u16) -> Result<Call, Response>;
+type Parse = fn(&Ctx, u16) -> Result<Call, Response>;
 
 /// Every route of the face and how its request is parsed. `u16` is the default
 /// control port, for peers given without one.
 const ROUTES: &[(&str, &str, Parse)] = &[
-    ("GET", "/status", |_, _, _| Ok(Call::Status)),
+    ("GET", "/status", |_, _| Ok(Call::Status)),
     ("POST", "/connect", parse_connect),
     ("POST", "/expose/{cidr*}", parse_expose),
-    ("GET", "/ip/{id}", |_, p, _| Ok(Call::Lookup(p.get("id").to_string()))),
-    ("POST", "/ip/{id}", |r, p, _| {
+    ("GET", "/ip/{id}", |c, _| Ok(Call::Lookup(c.param("id").to_string()))),
+    ("POST", "/ip/{id}", |c, _| {
         Ok(Call::Allocate {
-            id: p.get("id").to_string(),
+            id: c.param("id").to_string(),
             subnet: None,
-            check_alive: check_alive(&form(r)?),
+            check_alive: check_alive(&form(c.req)?),
         })
     }),
-    ("DELETE", "/ip/{id}", |_, p, _| {
-        Ok(Call::Release(p.get("id").to_string()))
+    ("DELETE", "/ip/{id}", |c, _| {
+        Ok(Call::Release(c.param("id").to_string()))
     }),
-    ("POST", "/ip/{id}/{subnet*}", |r, p, _| {
+    ("POST", "/ip/{id}/{subnet*}", |c, _| {
         Ok(Call::Allocate {
-            id: p.get("id").to_string(),
-            check_alive: check_alive(&form(r)?),
-            subnet: Some(subnet_of(p)?),
+            id: c.param("id").to_string(),
+            check_alive: check_alive(&form(c.req)?),
+            subnet: Some(subnet_of(c)?),
         })
     }),
-    ("PUT", "/ip/{id}/{subnet*}", |r, p, _| {
+    ("PUT", "/ip/{id}/{subnet*}", |c, _| {
         Ok(Call::Claim {
-            id: p.get("id").to_string(),
-            check_alive: check_alive(&form(r)?),
-            cidr: cidr_of(p)?,
+            id: c.param("id").to_string(),
+            check_alive: check_alive(&form(c.req)?),
+            cidr: cidr_of(c)?,
         })
     }),
-    ("DELETE", "/peer/{name}", |_, p, _| {
-        Ok(Call::RemovePeer(p.get("name").to_string()))
+    ("DELETE", "/peer/{name}", |c, _| {
+        Ok(Call::RemovePeer(c.param("name").to_string()))
     }),
-    ("GET", "/ipinfo/defaultsubnet", |_, _, _| Ok(Call::DefaultSubnet)),
-    ("GET", "/domain", |_, _, _| Ok(Call::Domain)),
+    ("GET", "/ipinfo/defaultsubnet", |_, _| Ok(Call::DefaultSubnet)),
+    ("GET", "/domain", |_, _| Ok(Call::Domain)),
     ("PUT", "/name/{id}/{ip}", parse_put_name),
     ("DELETE", "/name/{id}/{ip}", parse_delete_name),
 ];
@@ -99,21 +116,20 @@ const ROUTES: &[(&str, &str, Parse)] = &[
 /// Every route: parse the request (peers default to the control port `port` gives),
 /// then hand the call to `then`.
 fn routes<S: 'static>(port: fn(&S) -> u16, then: fn(&S, Call) -> Response) -> Router<S> {
-    let mut r = Router::new(ErrorStyle::Text);
+    // Weave's API has no authentication; the face listens on loopback only.
+    let mut r = Router::new(ErrorStyle::Text, open_gate());
     for &(method, pattern, parse) in ROUTES {
-        r.add(method, pattern, move |s: &S, req: &Request, p: &Params| {
-            match parse(req, p, port(s)) {
-                Ok(call) => then(s, call),
-                Err(resp) => resp,
-            }
+        r.add(method, pattern, move |s: &S, c: &Ctx| match parse(c, port(s)) {
+            Ok(call) => then(s, call),
+            Err(resp) => resp,
         });
     }
     r
 }
 
 /// The face: each route parses its request, then the model carries it out.
-pub fn router() -> Router<Shared> {
-    routes(|s| s.settings.config.control.port, execute)
+pub fn router() -> Router<Weave> {
+    routes(|s| s.control_port, execute)
 }
 
 /// The same routes, parsing only: what a request would do, as text (for fuzzing and
@@ -124,11 +140,11 @@ pub fn parse_router() -> Router<()> {
 }
 
 /// The face as it runs, except that `/connect` only says what it would do: it
-/// resolves names and sends datagrams, which a fuzzer must not.
+/// resolves host names and waits for peers, which a fuzzer must not.
 #[cfg(any(fuzzing, test))]
-pub fn offline_router() -> Router<Shared> {
+pub fn offline_router() -> Router<Weave> {
     routes(
-        |s| s.settings.config.control.port,
+        |s| s.control_port,
         |s, call| match call {
             Call::Connect { .. } => text(200, format!("{call:?}")),
             call => execute(s, call),
@@ -144,14 +160,16 @@ fn bad(message: impl std::fmt::Display) -> Response {
     text(400, format!("{message}\n"))
 }
 
-fn failed(e: ModelError) -> Response {
-    match e {
-        ModelError::Bad(m) => bad(m),
-        ModelError::NotFound(m) => text(404, format!("{m}\n")),
-        ModelError::Unavailable(m) => text(503, format!("{m}\n")),
+/// The model's errors as Weave answers them: the one place this face maps them.
+fn failed(e: model::Error) -> Response {
+    match e.kind() {
+        // Weave answers a taken address as it answers a malformed one.
+        Kind::Invalid | Kind::Conflict => bad(e),
+        Kind::NotFound => text(404, format!("{e}\n")),
+        Kind::Unavailable => text(503, format!("{e}\n")),
         // The one JSON answer here: the change is stored but a worker has not applied
         // it, which every face reports alike.
-        ModelError::Behind(b) => Response::error(503, &b.to_string()),
+        Kind::Behind => Response::error(503, &e.to_string()),
     }
 }
 
@@ -185,57 +203,12 @@ fn check_alive(fields: &[(String, String)]) -> bool {
     field(fields, "check-alive") == Some("true")
 }
 
-/// A peer as a request names it: an address, or a host name still to resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAddr {
-    Addr(SocketAddr),
-    Host(String, u16),
-}
-
-impl PeerAddr {
-    /// The address; host names are resolved here, when the request is carried out.
-    fn resolve(&self) -> Result<SocketAddr, String> {
-        match self {
-            PeerAddr::Addr(a) => Ok(*a),
-            PeerAddr::Host(h, port) => (h.as_str(), *port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("peer {h} does not resolve")),
-        }
-    }
-}
-
-fn parse_peer(v: &str, port: u16) -> Result<PeerAddr, String> {
-    if let Ok(a) = v.parse::<SocketAddr>() {
-        return Ok(PeerAddr::Addr(a));
-    }
-    if let Ok(ip) = v.parse::<IpAddr>() {
-        return Ok(PeerAddr::Addr(SocketAddr::new(ip, port)));
-    }
-    // A host name: letters, digits, dots and hyphens only, optionally with a port.
-    let (host, port) = match v.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid peer address {v:?}"))?),
-        None => (v, port),
-    };
-    let valid = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().any(|b| b.is_ascii_alphabetic())
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-    if !valid {
-        return Err(format!("invalid peer address {v:?}"));
-    }
-    Ok(PeerAddr::Host(host.to_ascii_lowercase(), port))
-}
-
-fn parse_connect(req: &Request, _: &Params, port: u16) -> Result<Call, Response> {
-    let fields = form(req)?;
+fn parse_connect(c: &Ctx, port: u16) -> Result<Call, Response> {
+    let fields = form(c.req)?;
     let mut peers = Vec::new();
     for (k, v) in &fields {
         if k == "peer" {
-            peers.push(parse_peer(v, port).map_err(bad)?);
+            peers.push(PeerAddr::parse(v, port).map_err(bad)?);
         }
     }
     let replace = match field(&fields, "replace") {
@@ -249,28 +222,28 @@ fn parse_connect(req: &Request, _: &Params, port: u16) -> Result<Call, Response>
     Ok(Call::Connect { peers, replace })
 }
 
-fn parse_expose(_: &Request, p: &Params, _: u16) -> Result<Call, Response> {
-    p.get("cidr").parse().map(Call::Expose).map_err(|_| {
+fn parse_expose(c: &Ctx, _: u16) -> Result<Call, Response> {
+    c.param("cidr").parse().map(Call::Expose).map_err(|_| {
         bad(format!(
             "invalid CIDR {:?} (expected address/prefix-length)",
-            p.get("cidr")
+            c.param("cidr")
         ))
     })
 }
 
 /// An address with its subnet's prefix length, as a claim names it.
-fn cidr_of(p: &Params) -> Result<Ipv4Net, Response> {
-    p.get("subnet").parse::<Ipv4Net>().map_err(|_| {
+fn cidr_of(c: &Ctx) -> Result<Ipv4Net, Response> {
+    c.param("subnet").parse::<Ipv4Net>().map_err(|_| {
         bad(format!(
             "invalid subnet {:?} (expected an IPv4 address/prefix-length)",
-            p.get("subnet")
+            c.param("subnet")
         ))
     })
 }
 
 /// A subnet to allocate in: no host bits.
-fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
-    let net = cidr_of(p)?;
+fn subnet_of(c: &Ctx) -> Result<Ipv4Net, Response> {
+    let net = cidr_of(c)?;
     // As Weave does: a subnet with host bits set is a mistake to report, not to guess at.
     if net != net.trunc() {
         return Err(bad(format!(
@@ -281,33 +254,33 @@ fn subnet_of(p: &Params) -> Result<Ipv4Net, Response> {
     Ok(net)
 }
 
-fn ip_of(p: &Params) -> Result<IpAddr, Response> {
-    p.get("ip")
+fn ip_of(c: &Ctx) -> Result<IpAddr, Response> {
+    c.param("ip")
         .parse::<IpAddr>()
-        .map_err(|_| bad(format!("invalid IP address {:?}", p.get("ip"))))
+        .map_err(|_| bad(format!("invalid IP address {:?}", c.param("ip"))))
 }
 
-fn parse_put_name(req: &Request, p: &Params, _: u16) -> Result<Call, Response> {
-    let fields = form(req)?;
-    let ip = ip_of(p)?;
+fn parse_put_name(c: &Ctx, _: u16) -> Result<Call, Response> {
+    let fields = form(c.req)?;
+    let ip = ip_of(c)?;
     let fqdn = field(&fields, "fqdn").ok_or_else(|| bad("form field fqdn is required"))?;
     Ok(Call::PutName {
-        id: p.get("id").to_string(),
+        id: c.param("id").to_string(),
         ip,
         fqdn: fqdn.to_string(),
     })
 }
 
-fn parse_delete_name(req: &Request, p: &Params, _: u16) -> Result<Call, Response> {
-    let fields = form(req)?;
+fn parse_delete_name(c: &Ctx, _: u16) -> Result<Call, Response> {
+    let fields = form(c.req)?;
     Ok(Call::DeleteName {
-        id: p.get("id").to_string(),
-        ip: ip_of(p)?,
+        id: c.param("id").to_string(),
+        ip: ip_of(c)?,
         fqdn: field(&fields, "fqdn").map(str::to_string),
     })
 }
 
-fn execute(s: &Shared, call: Call) -> Response {
+fn execute(s: &Weave, call: Call) -> Response {
     match call {
         Call::Status => status(s),
         Call::Connect { peers, replace } => {
@@ -363,7 +336,7 @@ fn execute(s: &Shared, call: Call) -> Response {
     }
 }
 
-fn connect(s: &Shared, addrs: &[SocketAddr], replace: bool) -> Response {
+fn connect(s: &Weave, addrs: &[SocketAddr], replace: bool) -> Response {
     match s.model.connect(addrs, replace) {
         Ok(late) if late.is_empty() => text(200, ""),
         Ok(late) => {
@@ -374,15 +347,15 @@ fn connect(s: &Shared, addrs: &[SocketAddr], replace: bool) -> Response {
     }
 }
 
-fn status(s: &Shared) -> Response {
+fn status(s: &Weave) -> Response {
     let st = s.model.status();
-    let signed = s.settings.secret.is_some();
+    let signed = s.signed;
     let info = if signed {
         "tunloom control, HMAC-SHA256 signed"
     } else {
         "tunloom control"
     };
-    let conn = |p: &crate::peers::Peer| {
+    let conn = |p: &Peer| {
         json!({
             "address": p.control_addr.to_string(),
             "state": match (p.up, p.last_seen) {
@@ -395,13 +368,13 @@ fn status(s: &Shared) -> Response {
     };
     let connections: Vec<_> = st.peers.iter().map(conn).collect();
     let mut peers = vec![json!({
-        "name": s.settings.node_name,
-        "nick_name": s.settings.nickname,
+        "name": s.node_name,
+        "nick_name": s.nickname,
         "connections": connections,
     })];
     for p in st.peers.iter().filter(|p| !p.name.is_empty()) {
         let back = if p.up {
-            vec![json!({"address": s.settings.node_name, "state": "established", "info": info})]
+            vec![json!({"address": s.node_name, "state": "established", "info": info})]
         } else {
             vec![]
         };
@@ -422,7 +395,7 @@ fn status(s: &Shared) -> Response {
         },
         "dns": {
             "domain": st.domain,
-            "upstream": s.settings.config.dns.upstream,
+            "upstream": s.dns_upstream,
         },
     });
     Response::json(if st.ready { 200 } else { 503 }, &body)
@@ -435,7 +408,7 @@ fn addresses(list: &[(std::net::Ipv4Addr, u8)]) -> String {
         .join(" ")
 }
 
-fn answer(r: Result<Allocation, ModelError>) -> Response {
+fn answer(r: Result<Allocation, model::Error>) -> Response {
     match r {
         Ok(Allocation::Address(a, len)) => text(200, format!("{a}/{len}")),
         Ok(Allocation::Cancelled) => text(200, "cancelled"),
@@ -495,34 +468,68 @@ mod tests {
             seen: 4,
             wanted: 5,
         };
-        let r = failed(ModelError::Behind(b));
+        let r = failed(model::Error::Behind(b));
         assert_eq!((r.status, r.content_type), (503, "application/json"));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"], "worker 1 is behind: it has applied generation 4, not 5");
-        let r = failed(ModelError::Bad("no".into()));
+        let r = failed(model::Error::BadContainerId);
+        let want = format!("{}\n", crate::names::CONTAINER_ID_RULE);
         assert_eq!(
             (r.status, r.content_type, r.body.as_slice()),
-            (400, "text/plain; charset=utf-8", &b"no\n"[..])
+            (400, "text/plain; charset=utf-8", want.as_bytes())
         );
-        assert_eq!(failed(ModelError::NotFound("x".into())).status, 404);
-        assert_eq!(failed(ModelError::Unavailable("x".into())).status, 503);
+        let taken = model::Error::Held {
+            addr: "10.32.0.2".parse().unwrap(),
+            holder: "c1".into(),
+        };
+        assert_eq!(failed(taken).status, 400, "Weave answers a taken address 400");
+        assert_eq!(failed(model::Error::NoPeer("x".into())).status, 404);
+        let store = model::Error::Store(crate::store::StoreError::Failed);
+        assert_eq!(failed(store).status, 503);
+    }
+
+    /// The face as it runs, built from a model on the in-memory store and nothing
+    /// else.
+    fn face() -> Weave {
+        let settings = crate::testkit::model_settings("10.32.0.0/12");
+        let store = crate::store::memory::MemoryStore::default();
+        let (model, _) = crate::testkit::model_on(settings, store, 0).unwrap();
+        Weave {
+            model: Arc::new(model),
+            control_port: 6783,
+            node_name: "m".into(),
+            nickname: "m".into(),
+            signed: false,
+            dns_upstream: Vec::new(),
+        }
     }
 
     #[test]
-    fn peers_parse_with_and_without_ports() {
-        let a = |s: &str| Ok(PeerAddr::Addr(s.parse().unwrap()));
-        assert_eq!(parse_peer("10.0.1.5", 6783), a("10.0.1.5:6783"));
-        assert_eq!(parse_peer("10.0.1.5:7000", 6783), a("10.0.1.5:7000"));
-        assert_eq!(parse_peer("[fd00::1]:7000", 6783), a("[fd00::1]:7000"));
-        assert_eq!(parse_peer("fd00::1", 6783), a("[fd00::1]:6783"));
-        assert_eq!(
-            parse_peer("Node-B.lan:7000", 6783),
-            Ok(PeerAddr::Host("node-b.lan".into(), 7000))
-        );
-        assert_eq!(parse_peer("localhost", 6783).unwrap().resolve().unwrap().port(), 6783);
-        assert!(parse_peer("not an address!", 6783).is_err());
-        assert!(parse_peer("host:notaport", 6783).is_err());
-        assert!(parse_peer("", 6783).is_err());
+    fn a_containers_life_on_a_model_in_memory() {
+        let (w, r) = (face(), router());
+        let call = |m: &str, p: &str, b: &str| {
+            let resp = r.dispatch(&w, &req(m, p, b));
+            (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+        };
+        assert_eq!(call("POST", "/ip/c1", ""), (200, "10.32.0.2/12".into()));
+        assert_eq!(call("POST", "/ip/c1", ""), (200, "10.32.0.2/12".into()), "idempotent");
+        assert_eq!(call("GET", "/ip/c1", ""), (200, "10.32.0.2/12".into()));
+        assert_eq!(call("PUT", "/ip/c2/10.32.0.9/12", "").0, 200);
+        let (status, body) = call("PUT", "/ip/c3/10.32.0.9/12", "");
+        assert_eq!(status, 400);
+        assert!(body.contains("already allocated to container c2"), "{body}");
+        assert_eq!(call("PUT", "/name/c1/10.32.0.2", "fqdn=one.weave.local").0, 200);
+        assert_eq!(call("DELETE", "/name/c1/10.32.0.2", "").0, 200);
+        assert_eq!(call("DELETE", "/name/c1/10.32.0.2", "").0, 404);
+        assert_eq!(call("DELETE", "/ip/c1", "").0, 204);
+        assert_eq!(call("GET", "/ip/c1", "").0, 404);
+        assert_eq!(call("POST", "/expose/10.32.0.100/12", "").0, 200);
+        assert_eq!(call("DELETE", "/ip/weave:expose", "").0, 204);
+        assert_eq!(call("GET", "/domain", ""), (200, "weave.local.".into()));
+        let (status, body) = call("GET", "/status", "");
+        assert_eq!(status, 200, "no worker to wait for: ready");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["ipam"]["subnet"], "10.32.0.0/12");
     }
 
     #[test]

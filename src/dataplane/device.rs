@@ -5,7 +5,7 @@
 //! routes, when the last queue is closed, so even a crashed tunloom leaves nothing
 //! behind.
 
-use crate::config::Settings;
+use super::Settings;
 use crate::sys::{self, netlink::Netlink};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -40,8 +40,7 @@ pub struct Tun {
 
 /// Creates the device with `queues` queues, sets MTU, GSO size, transmit queue
 /// length and link up, adds the exposed addresses and the overlay routes.
-pub fn create_tun(s: &Settings, queues: usize) -> Result<Tun, DeviceError> {
-    let d = &s.config.dataplane;
+pub fn create_tun(d: &Settings, queues: usize) -> Result<Tun, DeviceError> {
     let name = d.tun_name.clone();
     let first = DeviceBuilder::new()
         .name(&name)
@@ -81,23 +80,23 @@ pub fn create_tun(s: &Settings, queues: usize) -> Result<Tun, DeviceError> {
     let index = sys::if_index(&name).map_err(io_err(format!("looking up {name}")))?;
     let mut nl = Netlink::open().map_err(io_err("opening rtnetlink"))?;
     let gso = offload.then_some(d.tun_gso_max_size);
-    nl.set_link(index, Some(u32::from(s.mtu)), gso)
+    nl.set_link(index, Some(u32::from(d.mtu)), gso)
         .or_else(|e| {
             // Kernels before 5.19 cannot change gso_max_size through rtnetlink; the
             // device still works, with superpackets up to 64 KB split in two sends.
             if gso.is_some() {
                 log::warn!("could not set gso_max_size on {name} ({e}); continuing without it");
-                nl.set_link(index, Some(u32::from(s.mtu)), None)
+                nl.set_link(index, Some(u32::from(d.mtu)), None)
             } else {
                 Err(e)
             }
         })
         .map_err(io_err(format!("configuring link {name}")))?;
-    for a in &s.config.overlay.expose {
+    for a in &d.expose {
         nl.add_address(index, a)
             .map_err(io_err(format!("adding address {a} to {name}")))?;
     }
-    for r in &s.routes {
+    for r in &d.routes {
         nl.add_route(index, r)
             .map_err(io_err(format!("adding route {r} via {name}")))?;
     }

@@ -23,6 +23,49 @@ pub mod device;
 pub mod stats;
 pub mod worker;
 
+use ipnet::IpNet;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Which offloads ended up active.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Offloads {
+    pub tun_tso: bool,
+    pub tun_uso: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+}
+
+/// What the configuration decides for the dataplane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Worker threads, one TUN queue and receive socket each.
+    pub workers: usize,
+    pub pin_workers: bool,
+    /// The CPUs workers are pinned to, worker i to `cpus[i % len]`.
+    pub cpus: Vec<usize>,
+    pub tun_name: String,
+    /// The overlay MTU: the inner packet size that fits the underlay MTU.
+    pub mtu: u16,
+    pub data_port: u16,
+    pub vni: u32,
+    pub bind: IpAddr,
+    pub advertise: Option<IpAddr>,
+    pub offload: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    pub tun_gso_max_size: u32,
+    pub tx_ports: usize,
+    pub socket_buffer: usize,
+    pub tun_txqueuelen: u32,
+    pub busy_poll: Duration,
+    /// Routes into the TUN device.
+    pub routes: Vec<IpNet>,
+    /// Addresses put on the TUN device when it is created.
+    pub expose: Vec<IpNet>,
+}
+
 /// Bytes of headroom in front of every packet read from the TUN: room for VXLAN +
 /// Ethernet (22) and alignment.
 pub const HEADROOM: usize = 64;

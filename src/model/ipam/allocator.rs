@@ -1,4 +1,4 @@
-//! IP address management: the allocation range, the blocks of it this node owns, and
+//! The address allocator: the allocation range, the blocks of it this node owns, and
 //! the addresses allocated to containers, keyed by container id.
 //!
 //! The range (IPv4, Weave's default 10.32.0.0/12) is carved into blocks owned by nodes;
@@ -168,12 +168,16 @@ pub struct Ipam {
     allocated: u64,
 }
 
+/// The gateway address of `subnet`: its first usable address.
+pub fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
 /// The addresses of `subnet` that are never handed out, with their names.
 fn reserved(subnet: &Ipv4Net) -> [(u32, &'static str); 3] {
-    let net = u32::from(subnet.network());
     [
-        (net, "network"),
-        (net + 1, "gateway"),
+        (u32::from(subnet.network()), "network"),
+        (u32::from(gateway(subnet)), "gateway"),
         (u32::from(subnet.broadcast()), "broadcast"),
     ]
 }

@@ -1,26 +1,31 @@
-//! The daemon: builds every part in order, runs it on its threads, and takes it down
-//! again. `tunloom run` is this plus signal handling.
+//! The daemon: builds every part from the validated settings, in order, runs each on
+//! its threads, and takes it down again. `tunloom run` is this plus signal handling.
 //!
 //! Start order is chosen so a failure leaves nothing behind and says what failed:
 //! state directory lock, control and API ports, the TUN device, the data sockets,
-//! then the threads (workers, peer control, API).
+//! the model (which loads the store and restores exposed addresses), then the
+//! threads: workers, service, peer control, one per API face. This is the one module
+//! that knows every other; nothing depends on it.
 
 use crate::config::Settings;
-use crate::control;
+use crate::control::{self, management, weave};
 use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::stats::WorkerStats;
 use crate::dataplane::worker::{self, WorkerSetup};
-use crate::model::{Link, Model};
-use crate::peers::Peers;
+use crate::dataplane::Offloads;
+use crate::host::{LinkHost, Namespaces};
+use crate::model::{Model, OpenError, Parts};
+use crate::peers::{table::Time, Peers, Table};
 use crate::service::{Service, ServiceQueues};
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::{Published, Snapshot, SnapshotSpec};
 use crate::store::redb::RedbStore;
+use crate::store::{CommitEvent, StoreError};
 use crate::sys;
+use crate::telemetry::{Counters, Registry};
 use crossbeam_utils::CachePadded;
-use serde::Serialize;
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +45,9 @@ pub enum StartError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("state: {0}")]
-    State(String),
+    Store(#[from] StoreError),
+    #[error("state: {0}")]
+    Model(#[from] OpenError),
     #[error("state directory {path}: {message}")]
     StateDir { path: PathBuf, message: String },
     #[error("{what}: {source}")]
@@ -61,34 +68,16 @@ fn bind_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> S
     }
 }
 
-/// Which offloads ended up active.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Offloads {
-    pub tun_tso: bool,
-    pub tun_uso: bool,
-    pub udp_gso: bool,
-    pub udp_gro: bool,
-}
-
-/// State the API faces read.
-pub struct Shared {
-    pub settings: Arc<Settings>,
-    pub published: Arc<Published>,
-    pub workers: Vec<Arc<CachePadded<WorkerStats>>>,
-    pub peers: Arc<Peers>,
-    pub model: Arc<Model>,
-    pub started: Instant,
-    pub offloads: Offloads,
-    pub service: Option<Arc<ServiceQueues>>,
-}
-
 /// A running daemon.
 pub struct Daemon {
-    pub shared: Arc<Shared>,
     pub api_addr: SocketAddr,
+    model: Arc<Model>,
+    peers: Arc<Peers>,
+    workers: Vec<Arc<CachePadded<WorkerStats>>>,
     shutdown: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<io::Result<()>>>,
+    worker_threads: Vec<JoinHandle<io::Result<()>>>,
     others: Vec<JoinHandle<()>>,
+    tun_name: String,
     _state_lock: File,
 }
 
@@ -114,86 +103,86 @@ fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
 
 impl Daemon {
     pub fn start(settings: Settings, state_dir: &Path) -> Result<Daemon, StartError> {
-        let settings = Arc::new(settings);
-        let c = &settings.config;
+        let d = &settings.dataplane;
         let lock = lock_state_dir(state_dir)?;
 
-        let control_addr = SocketAddr::new(c.dataplane.bind, c.control.port);
+        let control_addr = SocketAddr::new(settings.peers.bind, settings.peers.port);
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
-        let api = TcpListener::bind(c.api.listen).map_err(bind_err("API address", c.api.listen))?;
-        let weave_api =
-            TcpListener::bind(c.api.weave_listen).map_err(bind_err("Weave API address", c.api.weave_listen))?;
+        let api = TcpListener::bind(settings.api.listen).map_err(bind_err("API address", settings.api.listen))?;
+        let weave_listen = settings.api.weave_listen;
+        let weave_api = TcpListener::bind(weave_listen).map_err(bind_err("Weave API address", weave_listen))?;
         // The data sockets form a SO_REUSEPORT group, which any other socket with
         // SO_REUSEPORT could join and silently take a share of the traffic: so check
         // first, with a plain bind, that no one holds the data port.
-        let data_addr = SocketAddr::new(c.dataplane.bind, c.dataplane.data_port);
+        let data_addr = SocketAddr::new(d.bind, d.data_port);
         drop(UdpSocket::bind(data_addr).map_err(bind_err("data port", data_addr))?);
         let api_addr = api.local_addr().map_err(|e| StartError::Io {
             what: "reading the API address".into(),
             source: e,
         })?;
 
-        let cpus = if c.dataplane.cpus.is_empty() {
-            sys::allowed_cpus()
-        } else {
-            c.dataplane.cpus.clone()
-        };
-        let n = if c.dataplane.workers == 0 {
-            cpus.len().max(1)
-        } else {
-            c.dataplane.workers
-        };
-        let tun = device::create_tun(&settings, n)?;
+        let n = d.workers;
+        let tun = device::create_tun(d, n)?;
 
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
-            let rx = device::udp_socket(data_addr, true, c.dataplane.socket_buffer)
-                .map_err(bind_err("data port", data_addr))?;
-            let tx_addr = SocketAddr::new(c.dataplane.bind, 0);
-            let tx = (0..c.dataplane.tx_ports)
-                .map(|_| device::udp_socket(tx_addr, false, c.dataplane.socket_buffer))
+            let rx = device::udp_socket(data_addr, true, d.socket_buffer).map_err(bind_err("data port", data_addr))?;
+            let tx_addr = SocketAddr::new(d.bind, 0);
+            let tx = (0..d.tx_ports)
+                .map(|_| device::udp_socket(tx_addr, false, d.socket_buffer))
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(bind_err("send socket", tx_addr))?;
             sockets.push((rx, tx));
         }
-        let udp_gso = c.dataplane.udp_gso && sockets[0].1.iter().all(sys::probe_udp_gso);
+        let udp_gso = d.udp_gso && sockets[0].1.iter().all(sys::probe_udp_gso);
         let offloads = Offloads {
             tun_tso: tun.offload,
             tun_uso: tun.uso,
             udp_gso,
-            udp_gro: c.dataplane.udp_gro && sys::enable_udp_gro(&sockets[0].0).is_ok(),
+            udp_gro: d.udp_gro && sys::enable_udp_gro(&sockets[0].0).is_ok(),
         };
 
-        let published = Arc::new(Published::new(empty(&settings), n));
-        let peers = Arc::new(Peers::new(settings.clone()));
-        let store = RedbStore::open(state_dir).map_err(|e| StartError::State(e.to_string()))?;
-        let link = Link {
-            name: tun.name.clone(),
-            index: tun.index,
-        };
-        let model = Arc::new(
-            Model::open(settings.clone(), published.clone(), peers.clone(), store, Some(link))
-                .map_err(StartError::State)?,
+        let mut registry = Registry::default();
+        let published = Arc::new(Published::new(
+            Snapshot::compile(0, SnapshotSpec::empty(settings.model.snapshot)),
+            n,
+        ));
+        let p = &settings.peers;
+        let table = Table::new(
+            p.identity.clone(),
+            p.timing,
+            &p.static_peers,
+            Arc::default(),
+            Time::now(),
         );
+        let peers = Arc::new(Peers::new(table));
+        registry.register("control", peers.counters().clone());
+        let store = RedbStore::open(state_dir)?;
+        let commits: Arc<Counters<CommitEvent>> = Arc::default();
+        registry.register("store", commits.clone());
+        let model = Arc::new(Model::open(Parts {
+            settings: settings.model.clone(),
+            published: published.clone(),
+            peers: peers.clone(),
+            store,
+            kernel: Arc::new(LinkHost::new(tun.name.clone(), tun.index)),
+            liveness: Arc::new(Namespaces),
+            commits,
+        })?);
 
         let shutdown = Arc::new(AtomicBool::new(false));
-        // The configured gateways and the default network's (its first usable address).
-        let mut gateways = c.overlay.gateways.clone();
-        gateways.push(IpAddr::V4(Ipv4Addr::from(
-            u32::from(settings.default_subnet.network()) + 1,
-        )));
-        let service = Some(Arc::new(ServiceQueues::new(n, 256, usize::from(settings.mtu))));
+        let service = Arc::new(ServiceQueues::new(n, 256, usize::from(d.mtu)));
+        registry.register("service", service.counters.clone());
         let stats: Vec<Arc<CachePadded<WorkerStats>>> = (0..n)
             .map(|_| Arc::new(CachePadded::new(WorkerStats::default())))
             .collect();
-        let mut workers = Vec::with_capacity(n);
+        let mut worker_threads = Vec::with_capacity(n);
         for (i, (q, (rx, tx))) in tun.queues.into_iter().zip(sockets).enumerate() {
             let setup = WorkerSetup {
                 id: i,
-                cpu: c
-                    .dataplane
+                cpu: d
                     .pin_workers
-                    .then(|| cpus.get(i % cpus.len().max(1)).copied())
+                    .then(|| d.cpus.get(i % d.cpus.len().max(1)).copied())
                     .flatten(),
                 tun: q,
                 vnet: offloads.tun_tso,
@@ -204,8 +193,8 @@ impl Daemon {
                 published: published.clone(),
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
-                busy_poll: std::time::Duration::from_micros(c.dataplane.busy_poll_us),
-                service: service.clone(),
+                busy_poll: d.busy_poll,
+                service: Some(service.clone()),
             };
             let h = std::thread::Builder::new()
                 .name(format!("tl-worker-{i}"))
@@ -220,85 +209,107 @@ impl Daemon {
                     what: "starting a worker thread".into(),
                     source: e,
                 })?;
-            workers.push(h);
+            worker_threads.push(h);
         }
 
-        let shared = Arc::new(Shared {
-            settings: settings.clone(),
-            published,
-            workers: stats,
-            peers: peers.clone(),
-            model: model.clone(),
-            started: Instant::now(),
-            offloads,
-            service: service.clone(),
-        });
         let mut others = Vec::new();
-        if let Some(q) = &service {
-            let svc = Service::new(q.clone(), &gateways, usize::from(settings.mtu));
-            let (sd, p) = (shutdown.clone(), shared.published.clone());
-            others.push(spawn("tl-service", move || svc.run(&p, &sd))?);
-        }
-        let (sd, m) = (shutdown.clone(), model.clone());
+        let svc = Service::new(service.clone(), &model.service_addresses(), usize::from(d.mtu));
+        let (sd, pb) = (shutdown.clone(), published.clone());
+        others.push(spawn("tl-service", move || svc.run(&pb, &sd))?);
+        let (sd, m, pr) = (shutdown.clone(), model.clone(), peers.clone());
         others.push(spawn("tl-peers", move || {
             let on_change = || {
                 if let Err(e) = m.republish() {
                     log::warn!("control: {e}");
                 }
             };
-            peers.run(control_sock, &sd, &on_change)
+            if let Err(e) = pr.run(control_sock, &sd, &on_change) {
+                log::error!("peer control stopped: {e}");
+            }
         })?);
-        let (sd, st) = (shutdown.clone(), shared.clone());
+        let face = management::Management {
+            node: settings.node.clone(),
+            model: model.clone(),
+            workers: stats.clone(),
+            registry: Arc::new(registry),
+            dataplane: management::DataplaneInfo {
+                tun: d.tun_name.clone(),
+                mtu: d.mtu,
+                vni: d.vni,
+                data_port: d.data_port,
+                offloads,
+                gateways: settings.model.gateways.clone(),
+            },
+            started: Instant::now(),
+        };
+        let sd = shutdown.clone();
         others.push(spawn("tl-api", move || {
-            if let Err(e) = control::serve("api", api, control::management::router(), st, sd, API_THREADS) {
+            if let Err(e) = control::serve("api", api, management::router(), Arc::new(face), sd, API_THREADS) {
                 log::error!("management API stopped: {e}");
             }
         })?);
-        let (sd, st) = (shutdown.clone(), shared.clone());
+        let face = weave::Weave {
+            model: model.clone(),
+            control_port: settings.peers.port,
+            node_name: settings.node.name.clone(),
+            nickname: settings.node.nickname.clone(),
+            signed: settings.peers.identity.secret.is_some(),
+            dns_upstream: settings.dns_upstream.clone(),
+        };
+        let sd = shutdown.clone();
         others.push(spawn("tl-weave-api", move || {
-            if let Err(e) = control::serve("weave", weave_api, control::weave::router(), st, sd, API_THREADS) {
+            if let Err(e) = control::serve("weave", weave_api, weave::router(), Arc::new(face), sd, API_THREADS) {
                 log::error!("Weave API stopped: {e}");
             }
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
-            settings.node_name,
-            settings.nickname,
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
+            settings.node.name,
+            settings.node.nickname,
             tun.name,
-            settings.mtu,
-            c.dataplane.vni,
-            c.api.weave_listen,
+            d.mtu,
+            d.vni,
             offloads.tun_tso,
             offloads.tun_uso,
             offloads.udp_gso,
             offloads.udp_gro,
         );
         Ok(Daemon {
-            shared,
             api_addr,
+            model,
+            peers,
+            workers: stats,
             shutdown,
-            workers,
+            worker_threads,
             others,
+            tun_name: tun.name,
             _state_lock: lock,
         })
     }
 
+    /// The workers' counters, in worker order.
+    pub fn workers(&self) -> &[Arc<CachePadded<WorkerStats>>] {
+        &self.workers
+    }
+
     /// Whether every worker is still running.
     pub fn healthy(&self) -> bool {
-        self.workers.iter().all(|h| !h.is_finished())
+        self.worker_threads.iter().all(|h| !h.is_finished())
     }
 
     /// Stops every thread, says bye to peers, and closes the TUN device (which the
     /// kernel then removes). Returns the first worker error, if any.
     pub fn stop(self) -> io::Result<()> {
         self.shutdown.store(true, Ordering::Relaxed);
-        // Workers asleep in their poll see the flag at once, not after their timeout.
-        for i in 0..self.shared.published.workers() {
-            self.shared.published.wake(i);
+        // Threads asleep in their polls see the flag at once, not after a timeout.
+        let published = self.model.published();
+        for i in 0..published.workers() {
+            published.wake(i);
         }
+        self.peers.kick();
         let mut result = Ok(());
-        for h in self.workers {
+        for h in self.worker_threads {
             match h.join() {
                 Ok(Err(e)) if result.is_ok() => result = Err(e),
                 Err(_) if result.is_ok() => result = Err(io::Error::other("a worker panicked")),
@@ -308,28 +319,9 @@ impl Daemon {
         for h in self.others {
             let _ = h.join();
         }
-        log::info!(
-            "tunloom stopped; {} removed",
-            self.shared.settings.config.dataplane.tun_name
-        );
+        log::info!("tunloom stopped; {} removed", self.tun_name);
         result
     }
-}
-
-fn empty(settings: &Settings) -> Snapshot {
-    Snapshot::compile(
-        0,
-        crate::snapshot::SnapshotSpec {
-            node_mac: settings.node_mac,
-            vni: settings.config.dataplane.vni,
-            mtu: settings.mtu,
-            local: Vec::new(),
-            service: Vec::new(),
-            peers: Vec::new(),
-            router_v4: None,
-            router_v6: None,
-        },
-    )
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {

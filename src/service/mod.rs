@@ -8,172 +8,21 @@
 //! worker writes the reply to its TUN queue. When a queue or the buffer pool is
 //! exhausted the packet is dropped and counted, never waited for.
 
+mod device;
+pub mod queues;
+
+pub use queues::{ServiceEvent, ServicePacket, ServiceQueues};
+
 use crate::snapshot::Published;
-use crossbeam_queue::ArrayQueue;
+use device::QueueDevice;
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A packet travelling between a worker and the service thread.
-pub struct ServicePacket {
-    pub buf: Box<[u8]>,
-    pub len: usize,
-    pub worker: u16,
-}
-
-/// The queues and buffer pool shared by the workers and the service thread.
-pub struct ServiceQueues {
-    to_service: ArrayQueue<ServicePacket>,
-    to_worker: Vec<ArrayQueue<ServicePacket>>,
-    free: ArrayQueue<Box<[u8]>>,
-    buf_len: usize,
-    thread: OnceLock<Thread>,
-    pub handled: AtomicU64,
-    pub replies: AtomicU64,
-}
-
-impl ServiceQueues {
-    /// Queues of `depth` packets per direction, buffers of `buf_len` bytes.
-    pub fn new(workers: usize, depth: usize, buf_len: usize) -> ServiceQueues {
-        let free = ArrayQueue::new(depth * (workers + 2));
-        for _ in 0..free.capacity() {
-            let _ = free.push(vec![0u8; buf_len].into_boxed_slice());
-        }
-        ServiceQueues {
-            to_service: ArrayQueue::new(depth),
-            to_worker: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
-            free,
-            buf_len,
-            thread: OnceLock::new(),
-            handled: AtomicU64::new(0),
-            replies: AtomicU64::new(0),
-        }
-    }
-
-    /// Worker side: copies `pkt` for the service thread and wakes it. False when the
-    /// pool or the queue is exhausted or the packet is larger than a buffer.
-    pub fn submit(&self, worker: usize, pkt: &[u8]) -> bool {
-        if pkt.len() > self.buf_len {
-            return false;
-        }
-        let Some(mut buf) = self.free.pop() else {
-            return false;
-        };
-        buf[..pkt.len()].copy_from_slice(pkt);
-        let p = ServicePacket {
-            buf,
-            len: pkt.len(),
-            worker: worker as u16,
-        };
-        match self.to_service.push(p) {
-            Ok(()) => {
-                if let Some(t) = self.thread.get() {
-                    t.unpark();
-                }
-                true
-            }
-            Err(p) => {
-                let _ = self.free.push(p.buf);
-                false
-            }
-        }
-    }
-
-    /// Worker side: the next reply for worker `worker`.
-    #[inline]
-    pub fn take_reply(&self, worker: usize) -> Option<ServicePacket> {
-        self.to_worker.get(worker)?.pop()
-    }
-
-    /// Returns a buffer to the pool.
-    pub fn recycle(&self, buf: Box<[u8]>) {
-        let _ = self.free.push(buf);
-    }
-}
-
-/// smoltcp's view of the queues.
-struct QueueDevice {
-    queues: Arc<ServiceQueues>,
-    rx: VecDeque<ServicePacket>,
-    /// The worker whose packet is being processed: replies go back to it.
-    current: u16,
-    /// Workers that got replies in this round, as a bit set of the first 64.
-    woken: u64,
-    mtu: usize,
-}
-
-struct Rx(ServicePacket, Arc<ServiceQueues>);
-
-impl RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.0.buf[..self.0.len]);
-        self.1.recycle(self.0.buf);
-        r
-    }
-}
-
-struct Tx<'a> {
-    dev: &'a mut QueueDevice,
-    buf: Box<[u8]>,
-}
-
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(mut self, len: usize, f: F) -> R {
-        let len = len.min(self.buf.len());
-        let r = f(&mut self.buf[..len]);
-        let w = self.dev.current;
-        let q = &self.dev.queues;
-        let p = ServicePacket {
-            buf: self.buf,
-            len,
-            worker: w,
-        };
-        match q.to_worker.get(usize::from(w)).map(|tw| tw.push(p)) {
-            Some(Ok(())) => {
-                q.replies.fetch_add(1, Ordering::Relaxed);
-                self.dev.woken |= 1u64 << (w % 64);
-            }
-            Some(Err(p)) => q.recycle(p.buf),
-            None => {}
-        }
-        r
-    }
-}
-
-impl Device for QueueDevice {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-
-    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
-        let buf = self.queues.free.pop()?;
-        let Some(p) = self.rx.pop_front() else {
-            self.queues.recycle(buf);
-            return None;
-        };
-        self.current = p.worker;
-        let q = self.queues.clone();
-        Some((Rx(p, q), Tx { dev: self, buf }))
-    }
-
-    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-        let buf = self.queues.free.pop()?;
-        Some(Tx { dev: self, buf })
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = self.mtu;
-        c
-    }
-}
 
 /// The service endpoint: a smoltcp interface answering at the gateway addresses.
 pub struct Service {
@@ -227,7 +76,7 @@ impl Service {
     /// Processes everything queued. Returns the set of workers with replies.
     pub fn run_once(&mut self) -> u64 {
         while let Some(p) = self.dev.queues.to_service.pop() {
-            self.dev.queues.handled.fetch_add(1, Ordering::Relaxed);
+            self.dev.queues.counters.inc(ServiceEvent::Handled);
             self.dev.rx.push_back(p);
         }
         let now = self.now();
@@ -285,7 +134,7 @@ mod tests {
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(h) if h.id == 7 && h.seq == 9));
         assert_eq!(icmp.payload(), b"hello");
         q.recycle(r.buf);
-        assert_eq!(q.handled.load(Ordering::Relaxed), 1);
+        assert_eq!(q.counters.get(ServiceEvent::Handled), 1);
     }
 
     #[test]

@@ -1,0 +1,115 @@
+//! `[control]` and `[[peers]]`: the peer control protocol, its cluster secret, its
+//! timers, and the peers to say hello to from the start.
+
+use super::{Env, Invalid};
+use crate::peers::{PeerAddr, Timing};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    pub port: u16,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub hello_interval_ms: u64,
+    pub dead_after: u32,
+    /// How long a write that involves peers (`POST /connect`, `POST /expose`) waits
+    /// for them to apply it before answering.
+    pub sync_timeout_ms: u64,
+    /// How long a write waits for every worker to apply it before answering 503.
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            port: 6783,
+            secret: None,
+            secret_file: None,
+            hello_interval_ms: 1000,
+            dead_after: 3,
+            sync_timeout_ms: 3000,
+            apply_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's underlay address, optionally with its control port.
+    pub address: String,
+}
+
+/// The control section, validated.
+pub struct Control {
+    pub secret: Option<Vec<u8>>,
+    pub timing: Timing,
+    pub sync_timeout: Duration,
+    pub apply_timeout: Duration,
+}
+
+impl ControlSection {
+    pub fn validate(&self, env: &dyn Env) -> Result<Control, Invalid> {
+        if !(50..=60_000).contains(&self.hello_interval_ms) {
+            return Err(Invalid::new(
+                "control.hello_interval_ms",
+                format!("{} is outside 50..=60000", self.hello_interval_ms),
+            ));
+        }
+        if !(1..=100).contains(&self.dead_after) {
+            return Err(Invalid::new(
+                "control.dead_after",
+                format!("{} is outside 1..=100", self.dead_after),
+            ));
+        }
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(Invalid::new(
+                    "control.secret",
+                    "set either secret or secret_file, not both".into(),
+                ))
+            }
+            (Some(s), None) => Some(s.as_bytes().to_vec()),
+            (None, Some(f)) => Some(env.read_secret(f).map_err(|m| Invalid::new("control.secret_file", m))?),
+            (None, None) => None,
+        };
+        if secret.as_ref().is_some_and(|s| s.len() < 8) {
+            return Err(Invalid::new("control.secret", "must be at least 8 bytes".into()));
+        }
+        for (key, v) in [
+            ("control.sync_timeout_ms", self.sync_timeout_ms),
+            ("control.apply_timeout_ms", self.apply_timeout_ms),
+        ] {
+            if !(100..=60_000).contains(&v) {
+                return Err(Invalid::new(key, format!("{v} is outside 100..=60000")));
+            }
+        }
+        Ok(Control {
+            secret,
+            timing: Timing {
+                hello_interval: Duration::from_millis(self.hello_interval_ms),
+                dead_after: self.dead_after,
+            },
+            sync_timeout: Duration::from_millis(self.sync_timeout_ms),
+            apply_timeout: Duration::from_millis(self.apply_timeout_ms),
+        })
+    }
+}
+
+/// The static peers' control addresses (`port` for those given without one).
+pub fn static_peers(peers: &[PeerSection], port: u16) -> Result<Vec<SocketAddr>, Invalid> {
+    peers
+        .iter()
+        .map(|p| match PeerAddr::parse(&p.address, port) {
+            Ok(PeerAddr::Addr(a)) => Ok(a),
+            _ => Err(Invalid::new(
+                "peers.address",
+                format!("{:?} is not an IP address or address:port", p.address),
+            )),
+        })
+        .collect()
+}

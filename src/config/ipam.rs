@@ -1,0 +1,97 @@
+//! `[ipam]` and `[dns]`: the allocation range, this node's blocks of it, the default
+//! subnet, and the DNS domain.
+
+use super::Invalid;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpamSection {
+    /// The whole allocation range (Weave's default).
+    pub range: Ipv4Net,
+    /// Where `POST /ip/{id}` allocates; default: the range.
+    pub default_subnet: Option<Ipv4Net>,
+    /// The blocks of the range this node allocates from; default: the whole range
+    /// (a single node). Nodes sharing a range list disjoint blocks.
+    pub blocks: Vec<Ipv4Net>,
+}
+
+impl Default for IpamSection {
+    fn default() -> Self {
+        IpamSection {
+            range: "10.32.0.0/12".parse().expect("static prefix"),
+            default_subnet: None,
+            blocks: Vec::new(),
+        }
+    }
+}
+
+/// The IPAM section, validated: (range, default subnet, blocks).
+pub struct Ipam {
+    pub range: Ipv4Net,
+    pub default_subnet: Ipv4Net,
+    pub blocks: Vec<Ipv4Net>,
+}
+
+impl IpamSection {
+    pub fn validate(&self) -> Result<Ipam, Invalid> {
+        if !(8..=30).contains(&self.range.prefix_len()) {
+            return Err(Invalid::new(
+                "ipam.range",
+                format!("{} must be between a /8 and a /30", self.range),
+            ));
+        }
+        let range = self.range.trunc();
+        let default_subnet = self.default_subnet.map_or(range, |s| s.trunc());
+        if !range.contains(&default_subnet) || default_subnet.prefix_len() > 30 {
+            return Err(Invalid::new(
+                "ipam.default_subnet",
+                format!("{default_subnet} must be inside ipam.range {range} and at most a /30"),
+            ));
+        }
+        let blocks: Vec<Ipv4Net> = if self.blocks.is_empty() {
+            vec![range]
+        } else {
+            self.blocks.iter().map(Ipv4Net::trunc).collect()
+        };
+        if let Some(b) = blocks.iter().find(|b| !range.contains(*b)) {
+            return Err(Invalid::new(
+                "ipam.blocks",
+                format!("{b} is not inside ipam.range {range}"),
+            ));
+        }
+        Ok(Ipam {
+            range,
+            default_subnet,
+            blocks,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// The domain workload names live in.
+    pub domain: String,
+    /// Servers asked for names outside the domain.
+    pub upstream: Vec<IpAddr>,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            domain: "weave.local.".into(),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+impl DnsSection {
+    /// The domain, absolute and lower case.
+    pub fn validate(&self) -> Result<String, Invalid> {
+        crate::names::normalize_fqdn(&self.domain)
+            .ok_or_else(|| Invalid::new("dns.domain", format!("{:?} is not a valid domain name", self.domain)))
+    }
+}

@@ -1,0 +1,92 @@
+//! Why a model operation failed: what happened, in [`Error`], and what kind of
+//! failure that is, in [`Kind`] — which is all a face needs to pick its status code.
+//! The messages are written for the person who sent the request.
+
+use super::ipam::IpamError;
+use crate::host::HostError;
+use crate::names::CONTAINER_ID_RULE;
+use crate::snapshot::Behind;
+use crate::store::StoreError;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The kinds of failure every face maps to its own answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is wrong in itself.
+    Invalid,
+    /// What it names does not exist.
+    NotFound,
+    /// It contradicts what is there (an address another container holds).
+    Conflict,
+    /// The node cannot do it now (the store failed, no space is left, the kernel
+    /// refused).
+    Unavailable,
+    /// It is stored, but a worker did not apply it in time.
+    Behind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("{}", CONTAINER_ID_RULE)]
+    BadContainerId,
+    #[error("{0:?} is not a valid domain name")]
+    BadName(String),
+    #[error("{0} is the default network's gateway, served by tunloom")]
+    Gateway(Ipv4Addr),
+    #[error("{addr} is allocated to container {holder}")]
+    Held { addr: Ipv4Addr, holder: String },
+    #[error("container {0} holds no addresses")]
+    NoAddresses(String),
+    #[error("no DNS record for container {container} at {ip}")]
+    NoRecord { container: String, ip: IpAddr },
+    #[error("no peer {0}")]
+    NoPeer(String),
+    #[error("no address is exposed through the API")]
+    NothingExposed,
+    #[error("the change could not be stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("the host refused the change: {0}")]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Behind(#[from] Behind),
+}
+
+impl Error {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Ipam(IpamError::Taken(..)) | Error::Held { .. } | Error::Store(StoreError::Conflict { .. }) => {
+                Kind::Conflict
+            }
+            Error::Ipam(IpamError::Full(_)) | Error::Store(_) | Error::Host(_) => Kind::Unavailable,
+            Error::Ipam(_) | Error::BadContainerId | Error::BadName(_) | Error::Gateway(_) => Kind::Invalid,
+            Error::NoAddresses(_) | Error::NoRecord { .. } | Error::NoPeer(_) | Error::NothingExposed => Kind::NotFound,
+            Error::Behind(_) => Kind::Behind,
+        }
+    }
+}
+
+/// Why the model could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("loading the state: {0}")]
+    Load(StoreError),
+    #[error(
+        "the state holds {allocations} allocations in range {stored}, but ipam.range is now {configured}; \
+         release them or keep the range (tunloom will not silently reinterpret addresses)"
+    )]
+    RangeChanged {
+        allocations: usize,
+        stored: String,
+        configured: ipnet::Ipv4Net,
+    },
+    #[error("exposed address {0} is the default network's gateway, which tunloom serves")]
+    ExposedGateway(ipnet::IpNet),
+    #[error("IPAM: {0}")]
+    Ipam(#[from] IpamError),
+    #[error("restoring exposed address: {0}")]
+    Host(#[from] HostError),
+    #[error("writing the state: {0}")]
+    Store(StoreError),
+}
