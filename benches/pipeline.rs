@@ -110,7 +110,7 @@ fn bench_coalesce(c: &mut Criterion) {
                 co.clear();
                 for r in &ranges {
                     let p = &bufs[0][r.start as usize..(r.start + r.len) as usize];
-                    co.push(*r, p, bufs);
+                    assert!(co.push(*r, p, bufs), "43 segments fit");
                 }
                 co.finish(bufs);
                 black_box(co.trains.len())

@@ -5,7 +5,26 @@
 //! calls themselves are in `sys`.
 
 use crate::pipeline::segment::Segment;
+use crate::pipeline::ENCAP_LEN;
 use crate::sys::{TxIov, TxMsg, MAX_GSO_PAYLOAD, MAX_GSO_SEGMENTS};
+
+/// The most segments one superpacket is split into: the capacity of a worker's
+/// segment list, so `segment::split` refuses a superpacket that would make more.
+pub const MAX_SPLIT: usize = 256;
+/// The largest header block of one segment: VXLAN + Ethernet, IPv4 with options,
+/// TCP with options.
+pub const MAX_SEGMENT_HEADER: usize = ENCAP_LEN + 60 + 60;
+/// Datagram pieces and messages a TX batch holds between flushes.
+pub const TX_IOVS: usize = 2048;
+pub const TX_MSGS: usize = 512;
+/// Header bytes a TX batch holds between flushes.
+pub const HDR_ARENA: usize = 1024 * 144;
+
+// A batch with room for one read holds a whole split superpacket — every segment
+// two pieces, each its own message in the worst case — and its header blocks, so no
+// segment is ever left without room.
+const _: () = assert!(TX_IOVS >= 2 * MAX_SPLIT && TX_MSGS >= MAX_SPLIT);
+const _: () = assert!(HDR_ARENA >= MAX_SPLIT * MAX_SEGMENT_HEADER);
 
 /// Which buffer a datagram piece points into: the read arena, or the header arena.
 pub const READ_BUF: u32 = 0;
@@ -72,9 +91,16 @@ impl TxBatch {
         self.msgs.is_empty()
     }
 
-    /// Whether a datagram of `parts` pieces still fits.
-    pub fn has_room(&self, parts: usize) -> bool {
-        self.iovs.len() + parts <= self.iovs.capacity() && self.msgs.len() < self.msgs.capacity()
+    /// Whether `dgrams` datagrams of up to `parts` pieces each still fit, however
+    /// they group into messages.
+    pub fn has_room(&self, dgrams: usize, parts: usize) -> bool {
+        self.iovs.len() + dgrams * parts <= self.iovs.capacity() && self.msgs.len() + dgrams <= self.msgs.capacity()
+    }
+
+    /// Whether whatever one TUN read produces still fits: a single datagram, or a
+    /// superpacket split into up to [`MAX_SPLIT`] segments of two pieces each.
+    pub fn has_room_for_a_read(&self) -> bool {
+        self.has_room(MAX_SPLIT, 2)
     }
 
     pub fn clear(&mut self) {
@@ -88,8 +114,9 @@ impl TxBatch {
 
     /// Queues one datagram made of `parts` for `dst` on socket `sock`. Returns
     /// false, queuing nothing, when there is no room.
+    #[must_use = "a datagram that did not fit must be counted as dropped"]
     pub fn push(&mut self, parts: &[TxIov], dst: SocketAddr, sock: u8) -> bool {
-        if !self.has_room(parts.len()) {
+        if !self.has_room(1, parts.len()) {
             return false;
         }
         let len: usize = parts.iter().map(|p| p.len as usize).sum();
@@ -165,8 +192,8 @@ mod tests {
         for _ in 0..3 {
             assert!(b.push(&two(1472), dst(2), 0));
         }
-        b.push(&two(600), dst(2), 0);
-        b.push(&two(1472), dst(2), 0); // after the short tail: new train
+        assert!(b.push(&two(600), dst(2), 0));
+        assert!(b.push(&two(1472), dst(2), 0)); // after the short tail: new train
         assert_eq!(b.msgs.len(), 2);
         assert_eq!((b.msgs[0].segment, b.msgs[0].count, b.dgrams[0]), (1472, 8, 4));
         assert_eq!((b.msgs[1].first, b.msgs[1].count, b.msgs[1].segment), (8, 2, 0));
@@ -177,23 +204,63 @@ mod tests {
     fn trains_split_by_peer_socket_size_and_limits() {
         let mut b = TxBatch::new(200, 400, true);
         let one = |len| [TxIov { buf: 0, start: 0, len }];
-        b.push(&one(1000), dst(2), 0);
-        b.push(&one(1000), dst(3), 0); // other peer
-        b.push(&one(1000), dst(3), 1); // other socket
-        b.push(&one(1200), dst(3), 1); // larger than the train's size
+        assert!(b.push(&one(1000), dst(2), 0));
+        assert!(b.push(&one(1000), dst(3), 0)); // other peer
+        assert!(b.push(&one(1000), dst(3), 1)); // other socket
+        assert!(b.push(&one(1200), dst(3), 1)); // larger than the train's size
         assert_eq!(b.msgs.len(), 4);
         b.clear();
         for _ in 0..100 {
-            b.push(&one(1472), dst(2), 0);
+            assert!(b.push(&one(1472), dst(2), 0));
         }
         // 65,507 / 1472 = 44 datagrams per train.
         assert_eq!(b.dgrams, vec![44, 44, 12]);
         assert!((0..b.msgs.len()).all(|i| b.msg_len(i) <= MAX_GSO_PAYLOAD));
         b.clear();
         for _ in 0..100 {
-            b.push(&one(100), dst(2), 0);
+            assert!(b.push(&one(100), dst(2), 0));
         }
         assert_eq!(usize::from(b.dgrams[0]), MAX_GSO_SEGMENTS);
+    }
+
+    /// Whatever the batch holds, while it says it has room for a read, a superpacket
+    /// split into the most segments there can be fits whole: no segment vanishes.
+    #[test]
+    fn room_for_a_read_is_room_for_a_whole_split_superpacket() {
+        let one = [TxIov {
+            buf: 0,
+            start: 0,
+            len: 100,
+        }];
+        for gso in [true, false] {
+            // Mixes of in-place datagrams (one piece) and superpacket segments (two),
+            // to one peer (trains) and alternating peers (a message each).
+            for singles in [0, 100, 700, 1400, 1900] {
+                let mut b = TxBatch::new(TX_MSGS, TX_IOVS, gso);
+                for i in 0..singles {
+                    if !b.has_room_for_a_read() {
+                        break;
+                    }
+                    assert!(b.push(&one, dst(2 + (i % 2) as u8), 0));
+                }
+                let mut rounds = 0;
+                while b.has_room_for_a_read() {
+                    for k in 0..MAX_SPLIT {
+                        let to = if rounds % 2 == 0 {
+                            dst(2)
+                        } else {
+                            dst(3 + (k % 2) as u8)
+                        };
+                        assert!(
+                            b.push(&two(1472), to, 0),
+                            "segment {k} of a superpacket lost (gso {gso}, {singles} singles, round {rounds})"
+                        );
+                    }
+                    rounds += 1;
+                }
+                assert!(rounds > 0 || singles > 0, "an empty batch has room");
+            }
+        }
     }
 
     #[test]

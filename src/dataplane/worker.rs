@@ -18,7 +18,7 @@
 //! before the loop starts; the loop allocates nothing and takes no lock per packet
 //! (the shared histogram's lock is taken about once a second).
 
-use super::batch::{segment_iovs, TxBatch, READ_BUF};
+use super::batch::{segment_iovs, TxBatch, HDR_ARENA, MAX_SEGMENT_HEADER, MAX_SPLIT, READ_BUF, TX_IOVS, TX_MSGS};
 use super::stats::{Counter, Tally, WorkerStats};
 use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
@@ -48,11 +48,6 @@ const WAKE: Token = Token(2);
 const READ_ARENA: usize = 1 << 20;
 /// The largest TUN read: a 64 KB superpacket and its virtio-net header.
 const MAX_READ: usize = 65_536 + virtio::HEADER_LEN;
-/// Header blocks per flush (each at most 22 + 60 + 60 bytes).
-const HDR_ARENA: usize = 1024 * 144;
-/// Datagram pieces and messages per flush.
-const TX_IOVS: usize = 2048;
-const TX_MSGS: usize = 512;
 /// Messages per recvmmsg.
 const RX_MSGS: usize = 32;
 /// TUN writes (trains) and their payload pieces per receive batch.
@@ -148,7 +143,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         read: vec![0u8; READ_ARENA],
         read_used: 0,
         hdrs: Arena::new(HDR_ARENA),
-        segs: Vec::with_capacity(256),
+        segs: Vec::with_capacity(MAX_SPLIT),
         icmp: vec![0u8; 1500],
         txb: TxBatch::new(TX_MSGS, TX_IOVS, setup.udp_gso),
         send_scratch: SendScratch::new(TX_MSGS, TX_IOVS),
@@ -220,7 +215,12 @@ impl Worker {
     /// Drains the TUN queue up to the budget. Returns whether more may be waiting.
     fn inside(&mut self, snap: &Snapshot) -> io::Result<bool> {
         for _ in 0..BUDGET {
-            if self.read_used + HEADROOM + MAX_READ > self.read.len() || !self.txb.has_room(130) {
+            // Flush first unless whatever this read produces fits: the packet in the
+            // read arena, its segments in the batch, their headers in the arena.
+            let fits = self.read_used + HEADROOM + MAX_READ <= self.read.len()
+                && self.txb.has_room_for_a_read()
+                && self.hdrs.remaining() >= MAX_SPLIT * MAX_SEGMENT_HEADER;
+            if !fits {
                 self.flush_tx();
             }
             // The packet lands at `base + HEADROOM`; a virtio-net header just before it.
@@ -315,20 +315,33 @@ impl Worker {
                             start: start as u32,
                             len: dlen as u32,
                         }];
-                        self.txb.push(&one, dst, sock);
+                        if !self.txb.push(&one, dst, sock) {
+                            self.tally.drop(DropReason::BatchFull, 1);
+                        }
                     }
                     Some(g) => {
                         self.segs.clear();
                         let r = segment::split(&self.read[start..start + dlen], &g, &mut self.hdrs, &mut self.segs);
-                        if r.is_err() {
-                            self.tally.drop(DropReason::Malformed, 1);
-                            return;
+                        match r {
+                            Ok(_) => {}
+                            // More segments than a batch takes (a segment size under
+                            // 256 bytes): the room was checked for the most there can be.
+                            Err(crate::wire::Error::Exhausted) => {
+                                self.tally.drop(DropReason::TooManySegments, 1);
+                                return;
+                            }
+                            Err(_) => {
+                                self.tally.drop(DropReason::Malformed, 1);
+                                return;
+                            }
                         }
                         for s in &self.segs {
                             self.tally.add(Counter::InsidePackets, 1);
                             self.tally
                                 .add(Counter::InsideBytes, (s.hdr_len - ENCAP_LEN + s.payload_len) as u64);
-                            self.txb.push(&segment_iovs(s, start), dst, sock);
+                            if !self.txb.push(&segment_iovs(s, start), dst, sock) {
+                                self.tally.drop(DropReason::BatchFull, 1);
+                            }
                         }
                     }
                 }
@@ -338,15 +351,7 @@ impl Worker {
                 self.tally.add(Counter::InsideBytes, len as u64);
                 self.tally.drop(reason, 1);
                 self.tally.add(Counter::IcmpErrors, 1);
-                let vnet0 = [0u8; virtio::HEADER_LEN];
-                let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
-                match sys::write_vectored(&self.tun, &[IoSlice::new(vnet), IoSlice::new(&self.icmp[..n])]) {
-                    Ok(_) => {
-                        self.tally.add(Counter::DeliveredPackets, 1);
-                        self.tally.add(Counter::DeliveredBytes, n as u64);
-                    }
-                    Err(_) => self.tally.drop(DropReason::TunWrite, 1),
-                }
+                write_one(&self.tun, self.vnet, &self.icmp[..n], &mut self.tally);
             }
             Verdict::Drop(reason) => {
                 self.tally.add(Counter::InsidePackets, 1);
@@ -370,15 +375,7 @@ impl Worker {
     fn service_replies(&mut self) {
         let Some(q) = &self.service else { return };
         while let Some(p) = q.take_reply(self.id) {
-            let vnet0 = [0u8; virtio::HEADER_LEN];
-            let vnet = if self.vnet { &vnet0[..] } else { &[][..] };
-            match sys::write_vectored(&self.tun, &[IoSlice::new(vnet), IoSlice::new(&p.buf[..p.len])]) {
-                Ok(_) => {
-                    self.tally.add(Counter::DeliveredPackets, 1);
-                    self.tally.add(Counter::DeliveredBytes, p.len as u64);
-                }
-                Err(_) => self.tally.drop(DropReason::TunWrite, 1),
-            }
+            write_one(&self.tun, self.vnet, &p.buf[..p.len], &mut self.tally);
             q.recycle(p.buf);
         }
     }
@@ -482,7 +479,9 @@ impl Worker {
                                 len: len as u32,
                             };
                             let pkt = &self.rxb.get(m).0[at + start..at + start + len];
-                            self.gro.push(r, pkt, self.rxb.buffers());
+                            if !self.gro.push(r, pkt, self.rxb.buffers()) {
+                                self.tally.drop(DropReason::BatchFull, 1);
+                            }
                         }
                         Verdict::Drop(r) => self.tally.drop(r, 1),
                         _ => self.tally.drop(DropReason::Malformed, 1),
@@ -526,6 +525,20 @@ impl Worker {
             }
         }
         self.gro.clear();
+    }
+}
+
+/// Writes one whole packet to the TUN queue (behind an empty virtio-net header when
+/// the queue carries them), counting it delivered or dropped.
+fn write_one(tun: &SyncDevice, vnet: bool, pkt: &[u8], tally: &mut Tally) {
+    let none = [0u8; virtio::HEADER_LEN];
+    let head = if vnet { &none[..] } else { &[][..] };
+    match sys::write_vectored(tun, &[IoSlice::new(head), IoSlice::new(pkt)]) {
+        Ok(_) => {
+            tally.add(Counter::DeliveredPackets, 1);
+            tally.add(Counter::DeliveredBytes, pkt.len() as u64);
+        }
+        Err(_) => tally.drop(DropReason::TunWrite, 1),
     }
 }
 

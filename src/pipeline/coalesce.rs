@@ -129,6 +129,7 @@ impl Coalescer {
 
     /// Adds the packet at `r` (whose bytes are `pkt`). Returns false, adding nothing,
     /// when full: the caller must `finish`, write and `clear` first.
+    #[must_use = "a packet that did not fit must be counted as dropped"]
     pub fn push(&mut self, r: Range, pkt: &[u8], bufs: &[impl AsRef<[u8]>]) -> bool {
         if let (Some(o), Some(t)) = (self.open, self.trains.last()) {
             if !o.closed && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {

@@ -250,7 +250,10 @@ impl SendScratch {
 
 /// Sends `msgs` on `sock` with as few `sendmmsg` calls as it takes. Returns how many
 /// messages the kernel took; the rest were refused by the error returned with them
-/// (e.g. `WouldBlock` when the socket buffer is full).
+/// (e.g. `WouldBlock` when the socket buffer is full). A message that cannot be
+/// described whole — a piece outside its buffer, more pieces or messages than the
+/// scratch holds — is never sent short: it and every message after it are refused
+/// with `InvalidInput`.
 pub fn send_batch<B: AsRef<[u8]>>(
     sock: &impl AsRawFd,
     bufs: &[B],
@@ -258,19 +261,30 @@ pub fn send_batch<B: AsRef<[u8]>>(
     msgs: &[TxMsg],
     scratch: &mut SendScratch,
 ) -> (usize, Option<io::Error>) {
-    let n = msgs.len().min(scratch.hdrs.len());
+    let invalid = |why: &str| Some(io::Error::new(io::ErrorKind::InvalidInput, why.to_string()));
+    let mut n = msgs.len().min(scratch.hdrs.len());
+    let mut refused = (msgs.len() > n)
+        .then(|| invalid("more messages than the send scratch holds"))
+        .flatten();
     let mut nseg = 0usize;
-    for (i, m) in msgs[..n].iter().enumerate() {
+    'build: for (i, m) in msgs[..n].iter().enumerate() {
         let first = nseg;
-        for s in iovs.iter().skip(m.first as usize).take(m.count as usize) {
-            let Some(bytes) = bufs
+        let pieces = iovs.get(m.first as usize..(m.first as usize).saturating_add(m.count as usize));
+        let Some(pieces) = pieces else {
+            (n, refused) = (i, invalid("a message names pieces past the end of the batch"));
+            break;
+        };
+        for s in pieces {
+            let bytes = bufs
                 .get(s.buf as usize)
-                .and_then(|b| b.as_ref().get(s.start as usize..(s.start + s.len) as usize))
-            else {
-                continue;
+                .and_then(|b| b.as_ref().get(s.start as usize..s.start as usize + s.len as usize));
+            let Some(bytes) = bytes else {
+                (n, refused) = (i, invalid("a piece lies outside its buffer"));
+                break 'build;
             };
             let Some(iov) = scratch.iovs.get_mut(nseg) else {
-                break;
+                (n, refused) = (i, invalid("more pieces than the send scratch holds"));
+                break 'build;
             };
             iov.iov_base = bytes.as_ptr() as *mut libc::c_void;
             iov.iov_len = bytes.len();
@@ -320,16 +334,24 @@ pub fn send_batch<B: AsRef<[u8]>>(
             return (done, Some(e));
         }
         if r == 0 {
-            break;
+            // Nothing taken and no error: say so, so the caller counts the rest.
+            return (done, Some(io::ErrorKind::WouldBlock.into()));
         }
         done += r as usize;
     }
-    (done, None)
+    (done, refused)
 }
 
-/// Writes `bufs` as one packet to `fd` (a TUN queue): `writev`.
+/// Writes `bufs` as one packet to `fd` (a TUN queue): `writev`. More slices than
+/// one `writev` takes is an error, never a truncated packet.
 pub fn write_vectored(fd: &impl AsRawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
-    let n = bufs.len().min(libc::UIO_MAXIOV as usize);
+    let n = bufs.len();
+    if n > libc::UIO_MAXIOV as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{n} pieces are more than one write takes ({})", libc::UIO_MAXIOV),
+        ));
+    }
     loop {
         // SAFETY: IoSlice is ABI-compatible with iovec on Unix (std guarantees it);
         // the slices are borrowed for the call and n does not exceed their count.
@@ -550,6 +572,58 @@ mod tests {
             }
         }
         assert_eq!(got, vec![(1, 100), (2, 100), (3, 60)], "gro={gro} gso={gso}");
+    }
+
+    /// Whatever cannot be sent whole is refused, and nothing short goes out.
+    #[test]
+    fn messages_that_cannot_be_described_whole_are_refused_not_truncated() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = rx.local_addr().unwrap();
+        let bufs = vec![vec![7u8; 100]];
+        let piece = |start, len| TxIov { buf: 0, start, len };
+        let msg = |first, count| TxMsg {
+            dst,
+            segment: 0,
+            first,
+            count,
+        };
+        let iovs = [piece(0, 10), piece(10, 10), piece(20, 10), piece(90, 20)];
+        let cases: [(&[TxMsg], usize); 4] = [
+            // The second message's second piece runs past its buffer.
+            (&[msg(0, 1), msg(2, 2)], 2),
+            // The second message names pieces the batch does not have.
+            (&[msg(0, 2), msg(2, 5)], 2),
+            // The second message needs a fourth iovec; the scratch has three.
+            (&[msg(0, 1), msg(0, 3)], 3),
+            // Three messages; the scratch holds two.
+            (&[msg(0, 1), msg(1, 1), msg(2, 1)], 3),
+        ];
+        for (msgs, scratch_iovs) in cases {
+            let mut scratch = SendScratch::new(2, scratch_iovs);
+            let (sent, err) = send_batch(&tx, &bufs, &iovs, msgs, &mut scratch);
+            assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidInput), "{msgs:?}");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 200];
+            while let Ok(n) = rx.recv(&mut buf) {
+                got.push(n);
+            }
+            let whole: Vec<usize> = msgs[..sent]
+                .iter()
+                .map(|m| {
+                    iovs[m.first as usize..][..m.count as usize]
+                        .iter()
+                        .map(|p| p.len as usize)
+                        .sum()
+                })
+                .collect();
+            assert_eq!(got, whole, "only whole messages went out: {msgs:?}");
+        }
+        let slices: Vec<std::io::IoSlice> = (0..libc::UIO_MAXIOV + 1).map(|_| std::io::IoSlice::new(b"x")).collect();
+        let e = write_vectored(&tx, &slices).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
