@@ -1,8 +1,10 @@
 //! The management API through its real listener, with a real HTTP client: health,
 //! statistics, and the shared error behaviour (404, 405, 413, JSON errors).
-//! Needs root (skipped without it unless TUNLOOM_REQUIRE_NETNS=1).
+//! Needs root (ignored without it unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
+
+use common::Needs;
 
 use tunloom_lab::testbed::{api_request, OneHost};
 
@@ -10,11 +12,7 @@ fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
-#[test]
 fn management_api_answers_and_errors_in_json() {
-    if !common::netns_or_skip("management_api_answers_and_errors_in_json") {
-        return;
-    }
     let mut h = OneHost::create(
         "api",
         &common::exe(),
@@ -71,4 +69,12 @@ fn management_api_answers_and_errors_in_json() {
     assert!(doc["paths"]["/ip/{containerId}/{subnet}"]["put"].is_object());
     // Still serving.
     assert_eq!(get("/health").unwrap().0, 200);
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[(
+        "management_api_answers_and_errors_in_json",
+        Needs::Netns,
+        management_api_answers_and_errors_in_json,
+    )])
 }

@@ -47,11 +47,14 @@ fn crate_refs(code: &str) -> BTreeSet<String> {
 }
 
 /// Top-level module → the top-level modules its non-test code refers to.
-fn graph() -> (BTreeMap<String, BTreeSet<String>>, Vec<(PathBuf, String)>) {
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The import graph, and every non-test source file with its code.
+fn graph() -> (Graph, Vec<(PathBuf, String)>) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut g = Graph::new();
     let mut sources = Vec::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
@@ -80,12 +83,7 @@ fn the_daemon_modules_import_each_other_without_cycles() {
     assert!(g.len() >= 10, "found the modules: {:?}", g.keys());
     // Depth-first search from every module: a module met again on the current
     // path closes a cycle.
-    fn visit<'a>(
-        n: &'a str,
-        g: &'a BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<&'a str>,
-        explored: &mut BTreeSet<&'a str>,
-    ) {
+    fn visit<'a>(n: &'a str, g: &'a Graph, path: &mut Vec<&'a str>, explored: &mut BTreeSet<&'a str>) {
         if let Some(i) = path.iter().position(|p| *p == n) {
             panic!("import cycle: {} -> {n}", path[i..].join(" -> "));
         }
@@ -109,7 +107,12 @@ fn the_daemon_modules_import_each_other_without_cycles() {
         assert!(deps.is_empty(), "{leaf} is a leaf module but imports {deps:?}");
     }
     // The model decides; it never reaches up into the faces or the assembly.
-    for (lower, upper) in [("model", "control"), ("model", "app"), ("model", "config"), ("store", "model")] {
+    for (lower, upper) in [
+        ("model", "control"),
+        ("model", "app"),
+        ("model", "config"),
+        ("store", "model"),
+    ] {
         assert!(!g[lower].contains(upper), "{lower} imports {upper}");
     }
 }

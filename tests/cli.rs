@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Needs;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tunloom_lab::netns::{self, Netns, Signal};
@@ -21,7 +23,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[test]
 fn help_explains_every_command() {
     let o = tunloom(&["--help"]);
     assert!(o.status.success());
@@ -43,7 +44,6 @@ fn help_explains_every_command() {
     );
 }
 
-#[test]
 fn configuration_errors_are_one_clear_line_and_exit_2() {
     let dir = TempDir::new(&format!("tunloom-cli-{}", std::process::id())).unwrap();
     let o = tunloom(&["run", "-c", "/nonexistent/tunloom.toml"]);
@@ -73,7 +73,6 @@ fn configuration_errors_are_one_clear_line_and_exit_2() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
 }
 
-#[test]
 fn lab_without_iperf3_says_how_to_install_it() {
     let o = Command::new(common::exe())
         .args(["lab", "--duration", "1"])
@@ -113,11 +112,7 @@ fn finish(child: std::process::Child, limit: Duration) -> Output {
     netns::wait_limited(child, limit).unwrap()
 }
 
-#[test]
 fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
-    if !common::netns_or_skip("busy_port_locked_state_missing_capability_and_clean_shutdown") {
-        return;
-    }
     let pid = std::process::id();
     let ns = Netns::create(&format!("tl-cli-{pid}")).unwrap();
     let dir = TempDir::new(&format!("tunloom-cli-ns-{pid}")).unwrap();
@@ -223,4 +218,29 @@ fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: Signal)
         ns.run("ip", &["link", "show", "tl0"], Duration::from_secs(5)).is_err(),
         "tl0 removed after signal {signal:?}"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[
+        (
+            "help_explains_every_command",
+            Needs::Nothing,
+            help_explains_every_command,
+        ),
+        (
+            "configuration_errors_are_one_clear_line_and_exit_2",
+            Needs::Nothing,
+            configuration_errors_are_one_clear_line_and_exit_2,
+        ),
+        (
+            "lab_without_iperf3_says_how_to_install_it",
+            Needs::Nothing,
+            lab_without_iperf3_says_how_to_install_it,
+        ),
+        (
+            "busy_port_locked_state_missing_capability_and_clean_shutdown",
+            Needs::Netns,
+            busy_port_locked_state_missing_capability_and_clean_shutdown,
+        ),
+    ])
 }

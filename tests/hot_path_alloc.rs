@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::Needs;
+
 use etherparse::PacketBuilder;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -93,7 +95,6 @@ fn mine() -> u64 {
     allocations_of(tunloom::sys::thread_id())
 }
 
-#[test]
 fn the_pipeline_allocates_nothing_per_packet() {
     let (a, b) = pair();
     let peer_src = "198.18.0.1".parse().unwrap();
@@ -204,19 +205,11 @@ fn the_pipeline_allocates_nothing_per_packet() {
     assert_eq!(mine() - before, 0, "allocations on the packet path");
 }
 
-#[test]
 fn worker_threads_allocate_nothing_while_forwarding() {
-    if !common::netns_or_skip("worker_threads_allocate_nothing_while_forwarding") {
-        return;
-    }
     live_workers("alloc", true);
 }
 
-#[test]
 fn worker_threads_allocate_nothing_with_offloads_off() {
-    if !common::netns_or_skip("worker_threads_allocate_nothing_with_offloads_off") {
-        return;
-    }
     live_workers("allocnooff", false);
 }
 
@@ -276,4 +269,24 @@ fn live_workers(tag: &str, offload: bool) {
         "worker allocations (per worker, before vs after) while forwarding {forwarded} packets"
     );
     daemon.stop().unwrap();
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[
+        (
+            "the_pipeline_allocates_nothing_per_packet",
+            Needs::Nothing,
+            the_pipeline_allocates_nothing_per_packet,
+        ),
+        (
+            "worker_threads_allocate_nothing_while_forwarding",
+            Needs::NetnsWith(&["ping", "iperf3"]),
+            worker_threads_allocate_nothing_while_forwarding,
+        ),
+        (
+            "worker_threads_allocate_nothing_with_offloads_off",
+            Needs::NetnsWith(&["ping", "iperf3"]),
+            worker_threads_allocate_nothing_with_offloads_off,
+        ),
+    ])
 }

@@ -1,8 +1,10 @@
 //! `tunloom lab`, the main job, end to end but short: both paths measured, the JSON
 //! document complete, and nothing left behind — after a run and after Ctrl-C.
-//! Needs root, iperf3 and ping (skipped without root unless TUNLOOM_REQUIRE_NETNS=1).
+//! Needs root, iperf3 and ping (ignored without root unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
+
+use common::Needs;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,25 +42,18 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
     found
 }
 
-fn ready() -> bool {
-    if !common::netns_or_skip("tunloom lab") {
+/// Whether process `pid` runs in the network namespace `ns` (as `ip netns add` made
+/// it): the namespace's inode is what `/proc/<pid>/ns/net` names.
+fn in_netns(pid: u32, ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(format!("/run/netns/{ns}")) else {
         return false;
-    }
-    for prog in ["iperf3", "ping"] {
-        if !common::has(prog) {
-            assert!(!common::netns_required(), "{prog} is missing: run scripts/setup");
-            eprintln!("{prog} missing: lab test skipped");
-            return false;
-        }
-    }
-    true
+    };
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .is_ok_and(|l| l.to_string_lossy() == format!("net:[{}]", want.ino()))
 }
 
-#[test]
 fn lab_measures_both_paths_and_cleans_up() {
-    if !ready() {
-        return;
-    }
     let child = Command::new(common::exe())
         .args(["lab", "--duration", "1", "--parallel", "2", "--pings", "20", "--json"])
         .stdout(Stdio::piped())
@@ -94,11 +89,7 @@ fn lab_measures_both_paths_and_cleans_up() {
     assert_eq!(leftovers(pid), Vec::<String>::new(), "left behind after a run");
 }
 
-#[test]
 fn ctrl_c_stops_the_lab_and_removes_everything() {
-    if !ready() {
-        return;
-    }
     let child = Command::new(common::exe())
         .args(["lab", "--duration", "5"])
         .stdout(Stdio::null())
@@ -114,7 +105,16 @@ fn ctrl_c_stops_the_lab_and_removes_everything() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(processes_mentioning(&needle).len() >= 2, "both daemons started");
-    std::thread::sleep(Duration::from_millis(500));
+    // ... and once it measures: its ping or iperf3 runs in its namespace a, aimed at
+    // host b's overlay address.
+    let measuring = || {
+        let ns = format!("tl-lab-{pid}-a");
+        processes_mentioning("198.19.2.1").into_iter().any(|p| in_netns(p, &ns))
+    };
+    while !measuring() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(measuring(), "the lab measures");
     tunloom_lab::netns::signal(pid, tunloom_lab::netns::Signal::SIGINT).unwrap();
     let out = tunloom_lab::netns::wait_limited(child, Duration::from_secs(60)).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -126,11 +126,30 @@ fn ctrl_c_stops_the_lab_and_removes_everything() {
 
 /// The testbed's configurations are ones tunloom accepts, each host pointing at the
 /// other (no root needed).
-#[test]
 fn testbed_configs_point_each_host_at_the_other() {
     use tunloom_lab::testbed::{host_config, HostSpec};
     let a = host_config(0, &HostSpec::default());
     assert!(a.contains("bind = \"198.18.0.1\"") && a.contains("address = \"198.18.0.2\""));
     let s = tunloom::config::Config::parse(&a, std::path::Path::new("a.toml")).unwrap();
     assert_eq!(s.node.name, "tb-a");
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[
+        (
+            "lab_measures_both_paths_and_cleans_up",
+            Needs::NetnsWith(&["ping", "iperf3"]),
+            lab_measures_both_paths_and_cleans_up,
+        ),
+        (
+            "ctrl_c_stops_the_lab_and_removes_everything",
+            Needs::NetnsWith(&["ping", "iperf3"]),
+            ctrl_c_stops_the_lab_and_removes_everything,
+        ),
+        (
+            "testbed_configs_point_each_host_at_the_other",
+            Needs::Nothing,
+            testbed_configs_point_each_host_at_the_other,
+        ),
+    ])
 }

@@ -1,8 +1,10 @@
 //! Two tunloom daemons in network namespaces: traffic both ways, a real TCP transfer,
 //! a peer crash and return, and a storm of garbage at the data and control ports.
-//! Needs root (skipped without it unless TUNLOOM_REQUIRE_NETNS=1).
+//! Needs root (ignored without it unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
+
+use common::Needs;
 
 use rand::{Rng, SeedableRng};
 use std::net::UdpSocket;
@@ -21,6 +23,19 @@ fn peer(stats: &serde_json::Value) -> serde_json::Value {
     stats["peers"][0].clone()
 }
 
+/// Host `i`'s stats once `done` holds for them, polled for at most 5 s (the last ones
+/// read, when it never does, for the assertions to report).
+fn stats_once(h: &TwoHosts, i: usize, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = h.stats(i).expect("the daemon answers");
+        if done(&s) || Instant::now() >= deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Pings until one reply comes back or `limit` passes.
 fn reachable(h: &TwoHosts, from: usize, dst: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -32,11 +47,7 @@ fn reachable(h: &TwoHosts, from: usize, dst: &str, limit: Duration) -> bool {
     false
 }
 
-#[test]
 fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
-    if !common::netns_or_skip("two_hosts_forward_survive_a_crash_and_shrug_off_garbage") {
-        return;
-    }
     assert!(common::has("ping"), "ping is needed (apt-get install -y iputils-ping)");
     assert!(common::has("iperf3"), "iperf3 is needed (apt-get install -y iperf3)");
     // Both hosts sign their control messages: peering below proves it works.
@@ -144,8 +155,10 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     .join()
     .unwrap();
     assert_eq!(sent, 10_000);
-    std::thread::sleep(Duration::from_millis(300));
-    let after = h.stats(0).expect("a is still up");
+    let malformed = |s: &serde_json::Value| s["control"]["dropped_malformed"].as_u64().unwrap_or(0);
+    let after = stats_once(&h, 0, |s| {
+        total_drops(s) - total_drops(&before) > 3000 && malformed(s) - malformed(&before) > 3000
+    });
     assert_eq!(after["node"]["name"], "tb-a");
     let data_drops = total_drops(&after) - total_drops(&before);
     let c = &after["control"];
@@ -184,9 +197,8 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     })
     .join()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let after = h.stats(0).unwrap();
     let d = |s: &serde_json::Value, k: &str| s["total"]["drops"][k].as_u64().unwrap_or(0);
+    let after = stats_once(&h, 0, |s| d(s, "unknown_peer") - d(&before, "unknown_peer") >= 900);
     let strangers = d(&after, "unknown_peer") - d(&before, "unknown_peer");
     assert!(
         strangers >= 900,
@@ -234,10 +246,9 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     })
     .join()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let after = h.stats(0).unwrap();
-    let counted = after["control"]["dropped_unauthenticated"].as_u64().unwrap()
-        - before["control"]["dropped_unauthenticated"].as_u64().unwrap();
+    let unauthenticated = |s: &serde_json::Value| s["control"]["dropped_unauthenticated"].as_u64().unwrap();
+    let after = stats_once(&h, 0, |s| unauthenticated(s) - unauthenticated(&before) >= 100);
+    let counted = unauthenticated(&after) - unauthenticated(&before);
     assert_eq!(counted, 100, "{:#}", after["control"]);
     let peers = after["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 1, "the forger is no peer: {peers:#?}");
@@ -246,4 +257,12 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
         reachable(&h, 0, OVERLAY[1], Duration::from_secs(3)),
         "and a still forwards"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[(
+        "two_hosts_forward_survive_a_crash_and_shrug_off_garbage",
+        Needs::NetnsWith(&["ping", "iperf3"]),
+        two_hosts_forward_survive_a_crash_and_shrug_off_garbage,
+    )])
 }

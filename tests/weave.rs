@@ -1,9 +1,11 @@
 //! The Weave Net face, driven over HTTP through its real listener: every route and
 //! status code of the seed, IPAM semantics, bad input, restarts, a crash during 1,000
 //! concurrent allocations, and the synchronous promise of `/connect` and `/expose`.
-//! Needs root (skipped without it unless TUNLOOM_REQUIRE_NETNS=1).
+//! Needs root (ignored without it unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
+
+use common::Needs;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,11 +33,7 @@ fn w(h: &OneHost, method: &str, path: &str, form: Option<&str>) -> (u16, String)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", h.log()))
 }
 
-#[test]
 fn every_route_of_the_seed_answers_as_weave_does() {
-    if !common::netns_or_skip("every_route_of_the_seed_answers_as_weave_does") {
-        return;
-    }
     let mut h = host("weave");
 
     // Status: the seed's StatusResponse.
@@ -177,11 +175,7 @@ fn every_route_of_the_seed_answers_as_weave_does() {
     assert_eq!(w(&h, "PUT", "/ip/c5/10.32.0.100/12", None).0, 200);
 }
 
-#[test]
 fn the_readme_curl_example_runs() {
-    if !common::netns_or_skip("the_readme_curl_example_runs") {
-        return;
-    }
     assert!(common::has("curl"), "needs curl (scripts/setup installs it)");
     let h = host("weavecurl");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/weave-curl.sh");
@@ -196,11 +190,7 @@ fn the_readme_curl_example_runs() {
     assert!(text.contains("released ctr-1"), "{text}");
 }
 
-#[test]
 fn bad_requests_get_the_right_4xx_and_say_why() {
-    if !common::netns_or_skip("bad_requests_get_the_right_4xx_and_say_why") {
-        return;
-    }
     let h = host("weavebad");
     assert_eq!(w(&h, "PUT", "/ip/holder/10.32.0.20/12", None).0, 200);
     let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
@@ -323,11 +313,7 @@ fn bad_requests_get_the_right_4xx_and_say_why() {
     assert!(body.contains("no free address"), "{body}");
 }
 
-#[test]
 fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
-    if !common::netns_or_skip("kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged") {
-        return;
-    }
     let mut h = host("weavekill");
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let ns = h.ns.name.clone();
@@ -402,11 +388,7 @@ fn kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged() {
     );
 }
 
-#[test]
 fn connect_and_expose_are_in_force_when_they_return() {
-    if !common::netns_or_skip("connect_and_expose_are_in_force_when_they_return") {
-        return;
-    }
     assert!(common::has("ping"), "needs ping");
     let spec = HostSpec {
         static_peers: false,
@@ -510,4 +492,34 @@ fn connect_and_expose_are_in_force_when_they_return() {
     assert_eq!(h.weave(0, "GET", "/ip/x1", None).unwrap(), (200, format!("{got}")));
     let (status, body) = h.weave(0, "POST", &format!("/ip/x2/{}", BLOCK[1]), None).unwrap();
     assert_eq!(status, 200, "{body}\n{}", h.log(0));
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(&[
+        (
+            "every_route_of_the_seed_answers_as_weave_does",
+            Needs::Netns,
+            every_route_of_the_seed_answers_as_weave_does,
+        ),
+        (
+            "the_readme_curl_example_runs",
+            Needs::NetnsWith(&["curl"]),
+            the_readme_curl_example_runs,
+        ),
+        (
+            "bad_requests_get_the_right_4xx_and_say_why",
+            Needs::Netns,
+            bad_requests_get_the_right_4xx_and_say_why,
+        ),
+        (
+            "kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged",
+            Needs::Netns,
+            kill_9_during_1000_concurrent_allocations_loses_nothing_acknowledged,
+        ),
+        (
+            "connect_and_expose_are_in_force_when_they_return",
+            Needs::NetnsWith(&["ping"]),
+            connect_and_expose_are_in_force_when_they_return,
+        ),
+    ])
 }
