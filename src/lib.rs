@@ -13,24 +13,41 @@
 //!            │ writev ◀─ pipeline::coalesce ◀─ pipeline::outside ◀───────┼────────│◀ recvmmsg, UDP GRO ─ peer
 //!            └───────────── GRO trains ───── anti-spoofing, VNI ─────────┘────────┘
 //!                  ▲ loads the published snapshot once per batch (arc-swap)
-//!  control side: peers (UDP 6783 hello/announce) ─┐
-//!                control (HTTP API, tiny_http)  ──┴─▶ snapshot::Published (routes, peers)
+//!
+//!  control side:
+//!   faces (control::weave, control::management) ── model ── store (committer → redb)
+//!        │ router: gate → permission → handler      │  │  └─ host (addresses on tl0)
+//!        │                                          │  └──── peers (driver: UDP 6783)
+//!        └──────────────── answers once ───────────┴─▶ snapshot::Published ─▶ workers
+//!                          durable and in force
 //! ```
 //!
-//! Layers, each in its own module:
+//! The dataplane, packet by packet:
 //! - [`wire`]: views and values for VXLAN, Ethernet, virtio-net, peer control
 //!   messages; ICMP error emitters; checksums. No I/O, no allocation.
 //! - [`route`]: longest-prefix match (IPv4 and IPv6).
 //! - [`pipeline`]: the sans-IO packet path — pure functions of (snapshot, packet,
 //!   buffers) returning a [`pipeline::Verdict`].
-//! - [`dataplane`]: the I/O shell — TUN device, sockets, worker event loops.
+//! - [`dataplane`]: the I/O shell — TUN device, sockets, worker event loops, their
+//!   counters.
 //! - [`snapshot`]: the immutable forwarding state and its publication.
-//! - [`peers`], [`control`], [`service`]: the control plane, the HTTP API and the
-//!   gateway endpoint.
-//! - [`model`], [`store`]: what the control side knows (peers, IPAM, DNS records,
-//!   exposed addresses) and where it is kept durable (redb, group commit).
-//! - [`daemon`], [`config`], [`stats`]: assembly, configuration, counters.
-//! - [`sys`]: every raw system call; the only module with `unsafe`.
+//! - [`service`]: tunloom's own endpoint at gateway addresses (smoltcp, own thread).
+//!
+//! The control half, write by write:
+//! - [`control`]: the HTTP faces — a router with a gate and permissions, the
+//!   `tiny_http` shell, one file per face, each with its own state.
+//! - [`model`]: what tunloom knows and decides (IPAM, DNS records, exposed
+//!   addresses, peering); one write path; no I/O of its own.
+//! - [`store`]: revisioned key-value storage with compare-and-swap and watch; group
+//!   commit; redb and in-memory backends.
+//! - [`host`]: the kernel changes and liveness probes the model asks for.
+//! - [`peers`]: the peer control protocol — a pure table and the driver that owns its
+//!   socket.
+//!
+//! Around both: [`app`] assembles the daemon, [`config`] validates the file into each
+//! part's settings, [`telemetry`] counts, [`names`] holds the naming rules, and
+//! [`sys`] makes every raw system call — the only module with `unsafe`. The modules
+//! import each other without cycles (`tests/architecture.rs` checks it).
 //!
 //! The lab (network namespaces, the two-host testbed and `tunloom lab`) is the
 //! separate crate `tunloom-lab` in `lab/`: no module here can depend on it.

@@ -181,3 +181,23 @@ pub fn model_on<S: crate::store::Store>(
     })?;
     Ok((model, host))
 }
+
+/// A directory under the system's temporary directory, removed with everything in it
+/// when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory named after `tag` and this process.
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("tunloom-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a temporary directory");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! - [`router`]: patterns, the gate (who is asking) and permissions, 404/405,
 //!   request and response values.
-//! - [`serve`]: the `tiny_http` shell — threads, body limit, request log.
+//! - [`serve`](mod@serve): the `tiny_http` shell — threads, body limit, request log.
 //! - [`weave`]: the Weave Net local API, parsed into calls on the [`crate::model`].
 //! - [`management`]: `/health`, `/api/v1/stats`, `/api/v1/openapi.json`.
 //!

@@ -5,7 +5,7 @@
 //!
 //! Every handler is a thin adapter over [`crate::model::Model`]: parse the path and
 //! form into a [`Call`], carry it out on the model, and map the model's error kinds
-//! to status codes in one place ([`failed`]: 400 wrong request or conflict, as Weave
+//! to status codes in one place (`failed`: 400 wrong request or conflict, as Weave
 //! answers both, 404 unknown thing, 503 not possible now). The face's state,
 //! [`Weave`], is the model and the few settings `/status` shows — nothing else.
 //!

@@ -6,7 +6,7 @@
 //! The model decides and does no I/O of its own: durable state goes through the
 //! store's committer, host changes and liveness probes through the [`crate::host`]
 //! traits, peer traffic through the peers' control thread ([`crate::peers::Peers`]).
-//! Every write follows one path, [`txn`]'s `write`: decide, commit, publish, wait,
+//! Every write follows one path, `txn`'s `write`: decide, commit, publish, wait,
 //! answer.
 //!
 //! - this file: the facade — opening from the store, the state, what this node
@@ -14,8 +14,8 @@
 //! - [`schema`]: how the state is laid out in the store;
 //! - [`ipam`]: allocations (`allocate`, `claim`, `release`, `lookup`) over the
 //!   allocator;
-//! - [`dns`]: DNS records; [`expose`]: the host's own overlay addresses;
-//!   [`peering`]: connecting to and removing peers;
+//! - `dns`: DNS records; `expose`: the host's own overlay addresses;
+//!   `peering`: connecting to and removing peers;
 //! - [`error`]: what can go wrong, by kind.
 //!
 //! API faces (`crate::control`) are thin adapters over these methods.

@@ -5,22 +5,12 @@ use super::*;
 use crate::host::HostOp;
 use crate::store::memory::MemoryStore;
 use crate::store::redb::RedbStore;
-use crate::testkit::{model_on, model_settings};
+use crate::testkit::{model_on, model_settings, TempDir};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir(tag: &str) -> Dir {
-    let p = std::env::temp_dir().join(format!("tunloom-model-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    Dir(p)
+fn dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("model-{tag}"))
 }
 
 /// A model over 10.32.0.0/12 on the redb store in `d`, with `workers` workers that

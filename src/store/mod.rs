@@ -16,7 +16,7 @@
 //!   order, then every later one.
 //!
 //! Backends: [`redb::RedbStore`] (one crash-safe file in the state directory) and
-//! [`memory::MemoryStore`] (tests and fuzzing). [`conformance`] is the behaviour both
+//! [`memory::MemoryStore`] (tests and fuzzing). `conformance` is the behaviour both
 //! must show; each backend's tests run it. The [`Committer`] in front of a backend
 //! gathers concurrent writers into one durable batch (group commit). This module may
 //! touch the filesystem only through a backend; it never reads the clock.

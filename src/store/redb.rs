@@ -176,18 +176,8 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
 
-    struct Dir(std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("tunloom-redb-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
+    fn dir(tag: &str) -> crate::testkit::TempDir {
+        crate::testkit::TempDir::new(&format!("redb-{tag}"))
     }
 
     #[test]

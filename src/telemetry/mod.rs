@@ -1,6 +1,6 @@
 //! What tunloom counts and times, and the one registry every reader goes through.
 //!
-//! - [`counted_enum!`] declares an event enum whose variants index a counter array and
+//! - `counted_enum!` declares an event enum whose variants index a counter array and
 //!   carry the snake_case names that stats and metrics show ([`Counted`]).
 //! - [`Counters`] is the shared, atomic array of one such enum; [`Local`] is the plain
 //!   array a single thread fills and flushes into it (a worker flushes once per batch,
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// An enum whose variants are counted: each has an index into a counter array and a
-/// snake_case name for stats and metrics. Implemented by [`counted_enum!`].
+/// snake_case name for stats and metrics. Implemented by `counted_enum!`.
 pub trait Counted: Copy + Send + Sync + 'static {
     const ALL: &'static [Self];
     fn index(self) -> usize;
