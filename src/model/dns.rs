@@ -26,7 +26,7 @@ impl Model {
         };
         self.write(|st| {
             if st.records.contains(&r) {
-                return Ok(Change::read(()));
+                return Ok(Change::guarded((), Row::Record(r.clone()).stored()));
             }
             st.records.insert(r.clone());
             let txn = Txn::ops(vec![Row::Record(r.clone()).put()]);

@@ -29,7 +29,7 @@ impl Model {
                 }
             }
             if st.exposed.contains(&cidr) {
-                return Ok(Change::read(()));
+                return Ok(Change::guarded((), Row::Exposed(cidr).stored()));
             }
             st.exposed.push(cidr);
             // Held in IPAM, so no container is ever handed the host's address.

@@ -276,12 +276,19 @@ impl Model {
         Ok(model)
     }
 
-    /// Updates what this node announces: configured prefixes and host routes of
-    /// exposed addresses, and the IPAM blocks it owns.
+    /// Updates what this node announces: the configured prefixes (with host routes
+    /// of configured exposed addresses), the IPAM blocks it owns, and a host route for
+    /// each address exposed through the API that none of those covers.
     fn announce(&self, st: &State) -> u64 {
-        let prefixes = announced_prefixes(&self.settings.announce, self.settings.expose.iter().chain(&st.exposed));
+        let mut prefixes = announced_prefixes(&self.settings.announce, &self.settings.expose);
+        let blocks: Vec<IpNet> = st.ipam.owned().iter().map(|b| IpNet::V4(*b)).collect();
+        for e in &st.exposed {
+            if !blocks.iter().any(|b| b.contains(&e.addr())) {
+                add_host_route(&mut prefixes, e.addr());
+            }
+        }
         let mut list: Vec<(IpNet, bool)> = prefixes.into_iter().map(|p| (p, false)).collect();
-        list.extend(st.ipam.owned().iter().map(|b| (IpNet::V4(*b), true)));
+        list.extend(blocks.into_iter().map(|b| (b, true)));
         self.peers.set_announced(&list)
     }
 

@@ -110,6 +110,11 @@ impl Row {
         Compare::Absent(self.key())
     }
 
+    /// A condition that holds while this very row is stored.
+    pub fn stored(&self) -> Compare {
+        Compare::Value(self.key(), self.value())
+    }
+
     /// Reads a stored entry back.
     pub fn decode(e: &Entry) -> Result<Row, Unreadable> {
         let bad = || Unreadable {

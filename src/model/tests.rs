@@ -114,6 +114,22 @@ fn a_worker_that_does_not_apply_a_change_is_named() {
 }
 
 #[test]
+fn a_stuck_worker_does_not_keep_a_hidden_address_on_the_link() {
+    let mut s = model_settings("10.32.0.0/12");
+    s.apply_timeout = Duration::from_millis(50);
+    let (m, host) = model_on(s, MemoryStore::default(), 1).unwrap();
+    let net: IpNet = "10.32.0.50/12".parse().unwrap();
+    assert_eq!(m.expose(net).unwrap_err().kind(), Kind::Behind);
+    assert_eq!(m.hide().unwrap_err().kind(), Kind::Behind);
+    assert_eq!(
+        host.ops(),
+        vec![HostOp::AddAddress(net), HostOp::DelAddress(net)],
+        "the address comes off the link although the worker is behind"
+    );
+    assert!(m.lookup_all(EXPOSE_ID).is_empty());
+}
+
+#[test]
 fn not_ready_until_every_worker_forwards_by_the_state() {
     let d = dir("ready");
     let m = open_workers(&d.0, 2, |_| {}).unwrap();
@@ -213,26 +229,36 @@ fn errors_map_to_their_kinds() {
 
 #[test]
 fn exposing_changes_the_link_before_announcing_and_hiding_after_withdrawing() {
-    let (m, host) = model_on(model_settings("10.32.0.0/12"), MemoryStore::default(), 0).unwrap();
-    let net: IpNet = "10.32.0.7/12".parse().unwrap();
-    m.expose(net).unwrap();
-    let announced = |m: &Model| {
-        m.peers.read(|t| {
-            t.announced()
-                .iter()
-                .any(|a| a.prefix == "10.32.0.7/32".parse::<IpNet>().unwrap())
-        })
+    let mut s = model_settings("10.32.0.0/12");
+    s.blocks = vec!["10.32.0.0/13".parse().unwrap()];
+    let (m, host) = model_on(s, MemoryStore::default(), 0).unwrap();
+    let announced = |m: &Model, p: &str| {
+        let p: IpNet = p.parse().unwrap();
+        m.peers.read(|t| t.announced().iter().any(|a| a.prefix == p))
     };
-    assert!(announced(&m));
-    assert_eq!(host.ops(), vec![HostOp::AddAddress(net)]);
+    // Inside a block this node owns (and announces): no host route of its own.
+    let inside: IpNet = "10.32.0.7/12".parse().unwrap();
+    m.expose(inside).unwrap();
+    assert!(!announced(&m, "10.32.0.7/32") && announced(&m, "10.32.0.0/13"));
+    // Outside it: announced as a host route.
+    let outside: IpNet = "10.40.0.7/12".parse().unwrap();
+    m.expose(outside).unwrap();
+    assert!(announced(&m, "10.40.0.7/32"));
+    assert_eq!(
+        host.ops(),
+        vec![HostOp::AddAddress(inside), HostOp::AddAddress(outside)]
+    );
     m.hide().unwrap();
-    assert!(!announced(&m));
-    assert_eq!(host.ops(), vec![HostOp::AddAddress(net), HostOp::DelAddress(net)]);
+    assert!(!announced(&m, "10.40.0.7/32"));
+    assert_eq!(
+        host.ops()[2..],
+        [HostOp::DelAddress(inside), HostOp::DelAddress(outside)]
+    );
     // A kernel that refuses: nothing is exposed, stored, announced or held.
     host.refuse(true);
-    let e = m.expose(net).unwrap_err();
+    let e = m.expose(outside).unwrap_err();
     assert_eq!(e.kind(), Kind::Unavailable, "{e}");
-    assert!(m.exposed().is_empty() && !announced(&m) && m.lookup_all(EXPOSE_ID).is_empty());
+    assert!(m.exposed().is_empty() && !announced(&m, "10.40.0.7/32") && m.lookup_all(EXPOSE_ID).is_empty());
 }
 
 #[test]
@@ -260,4 +286,68 @@ fn the_store_refuses_to_record_one_address_twice() {
         m.allocate("c1", None, false).unwrap(),
         Allocation::Address(Ipv4Addr::new(10, 32, 0, 3), 12)
     );
+}
+
+/// A memory store whose commits take `delay`, as a slow disk's would.
+#[derive(Clone)]
+struct Slow(MemoryStore, Duration);
+
+impl Store for Slow {
+    fn range(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<crate::store::Entry>, crate::store::Revision), crate::store::StoreError> {
+        self.0.range(prefix)
+    }
+    fn commit(&mut self, txns: &[Txn]) -> Result<Vec<crate::store::Outcome>, crate::store::StoreError> {
+        std::thread::sleep(self.1);
+        self.0.commit(txns)
+    }
+    fn watch(
+        &self,
+        prefix: &str,
+        after: crate::store::Revision,
+    ) -> Result<crate::store::Watch, crate::store::StoreError> {
+        self.0.watch(prefix, after)
+    }
+}
+
+#[test]
+fn a_repeated_request_is_answered_only_once_the_first_is_durable() {
+    let store = MemoryStore::default();
+    let (m, _) = model_on(
+        model_settings("10.32.0.0/12"),
+        Slow(store.clone(), Duration::from_millis(300)),
+        0,
+    )
+    .unwrap();
+    let m = Arc::new(m);
+    // Another writer holds 10.32.0.2 on disk, so c1's first allocation of it will
+    // conflict — but only once its slow commit is evaluated.
+    let mut other = store.clone();
+    crate::store::Store::commit(
+        &mut other,
+        &[Txn::ops(vec![Row::Allocation {
+            ip: "10.32.0.2".parse().unwrap(),
+            prefix: 12,
+            container: "elsewhere".into(),
+        }
+        .put()])],
+    )
+    .unwrap();
+    let first = {
+        let m = m.clone();
+        std::thread::spawn(move || m.allocate("c1", None, false))
+    };
+    // The repeat arrives while the first is in flight: in memory, c1 holds .2.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(m.lookup("c1"), vec![(Ipv4Addr::new(10, 32, 0, 2), 12)]);
+    let repeat = m.allocate("c1", None, false);
+    assert_eq!(first.join().unwrap().unwrap_err().kind(), Kind::Conflict);
+    assert_eq!(
+        repeat.map_err(|e| e.kind()),
+        Err(Kind::Conflict),
+        "the repeat was not answered with an address that was never stored"
+    );
+    assert!(m.lookup("c1").is_empty());
 }

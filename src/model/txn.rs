@@ -19,11 +19,17 @@
 //!    the change itself is done.
 //!
 //! Only then does the write return, so a face answers once the change is durable and
-//! in force.
+//! in force. An answer that changes nothing but repeats what an earlier change
+//! decided (an idempotent allocation, say) is held back, with a guard transaction,
+//! until that change is durable too.
+//!
+//! Host changes that come first run under the state lock: an rtnetlink call takes
+//! well under a millisecond, and holding the lock keeps them in the same order as the
+//! announcements they precede.
 
 use super::{Error, Model, State};
 use crate::host::HostOp;
-use crate::store::Txn;
+use crate::store::{Compare, Txn};
 
 /// Reverts a decided change in memory when it could not be made.
 pub(super) type Undo = Box<dyn FnOnce(&mut State) + Send>;
@@ -43,6 +49,20 @@ pub(super) struct Change<T> {
 }
 
 impl<T> Change<T> {
+    /// Nothing changes, but the answer relies on what `holds` says of the store —
+    /// which a change still in flight may have just decided: the answer is given only
+    /// once the store confirms it (after every transaction submitted before), and a
+    /// conflict if that change could not be stored after all.
+    pub fn guarded(value: T, holds: Compare) -> Change<T> {
+        Change {
+            txn: Txn {
+                compare: vec![holds],
+                ops: Vec::new(),
+            },
+            ..Change::read(value)
+        }
+    }
+
     /// Nothing changes; the answer is `value`.
     pub fn read(value: T) -> Change<T> {
         Change {
@@ -109,15 +129,21 @@ impl Model {
                 return Err(Error::Store(e));
             }
         }
-        if change.routing {
-            self.republish()?;
+        // The change is durable from here on: what follows happens whether or not
+        // every worker applies it in time, and a worker that does not is reported.
+        let applied = if change.routing {
+            let r = self.republish();
             self.peers.update(|t| t.hello_now(None));
-        }
+            r.map(drop)
+        } else {
+            Ok(())
+        };
         for op in &change.after {
             if let Err(e) = self.kernel.apply(op) {
                 log::warn!("host: {e}");
             }
         }
+        applied?;
         Ok(change.value)
     }
 

@@ -25,6 +25,8 @@ const SOCKET: Token = Token(0);
 const WAKE: Token = Token(1);
 /// The longest the thread sleeps without looking at the shutdown flag.
 const MAX_SLEEP: Duration = Duration::from_millis(200);
+/// Datagrams handled per pass before hellos and expiry get their turn.
+const RECV_BUDGET: usize = 64;
 
 impl Time {
     /// Now, from the system's clocks.
@@ -121,18 +123,28 @@ impl Peers {
         let _ = self.waker.set(Arc::new(Waker::new(poll.registry(), WAKE)?));
         let mut events = Events::with_capacity(8);
         let mut buf = vec![0u8; 65_536];
+        let mut more = false;
+        let mut result = Ok(());
         while !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let sleep = self
-                .read(|t| t.poll_timeout())
-                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
-                .min(MAX_SLEEP);
+            // Datagrams left from the last pass: look again at once (the poll is
+            // edge-triggered and would not say so).
+            let sleep = if more {
+                Duration::ZERO
+            } else {
+                self.read(|t| t.poll_timeout())
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+                    .min(MAX_SLEEP)
+            };
             if let Err(e) = poll.poll(&mut events, Some(sleep)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
-            loop {
+            // A bounded number per pass, so a flood never holds up hellos and expiry.
+            more = false;
+            for _ in 0..RECV_BUDGET {
                 match sock.recv_from(&mut buf) {
                     Ok((n, from)) => {
                         let out = self.update_quietly(|t| t.handle(&buf[..n], from, Instant::now()));
@@ -140,9 +152,17 @@ impl Peers {
                             on_change();
                             self.update_quietly(Table::applied);
                         }
+                        more = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => log::debug!("control: receive: {e}"),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        more = false;
+                        break;
+                    }
+                    Err(e) => {
+                        // ICMP errors for earlier sends surface here; keep draining.
+                        log::debug!("control: receive: {e}");
+                        more = true;
+                    }
                 }
             }
             if self.update_quietly(|t| t.expire(Instant::now())) {
@@ -152,7 +172,7 @@ impl Peers {
         }
         self.update_quietly(|t| t.bye(Time::now()));
         self.send_due(&sock);
-        Ok(())
+        result
     }
 
     /// [`Peers::update`] from the control thread itself: no kick needed.

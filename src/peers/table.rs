@@ -130,6 +130,8 @@ pub struct Table {
     urgent: Vec<SocketAddr>,
     /// When the next round of hellos is due; `None`: now.
     next_hello: Option<Instant>,
+    /// Bye was said: nothing but what is queued goes out any more.
+    closing: bool,
     pages: Vec<Vec<u8>>,
 }
 
@@ -154,6 +156,7 @@ impl Table {
             queue: VecDeque::new(),
             urgent: Vec::new(),
             next_hello: None,
+            closing: false,
             pages: Vec::new(),
         }
     }
@@ -409,7 +412,7 @@ impl Table {
 
     /// The next datagram to send, if any is due at `now`.
     pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && !self.closing {
             if self.next_hello.is_none_or(|t| now.at >= t) {
                 self.next_hello = Some(now.at + self.timing.hello_interval);
                 self.urgent.clear();
@@ -428,15 +431,17 @@ impl Table {
 
     /// When `poll_transmit` has something new to send.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.queue.is_empty() || !self.urgent.is_empty() {
+        if !self.queue.is_empty() || (!self.urgent.is_empty() && !self.closing) {
             return None;
         }
         self.next_hello
     }
 
-    /// Queues a "bye" to every peer (the node is stopping).
+    /// Queues a "bye" to every peer (the node is stopping); nothing else is sent
+    /// after it.
     pub fn bye(&mut self, now: Time) {
         self.urgent.clear();
+        self.closing = true;
         for i in 0..self.peers.len() {
             self.queue_state(Kind::Bye, i, now);
         }
@@ -776,10 +781,15 @@ mod tests {
         n.tick(100);
         assert_eq!((n.view(0)["bb"].0, n.view(1)["a"].0), ("up", "up"));
         assert_eq!(n.nodes[1].peers()[0].up_events, 2);
-        // Bye: b withdraws a at once, without waiting for hellos to stop.
+        // Bye: b withdraws a at once, without waiting for hellos to stop; a change on
+        // a after it (an API write racing the shutdown) sends nothing more.
         n.nodes[0].bye(at(n.t0, n.now_ms));
+        n.nodes[0].hello_now(None);
+        n.nodes[0].set_targets(&[B.parse().unwrap()], false);
         n.tick(1);
         assert_eq!(n.view(1)["a"].0, "down");
+        n.tick(200);
+        assert_eq!(n.view(1)["a"].0, "down", "no hello after the bye");
         assert_eq!(n.nodes[1].counters().get(ControlEvent::PeerDown), 2);
     }
 }

@@ -29,17 +29,18 @@ pub enum Allocation {
 pub const EXPOSE_ID: &str = "weave:expose";
 
 /// The change for `id` holding `a` (in a subnet of prefix length `len`): stored when
-/// `new`, and released again if the store refuses it.
+/// `new`, and released again if the store refuses it; when not new, answered once the
+/// store holds it (it may be an allocation still in flight).
 fn held(id: &str, a: Ipv4Addr, len: u8, new: bool) -> Change<Allocation> {
     let value = Allocation::Address(a, len);
-    if !new {
-        return Change::read(value);
-    }
     let row = Row::Allocation {
         ip: a,
         prefix: len,
         container: id.to_string(),
     };
+    if !new {
+        return Change::guarded(value, row.stored());
+    }
     let txn = Txn {
         compare: vec![row.absent()],
         ops: vec![row.put()],
