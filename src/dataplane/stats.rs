@@ -8,12 +8,12 @@
 //! arrays; touches nothing else.
 
 use crate::pipeline::DropReason;
-use crate::telemetry::{counted_enum, new_histogram, Counters, Local};
+use crate::telemetry::{counted_enum, flush, named, new_histogram};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI32;
+use std::sync::atomic::{AtomicI32, AtomicU64};
 
 counted_enum! {
     /// A dataplane event counted per worker.
@@ -37,21 +37,31 @@ counted_enum! {
     }
 }
 
-/// Per-batch accumulation, owned by one worker.
-#[derive(Clone, Default)]
+/// Per-batch accumulation, owned by one worker. Plain arrays sized by the enums, so
+/// counting a packet is one add at a fixed offset.
+#[derive(Clone)]
 pub struct Tally {
-    pub counters: Local<Counter>,
-    pub drops: Local<DropReason>,
+    pub counters: [u64; Counter::COUNT],
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            counters: [0; Counter::COUNT],
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl Tally {
     #[inline]
     pub fn add(&mut self, c: Counter, n: u64) {
-        self.counters.add(c, n);
+        self.counters[c as usize] += n;
     }
     #[inline]
     pub fn drop(&mut self, r: DropReason, n: u64) {
-        self.drops.add(r, n);
+        self.drops[r as usize] += n;
     }
 }
 
@@ -83,10 +93,11 @@ impl CounterSnapshot {
     }
 }
 
-/// The counters one worker publishes.
+/// The counters one worker publishes, inline (the struct is cache-padded per worker,
+/// so no other thread's data shares their cache lines).
 pub struct WorkerStats {
-    counters: Counters<Counter>,
-    drops: Counters<DropReason>,
+    counters: [AtomicU64; Counter::COUNT],
+    drops: [AtomicU64; DropReason::COUNT],
     pub tid: AtomicI32,
     pub cpu: AtomicI32,
     histogram: Mutex<Histogram<u64>>,
@@ -95,8 +106,8 @@ pub struct WorkerStats {
 impl Default for WorkerStats {
     fn default() -> Self {
         WorkerStats {
-            counters: Counters::default(),
-            drops: Counters::default(),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
             tid: AtomicI32::new(0),
             cpu: AtomicI32::new(-1),
             histogram: Mutex::new(new_histogram()),
@@ -107,8 +118,8 @@ impl Default for WorkerStats {
 impl WorkerStats {
     /// Adds a batch's tally and clears it. Called by the owning worker only.
     pub fn flush(&self, t: &mut Tally) {
-        self.counters.flush(&mut t.counters);
-        self.drops.flush(&mut t.drops);
+        flush(&self.counters, &mut t.counters);
+        flush(&self.drops, &mut t.drops);
     }
 
     /// Merges a worker-local histogram into the shared one and clears it.
@@ -120,8 +131,8 @@ impl WorkerStats {
 
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
-            counters: self.counters.snapshot(),
-            drops: self.drops.snapshot(),
+            counters: named::<Counter>(&self.counters),
+            drops: named::<DropReason>(&self.drops),
         }
     }
 
@@ -153,7 +164,7 @@ mod tests {
         t.add(Counter::InsidePackets, 3);
         t.drop(DropReason::Spoofed, 2);
         ws[0].flush(&mut t);
-        assert_eq!(t.counters.get(Counter::InsidePackets), 0);
+        assert_eq!(t.counters[Counter::InsidePackets as usize], 0);
         t.add(Counter::InsidePackets, 4);
         ws[1].flush(&mut t);
         let mut h = new_histogram();

@@ -2,9 +2,10 @@
 //!
 //! - `counted_enum!` declares an event enum whose variants index a counter array and
 //!   carry the snake_case names that stats and metrics show ([`Counted`]).
-//! - [`Counters`] is the shared, atomic array of one such enum; [`Local`] is the plain
-//!   array a single thread fills and flushes into it (a worker flushes once per batch,
-//!   so counting costs no shared-cache traffic per packet).
+//! - [`Counters`] is the shared, atomic array of one such enum. A thread that counts
+//!   per packet fills a plain array of its own and [`flush`]es it into atomics once
+//!   per batch, so counting costs no shared-cache traffic per packet (the dataplane's
+//!   worker stats keep both arrays inline, in one cache-padded struct per worker).
 //! - [`Registry`] gathers named sections of counters (peer control, store, service;
 //!   the dataplane's per-worker stats are read beside it) and renders them as JSON
 //!   today; Prometheus text is a second rendering of the same registry.
@@ -89,49 +90,31 @@ impl<E: Counted> Counters<E> {
         self.values[e.index()].load(Ordering::Relaxed)
     }
 
-    /// Adds `local` and clears it. Only non-zero entries touch the shared cache lines.
-    #[inline]
-    pub fn flush(&self, local: &mut Local<E>) {
-        for (a, v) in self.values.iter().zip(local.values.iter_mut()) {
-            if *v != 0 {
-                a.fetch_add(*v, Ordering::Relaxed);
-                *v = 0;
-            }
-        }
-    }
-
     /// Every counter by name.
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        E::ALL.iter().map(|e| (e.name(), self.get(*e))).collect()
+        named::<E>(&self.values)
     }
 }
 
-/// One plain counter per variant of `E`, owned by one thread.
-#[derive(Clone)]
-pub struct Local<E: Counted> {
-    values: Box<[u64]>,
-    _kind: PhantomData<E>,
-}
-
-impl<E: Counted> Default for Local<E> {
-    fn default() -> Self {
-        Local {
-            values: vec![0; E::ALL.len()].into_boxed_slice(),
-            _kind: PhantomData,
+/// Adds `local` to `shared` and clears it. Only non-zero entries touch the shared
+/// cache lines.
+#[inline]
+pub fn flush(shared: &[AtomicU64], local: &mut [u64]) {
+    for (a, v) in shared.iter().zip(local.iter_mut()) {
+        if *v != 0 {
+            a.fetch_add(*v, Ordering::Relaxed);
+            *v = 0;
         }
     }
 }
 
-impl<E: Counted> Local<E> {
-    #[inline]
-    pub fn add(&mut self, e: E, n: u64) {
-        self.values[e.index()] += n;
-    }
-
-    #[inline]
-    pub fn get(&self, e: E) -> u64 {
-        self.values[e.index()]
-    }
+/// `values`, indexed by `E`, by name.
+pub fn named<E: Counted>(values: &[AtomicU64]) -> BTreeMap<&'static str, u64> {
+    E::ALL
+        .iter()
+        .zip(values)
+        .map(|(e, v)| (e.name(), v.load(Ordering::Relaxed)))
+        .collect()
 }
 
 /// Something the registry can read counters from.
@@ -224,10 +207,10 @@ mod tests {
     #[test]
     fn locals_flush_into_shared_counters_and_the_registry_reads_them() {
         let shared = Arc::new(Counters::<Ev>::default());
-        let mut local = Local::<Ev>::default();
-        local.add(Ev::Two, 3);
-        shared.flush(&mut local);
-        assert_eq!(local.get(Ev::Two), 0, "flushing clears");
+        let mut local = [0u64; Ev::COUNT];
+        local[Ev::Two as usize] += 3;
+        flush(&shared.values, &mut local);
+        assert_eq!(local, [0, 0], "flushing clears");
         shared.inc(Ev::One);
         let mut r = Registry::default();
         r.register("test", shared.clone());
