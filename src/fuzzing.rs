@@ -247,7 +247,11 @@ fn peers(secret: bool) -> crate::peers::Table {
         at: std::time::Instant::now(),
         unix_us: 1,
     };
-    Table::new(id, timing, &[], std::sync::Arc::default(), now)
+    let bounds = crate::peers::Bounds {
+        max_peers: 64,
+        overlay: vec!["10.32.0.0/12".parse().expect("static prefix")],
+    };
+    Table::new(id, timing, bounds, &[], std::sync::Arc::default(), now)
 }
 
 /// ICMP error emission on arbitrary input: the first byte picks the kind and the
@@ -293,7 +297,8 @@ pub fn icmp(data: &[u8]) {
 pub fn weave(data: &[u8]) {
     static R: OnceLock<crate::control::router::Router<()>> = OnceLock::new();
     let router = R.get_or_init(crate::control::weave::parse_router);
-    let req = weave_request(data);
+    // A target the server cannot decode is its 400, before any face sees it.
+    let Ok(req) = weave_request(data) else { return };
     let resp = router.dispatch(&(), &req);
     assert!(
         resp.status == 200 || (400..500).contains(&resp.status),
@@ -310,19 +315,14 @@ pub fn weave(data: &[u8]) {
 /// peers). Every answer
 /// is a success, a 4xx, or the 503 of a full subnet — never a 500 or a panic.
 pub fn model(data: &[u8]) {
-    for (req, status, body) in model_answers(data) {
-        assert!(
-            status < 500 || status == 503,
-            "{} {}: status {status} {body}",
-            req.method,
-            req.path,
-        );
+    for (what, status, body) in model_answers(data) {
+        assert!(status < 500 || status == 503, "{what}: status {status} {body}");
     }
 }
 
 /// Each request of a `model` input with the status and body it was answered: the
 /// Weave face over a fresh model on the in-memory store, with a recording host.
-fn model_answers(data: &[u8]) -> Vec<(Request, u16, String)> {
+fn model_answers(data: &[u8]) -> Vec<(String, u16, String)> {
     use crate::control::weave::{offline_router, Weave};
     static R: OnceLock<crate::control::router::Router<Weave>> = OnceLock::new();
     let router = R.get_or_init(offline_router);
@@ -341,16 +341,19 @@ fn model_answers(data: &[u8]) -> Vec<(Request, u16, String)> {
     data.split(|b| *b == 0x1e)
         .take(32)
         .map(|one| {
-            let req = weave_request(one);
+            let Ok(req) = weave_request(one) else {
+                return ("an undecodable target".into(), 400, String::new());
+            };
             let resp = router.dispatch(&face, &req);
-            (req, resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+            let what = format!("{} {}", req.method, req.path);
+            (what, resp.status, String::from_utf8_lossy(&resp.body).into_owned())
         })
         .collect()
 }
 
 /// One request for the Weave targets: method, URL, content type and body, separated
 /// by newlines (a method it does not know is picked from the first byte).
-fn weave_request(data: &[u8]) -> Request {
+fn weave_request(data: &[u8]) -> Result<Request, String> {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(4, '\n');
     let first = parts.next().unwrap_or("");
@@ -367,18 +370,18 @@ fn weave_request(data: &[u8]) -> Request {
     let url = parts.next().unwrap_or("/");
     let ctype = parts.next().unwrap_or("");
     let body = parts.next().unwrap_or("").as_bytes().to_vec();
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    Request {
-        method: method.into(),
-        path: path.into(),
-        query: crate::control::router::parse_query(query),
-        headers: if ctype.is_empty() {
-            vec![]
-        } else {
-            vec![("Content-Type".into(), ctype.into())]
-        },
-        body,
-    }
+    let headers = if ctype.is_empty() {
+        vec![]
+    } else {
+        vec![("Content-Type".into(), ctype.into())]
+    };
+    // As the server would see it: a target that is no path is a path all the same.
+    let target = if url.starts_with('/') {
+        url.to_string()
+    } else {
+        format!("/{url}")
+    };
+    Request::from_raw(method.into(), &target, headers, body, None)
 }
 
 /// The configuration file: any text either validates or is a clear error naming the
@@ -399,6 +402,9 @@ pub fn config(data: &[u8]) {
                 _ => Err(format!("cannot read {}", path.display())),
             }
         }
+        fn is_other_interface(&self, name: &str) -> bool {
+            name == "lo"
+        }
     }
     let text = String::from_utf8_lossy(data);
     match Config::parse_in(&text, std::path::Path::new("fuzz.toml"), &Fixed) {
@@ -416,6 +422,57 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// The HTTP front's request parser on a byte stream: the first byte picks how the
+/// rest is cut into reads. The parser never takes more than it offers room for,
+/// answers refusals with a status from its short list, and hands out requests whose
+/// bodies stay within the limit.
+pub fn http(data: &[u8]) {
+    use crate::control::http::parse::{ParseLimits, Parsed, Parser};
+    let Some((&sel, stream)) = data.split_first() else {
+        return;
+    };
+    let limits = ParseLimits {
+        max_head: 512,
+        max_headers: 16,
+        max_body: 1024,
+    };
+    let mut p = Parser::new(limits);
+    let step = usize::from(sel % 64) + 1;
+    let mut at = 0;
+    loop {
+        let room = p.room();
+        let take = step.min(room).min(stream.len() - at);
+        p.buffer.extend_from_slice(&stream[at..at + take]);
+        at += take;
+        loop {
+            match p.poll() {
+                Ok(Some(Parsed::Request(r))) => {
+                    assert!(r.body.len() <= limits.max_body, "body over the limit");
+                    assert!(!r.method.is_empty(), "a request without a method");
+                }
+                Ok(Some(Parsed::Continue)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    assert!(
+                        [400, 413, 431, 501, 505].contains(&e.status),
+                        "status {} for {}",
+                        e.status,
+                        e.message
+                    );
+                    return;
+                }
+            }
+        }
+        assert!(
+            p.buffer.len() <= limits.max_head + limits.max_body + limits.max_head + 2,
+            "bounded buffer"
+        );
+        if take == 0 {
+            return;
+        }
+    }
+}
+
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
@@ -428,6 +485,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("weave", weave),
     ("model", model),
     ("config", config),
+    ("http", http),
 ];
 
 #[cfg(test)]

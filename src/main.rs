@@ -80,6 +80,38 @@ enum Cmd {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check a state directory, or copy it consistently (also while tunloom runs).
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Verify the state: redb's integrity check of every page, and every entry read
+    /// back. tunloom must not be running on it.
+    #[command(after_help = "Example:\n  tunloom state check --state-dir /var/lib/tunloom")]
+    Check {
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tunloom")]
+        state_dir: PathBuf,
+    },
+    /// Write a consistent copy of the state into DIR, a new state directory that
+    /// `tunloom run --state-dir DIR` opens. While tunloom runs on the state, the copy
+    /// is read through its management API, in one transaction.
+    #[command(
+        after_help = "Example:\n  tunloom state backup /var/backups/tunloom-$(date +%F)\n  tunloom state check --state-dir /var/backups/tunloom-$(date +%F)"
+    )]
+    Backup {
+        /// Where the copy goes (created; must be empty).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tunloom")]
+        state_dir: PathBuf,
+        /// The running tunloom's management API (its `api.listen`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6786")]
+        api: std::net::SocketAddr,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -179,6 +211,34 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("tunloom lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::State { cmd } => {
+            use tunloom::app::state;
+            let (dir, result, what) = match cmd {
+                StateCmd::Check { state_dir } => {
+                    let r = state::check(&state_dir);
+                    (state_dir, r, "integrity OK, ")
+                }
+                StateCmd::Backup { dir, state_dir, api } => {
+                    let r = state::backup(&state_dir, &dir, api);
+                    (dir, r, "")
+                }
+            };
+            match result {
+                Ok(c) => {
+                    println!(
+                        "{}: {what}{} entries at revision {}",
+                        tunloom::store::redb::RedbStore::path(&dir).display(),
+                        c.entries,
+                        c.revision
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunloom: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -29,10 +29,20 @@ pub fn valid_container_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 256 && !id.chars().any(|c| c.is_whitespace() || c == '/' || c.is_control())
 }
 
-/// Whether `name` is a usable network interface name: 1 to 15 bytes (IFNAMSIZ − 1),
-/// no '/', whitespace or NUL.
+/// Whether `name` is a usable network interface name: 1 to 15 bytes (IFNAMSIZ − 1)
+/// of letters, digits, `-`, `_` and `.`, and not `.` or `..`. (The kernel takes more,
+/// but `%` makes it pick a name of its own, and `:` is an alias label.)
 pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0'])
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Whether `name` is printable: no control characters (a NUL byte included).
+pub fn printable(name: &str) -> bool {
+    !name.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -57,9 +67,10 @@ mod tests {
         for bad in ["", "a b", "a/b", "a\tb", "a\u{7}", &"x".repeat(257)] {
             assert!(!valid_container_id(bad), "{bad:?}");
         }
-        assert!(valid_ifname("tl0") && valid_ifname("abcdefghijklmno"));
-        for bad in ["", "a/b", "a b", "a\0", "abcdefghijklmnop"] {
+        assert!(valid_ifname("tl0") && valid_ifname("abcdefghijklmno") && valid_ifname("tl-a.1_x"));
+        for bad in ["", "a/b", "a b", "a\0", "abcdefghijklmnop", "tl%d", "eth0:1", ".", ".."] {
             assert!(!valid_ifname(bad), "{bad:?}");
         }
+        assert!(printable("gw-1 (rack 4)") && !printable("gw\0") && !printable("a\nb"));
     }
 }

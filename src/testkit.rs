@@ -122,6 +122,7 @@ pub fn model_settings(range: &str) -> crate::model::Settings {
         range,
         default_subnet: range,
         blocks: vec![range],
+        overlay: vec![ipnet::IpNet::V4(range)],
         domain: "weave.local.".into(),
         announce: Vec::new(),
         expose: Vec::new(),
@@ -133,6 +134,7 @@ pub fn model_settings(range: &str) -> crate::model::Settings {
         },
         sync_timeout: std::time::Duration::from_secs(3),
         apply_timeout: std::time::Duration::from_secs(2),
+        max_peers: 1024,
     }
 }
 
@@ -158,13 +160,12 @@ pub fn model_on<S: crate::store::Store>(
         hello_interval: std::time::Duration::from_secs(1),
         dead_after: 3,
     };
-    let peers = Arc::new(Peers::new(Table::new(
-        identity,
-        timing,
-        &[],
-        Arc::default(),
-        Time::now(),
-    )));
+    let bounds = crate::peers::Bounds {
+        max_peers: 1024,
+        overlay: settings.overlay.clone(),
+    };
+    let table = Table::new(identity, timing, bounds, &[], Arc::default(), Time::now());
+    let peers = Arc::new(Peers::new(table));
     let published = Arc::new(crate::snapshot::Published::new(
         Snapshot::compile(0, SnapshotSpec::empty(settings.snapshot)),
         workers,

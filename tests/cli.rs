@@ -73,6 +73,47 @@ fn configuration_errors_are_one_clear_line_and_exit_2() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
 }
 
+/// Every key is checked at load, with exit 2 and the key named — nothing accepted
+/// that fails later — and the file is read with a size limit.
+fn configuration_promises_are_kept() {
+    let dir = TempDir::new(&format!("tunloom-cli-keys-{}", std::process::id())).unwrap();
+    let bad = dir.0.join("bad.toml");
+    let cases = [
+        ("[dataplane]\ntun_name = \"tl%d\"\n", "dataplane.tun_name"),
+        ("[dataplane]\ntun_name = \"lo\"\n", "dataplane.tun_name"),
+        ("[dataplane]\nworkers = 300\n", "dataplane.workers"),
+        ("[dataplane]\nsocket_buffer = 0\n", "dataplane.socket_buffer"),
+        (
+            "[dataplane]\nsocket_buffer = 9223372036854775807\n",
+            "dataplane.socket_buffer",
+        ),
+        ("[dataplane]\ntun_txqueuelen = 0\n", "dataplane.tun_txqueuelen"),
+        ("[dataplane]\nadvertise = \"224.0.0.1\"\n", "dataplane.advertise"),
+        ("[[peers]]\naddress = \"198.18.0.2:0\"\n", "peers.address"),
+        ("[ipam]\nrange = \"10.32.0.5/12\"\n", "ipam.range"),
+        ("[ipam]\nblocks = [\"10.32.0.1/13\"]\n", "ipam.blocks"),
+        ("[overlay]\nroutes = [\"198.19.0.1/16\"]\n", "overlay.routes"),
+        ("[node]\nnickname = \"a\\u0000b\"\n", "node.nickname"),
+        ("[node]\nname = \"a\\nb\"\n", "node.name"),
+        ("[control]\nmax_peers = 0\n", "control.max_peers"),
+        ("[api]\nheader_timeout_ms = 0\n", "api.header_timeout_ms"),
+        ("[api]\nmax_connections = 0\n", "api.max_connections"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&bad, text).unwrap();
+        let o = tunloom(&["check", "-c", bad.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{text:?}: {e}");
+        assert!(e.contains(key), "{text:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    let t0 = std::time::Instant::now();
+    let o = tunloom(&["check", "-c", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than"), "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(5), "bounded read");
+}
+
 fn lab_without_iperf3_says_how_to_install_it() {
     let o = Command::new(common::exe())
         .args(["lab", "--duration", "1"])
@@ -222,6 +263,11 @@ fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: Signal)
 
 fn main() -> std::process::ExitCode {
     common::main(&[
+        (
+            "configuration_promises_are_kept",
+            Needs::Nothing,
+            configuration_promises_are_kept,
+        ),
         (
             "help_explains_every_command",
             Needs::Nothing,

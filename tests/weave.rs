@@ -472,6 +472,8 @@ fn connect_and_expose_are_in_force_when_they_return() {
         "b's block is not a's before the takeover: {body}"
     );
     h.stop(1, true);
+    // Space is taken over only from a peer that is down (a live one is refused, 409).
+    h.wait_peers("down", Duration::from_secs(5)).unwrap();
     let (status, body) = h.weave(0, "DELETE", &format!("/peer/{}", UNDERLAY[1]), None).unwrap();
     assert_eq!(
         (status, body.as_str()),

@@ -46,6 +46,8 @@ pub struct HostSpec {
     pub hello_interval_ms: u64,
     /// The cluster secret both hosts sign their control messages with.
     pub secret: Option<String>,
+    /// Keys added to both configurations' `[control]` section.
+    pub control: String,
     /// TOML appended to both configurations.
     pub extra: String,
 }
@@ -61,6 +63,7 @@ impl Default for HostSpec {
             offload: true,
             hello_interval_ms: 200,
             secret: None,
+            control: String::new(),
             extra: String::new(),
         }
     }
@@ -186,6 +189,7 @@ range = "198.19.0.0/16"
 blocks = ["{block}"]
 [control]
 hello_interval_ms = {hello}
+{control}
 {secret}
 {peers}
 {extra}
@@ -202,6 +206,7 @@ hello_interval_ms = {hello}
             "[]".into()
         },
         hello = spec.hello_interval_ms,
+        control = spec.control,
         secret = spec
             .secret
             .as_ref()

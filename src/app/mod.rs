@@ -2,10 +2,13 @@
 //! its threads, and takes it down again. `tunloom run` is this plus signal handling.
 //!
 //! Start order is chosen so a failure leaves nothing behind and says what failed:
-//! state directory lock, control and API ports, the TUN device, the data sockets,
+//! state directory lock and store, control and API ports, the TUN device, the data
+//! sockets,
 //! the model (which loads the store and restores exposed addresses), then the
 //! threads: workers, service, peer control, one per API face. This is the one module
 //! that knows every other; nothing depends on it.
+
+pub mod state;
 
 use crate::config::Settings;
 use crate::control::{self, management, weave};
@@ -54,10 +57,6 @@ pub enum StartError {
     Io { what: String, source: io::Error },
 }
 
-/// Request handler threads per API face: enough for scripts that fire many
-/// requests at once to share store commits.
-const API_THREADS: usize = 16;
-
 fn bind_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
     move |source| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -79,6 +78,14 @@ pub struct Daemon {
     others: Vec<JoinHandle<()>>,
     tun_name: String,
     _state_lock: File,
+}
+
+/// Whether a running tunloom holds the state directory `dir`.
+pub fn state_dir_in_use(dir: &Path) -> bool {
+    File::options()
+        .write(true)
+        .open(dir.join("tunloom.lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
@@ -105,6 +112,8 @@ impl Daemon {
     pub fn start(settings: Settings, state_dir: &Path) -> Result<Daemon, StartError> {
         let d = &settings.dataplane;
         let lock = lock_state_dir(state_dir)?;
+        // The state first: a damaged one stops the start before anything is made.
+        let store = RedbStore::open(state_dir)?;
 
         let control_addr = SocketAddr::new(settings.peers.bind, settings.peers.port);
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
@@ -151,13 +160,13 @@ impl Daemon {
         let table = Table::new(
             p.identity.clone(),
             p.timing,
+            p.bounds.clone(),
             &p.static_peers,
             Arc::default(),
             Time::now(),
         );
         let peers = Arc::new(Peers::new(table));
         registry.register("control", peers.counters().clone());
-        let store = RedbStore::open(state_dir)?;
         let commits: Arc<Counters<CommitEvent>> = Arc::default();
         registry.register("store", commits.clone());
         let model = Arc::new(Model::open(Parts {
@@ -219,7 +228,7 @@ impl Daemon {
         let (sd, m, pr) = (shutdown.clone(), model.clone(), peers.clone());
         others.push(spawn("tl-peers", move || {
             let on_change = || {
-                if let Err(e) = m.republish() {
+                if let Err(e) = m.peers_changed() {
                     log::warn!("control: {e}");
                 }
             };
@@ -228,7 +237,11 @@ impl Daemon {
             }
         })?);
         let face = management::Management {
-            node: settings.node.clone(),
+            node: management::NodeInfo {
+                name: settings.node.name.clone(),
+                nickname: settings.node.nickname.clone(),
+                mac: settings.node.mac,
+            },
             model: model.clone(),
             workers: stats.clone(),
             registry: Arc::new(registry),
@@ -242,9 +255,9 @@ impl Daemon {
             },
             started: Instant::now(),
         };
-        let sd = shutdown.clone();
+        let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-api", move || {
-            if let Err(e) = control::serve("api", api, management::router(), Arc::new(face), sd, API_THREADS) {
+            if let Err(e) = control::serve("api", api, management::router(), Arc::new(face), limits, sd) {
                 log::error!("management API stopped: {e}");
             }
         })?);
@@ -256,9 +269,9 @@ impl Daemon {
             signed: settings.peers.identity.secret.is_some(),
             dns_upstream: settings.dns_upstream.clone(),
         };
-        let sd = shutdown.clone();
+        let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-weave-api", move || {
-            if let Err(e) = control::serve("weave", weave_api, weave::router(), Arc::new(face), sd, API_THREADS) {
+            if let Err(e) = control::serve("weave", weave_api, weave::router(), Arc::new(face), limits, sd) {
                 log::error!("Weave API stopped: {e}");
             }
         })?);

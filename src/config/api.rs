@@ -1,8 +1,10 @@
-//! `[api]`: where the HTTP faces listen.
+//! `[api]`: where the HTTP faces listen, and the limits every listener keeps.
 
 use super::Invalid;
+use crate::control::Limits;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -10,22 +12,43 @@ pub struct ApiSection {
     pub listen: SocketAddr,
     /// The Weave Net API (no authentication: loopback only).
     pub weave_listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub handler_threads: usize,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
+        let l = Limits::default();
+        let ms = |d: Duration| d.as_millis() as u64;
         ApiSection {
             listen: "127.0.0.1:6786".parse().expect("static address"),
             weave_listen: "127.0.0.1:6784".parse().expect("static address"),
+            max_connections: l.max_connections,
+            max_connections_per_client: l.max_per_client,
+            header_timeout_ms: ms(l.head_timeout),
+            body_timeout_ms: ms(l.body_timeout),
+            idle_timeout_ms: ms(l.idle_timeout),
+            write_timeout_ms: ms(l.write_timeout),
+            max_header_bytes: l.max_head,
+            max_headers: l.max_headers,
+            handler_threads: l.handlers,
         }
     }
 }
 
-/// Where each face listens.
+/// Where each face listens, and what every listener bounds.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub listen: SocketAddr,
     pub weave_listen: SocketAddr,
+    pub limits: Limits,
 }
 
 impl ApiSection {
@@ -42,9 +65,34 @@ impl ApiSection {
         if self.weave_listen == self.listen {
             return Err(Invalid::new("api.weave_listen", "must differ from api.listen".into()));
         }
+        let within = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(Invalid::new(key, format!("{v} is outside {lo}..={hi}")))
+            }
+        };
+        let ms = |key, v| within(key, v, 100, 3_600_000).map(Duration::from_millis);
         Ok(Api {
             listen: self.listen,
             weave_listen: self.weave_listen,
+            limits: Limits {
+                max_connections: within("api.max_connections", self.max_connections as u64, 1, 65_536)? as usize,
+                max_per_client: within(
+                    "api.max_connections_per_client",
+                    self.max_connections_per_client as u64,
+                    1,
+                    65_536,
+                )? as usize,
+                head_timeout: ms("api.header_timeout_ms", self.header_timeout_ms)?,
+                body_timeout: ms("api.body_timeout_ms", self.body_timeout_ms)?,
+                idle_timeout: ms("api.idle_timeout_ms", self.idle_timeout_ms)?,
+                write_timeout: ms("api.write_timeout_ms", self.write_timeout_ms)?,
+                max_head: within("api.max_header_bytes", self.max_header_bytes as u64, 1024, 1 << 20)? as usize,
+                max_headers: within("api.max_headers", self.max_headers as u64, 8, 1024)? as usize,
+                handlers: within("api.handler_threads", self.handler_threads as u64, 1, 256)? as usize,
+                ..Limits::default()
+            },
         })
     }
 }

@@ -21,6 +21,8 @@ pub struct ControlSection {
     pub sync_timeout_ms: u64,
     /// How long a write waits for every worker to apply it before answering 503.
     pub apply_timeout_ms: u64,
+    /// The most peers this node knows at once.
+    pub max_peers: usize,
 }
 
 impl Default for ControlSection {
@@ -33,6 +35,7 @@ impl Default for ControlSection {
             dead_after: 3,
             sync_timeout_ms: 3000,
             apply_timeout_ms: 2000,
+            max_peers: 1024,
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct Control {
     pub timing: Timing,
     pub sync_timeout: Duration,
     pub apply_timeout: Duration,
+    pub max_peers: usize,
 }
 
 impl ControlSection {
@@ -88,7 +92,14 @@ impl ControlSection {
                 return Err(Invalid::new(key, format!("{v} is outside 100..=60000")));
             }
         }
+        if !(1..=65_536).contains(&self.max_peers) {
+            return Err(Invalid::new(
+                "control.max_peers",
+                format!("{} is outside 1..=65536", self.max_peers),
+            ));
+        }
         Ok(Control {
+            max_peers: self.max_peers,
             secret,
             timing: Timing {
                 hello_interval: Duration::from_millis(self.hello_interval_ms),
@@ -105,10 +116,13 @@ pub fn static_peers(peers: &[PeerSection], port: u16) -> Result<Vec<SocketAddr>,
     peers
         .iter()
         .map(|p| match PeerAddr::parse(&p.address, port) {
-            Ok(PeerAddr::Addr(a)) => Ok(a),
+            Ok(PeerAddr::Addr(a)) if a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast() => Ok(a),
             _ => Err(Invalid::new(
                 "peers.address",
-                format!("{:?} is not an IP address or address:port", p.address),
+                format!(
+                    "{:?} is not an IP address or address:port (a unicast address, a port from 1 to 65535)",
+                    p.address
+                ),
             )),
         })
         .collect()

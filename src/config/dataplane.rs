@@ -7,6 +7,13 @@ use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+/// The most queues a Linux TUN device has (MAX_TAP_QUEUES).
+pub const MAX_QUEUES: usize = 256;
+
+fn is_broadcast(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataplaneSection {
@@ -61,7 +68,16 @@ impl DataplaneSection {
             return Err(Invalid::new(
                 "dataplane.tun_name",
                 format!(
-                    "{:?} is not a valid interface name (1 to 15 characters, no '/' or spaces)",
+                    "{:?} is not a valid interface name (1 to 15 letters, digits, '-', '_' or '.')",
+                    self.tun_name
+                ),
+            ));
+        }
+        if env.is_other_interface(&self.tun_name) {
+            return Err(Invalid::new(
+                "dataplane.tun_name",
+                format!(
+                    "{:?} is an existing interface that is not a TUN device; tunloom creates a device of its own",
                     self.tun_name
                 ),
             ));
@@ -96,10 +112,39 @@ impl DataplaneSection {
                 format!("{} is outside 1..=64", self.tx_ports),
             ));
         }
-        if self.workers > 1024 {
+        if self.workers > MAX_QUEUES {
             return Err(Invalid::new(
                 "dataplane.workers",
-                format!("{} workers is more than 1024", self.workers),
+                format!(
+                    "{} workers is more than a TUN device has queues ({MAX_QUEUES})",
+                    self.workers
+                ),
+            ));
+        }
+        if !(4096..=1 << 30).contains(&self.socket_buffer) {
+            return Err(Invalid::new(
+                "dataplane.socket_buffer",
+                format!("{} is outside 4096..=1073741824 bytes", self.socket_buffer),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.tun_txqueuelen) {
+            return Err(Invalid::new(
+                "dataplane.tun_txqueuelen",
+                format!("{} is outside 1..=1000000", self.tun_txqueuelen),
+            ));
+        }
+        for (key, a) in [
+            ("dataplane.bind", Some(self.bind)),
+            ("dataplane.advertise", self.advertise),
+        ] {
+            if let Some(a) = a.filter(|a| a.is_multicast() || is_broadcast(*a)) {
+                return Err(Invalid::new(key, format!("{a} is a multicast or broadcast address")));
+            }
+        }
+        if self.advertise.is_some_and(|a| a.is_unspecified()) {
+            return Err(Invalid::new(
+                "dataplane.advertise",
+                "must be an address peers can send to (leave it out to use the hello's source)".into(),
             ));
         }
         if !(1280..=65_536).contains(&self.tun_gso_max_size) {

@@ -28,6 +28,21 @@ impl Default for IpamSection {
     }
 }
 
+/// `net` if it names a network: no bits set after the prefix (`10.32.0.5/12` is an
+/// address, and taking it for `10.32.0.0/12` would be a guess).
+pub fn network(key: &'static str, net: &ipnet::IpNet) -> Result<(), Invalid> {
+    if *net != net.trunc() {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "{net} has bits set after the network prefix (did you mean {}?)",
+                net.trunc()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The IPAM section, validated: (range, default subnet, blocks).
 pub struct Ipam {
     pub range: Ipv4Net,
@@ -37,6 +52,13 @@ pub struct Ipam {
 
 impl IpamSection {
     pub fn validate(&self) -> Result<Ipam, Invalid> {
+        network("ipam.range", &ipnet::IpNet::V4(self.range))?;
+        if let Some(d) = &self.default_subnet {
+            network("ipam.default_subnet", &ipnet::IpNet::V4(*d))?;
+        }
+        for b in &self.blocks {
+            network("ipam.blocks", &ipnet::IpNet::V4(*b))?;
+        }
         if !(8..=30).contains(&self.range.prefix_len()) {
             return Err(Invalid::new(
                 "ipam.range",

@@ -44,6 +44,9 @@ pub enum ConfigError {
     },
 }
 
+/// The largest configuration file read.
+pub const MAX_FILE: usize = 1 << 20;
+
 /// A value that is not acceptable, and the key it is under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -65,6 +68,8 @@ pub trait Env {
     fn allowed_cpus(&self) -> Vec<usize>;
     /// The contents of a secret file, or why it cannot be used.
     fn read_secret(&self, path: &Path) -> Result<Vec<u8>, String>;
+    /// Whether an interface of this name exists and is not a TUN device.
+    fn is_other_interface(&self, name: &str) -> bool;
 }
 
 /// The real machine.
@@ -100,6 +105,12 @@ impl Env for System {
             return Err(format!("{shown} is larger than 4 KiB"));
         }
         Ok(buf.trim_ascii().to_vec())
+    }
+
+    fn is_other_interface(&self, name: &str) -> bool {
+        // A TUN or TAP device has `tun_flags`; anything else (lo, eth0, a bridge) not.
+        let dir = Path::new("/sys/class/net").join(name);
+        crate::names::valid_ifname(name) && dir.exists() && !dir.join("tun_flags").exists()
     }
 }
 
@@ -138,11 +149,28 @@ pub struct Settings {
 }
 
 impl Config {
-    /// Reads and validates `path` on this machine.
+    /// Reads and validates `path` on this machine. The file is read up to
+    /// [`MAX_FILE`] bytes: a device that never ends (`/dev/zero`) is an error, not a
+    /// hang.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE as u64 + 1).read_to_end(&mut bytes))
+            .map_err(read)?;
+        if bytes.len() > MAX_FILE {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("larger than {MAX_FILE} bytes; is it the configuration file?"),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            message: "not UTF-8 text".into(),
         })?;
         Self::parse(&text, path)
     }
@@ -176,6 +204,12 @@ impl Config {
             ));
         }
         let o = &self.overlay;
+        for r in &o.routes {
+            ipam::network("overlay.routes", r)?;
+        }
+        for a in &o.announce {
+            ipam::network("overlay.announce", a)?;
+        }
         if let Some(g) = o.gateways.iter().find(|g| o.expose.iter().any(|e| e.addr() == **g)) {
             return Err(Invalid::new(
                 "overlay.gateways",
@@ -203,6 +237,7 @@ impl Config {
             range: ipam.range,
             default_subnet: ipam.default_subnet,
             blocks: ipam.blocks,
+            overlay: dataplane.routes.clone(),
             domain,
             announce: o.announce.clone(),
             expose: o.expose.clone(),
@@ -214,6 +249,7 @@ impl Config {
             },
             sync_timeout: control.sync_timeout,
             apply_timeout: control.apply_timeout,
+            max_peers: control.max_peers,
         };
         let peers = peers::Settings {
             identity: Identity {
@@ -227,6 +263,10 @@ impl Config {
             port: c.port,
             bind: d.bind,
             static_peers,
+            bounds: peers::Bounds {
+                max_peers: control.max_peers,
+                overlay: dataplane.routes.clone(),
+            },
         };
         Ok(Settings {
             node,
@@ -320,6 +360,9 @@ mod tests {
         }
         fn read_secret(&self, path: &Path) -> Result<Vec<u8>, String> {
             Ok(path.display().to_string().into_bytes())
+        }
+        fn is_other_interface(&self, name: &str) -> bool {
+            name == "lo"
         }
     }
 

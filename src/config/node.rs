@@ -1,6 +1,7 @@
 //! `[node]`: who this node is.
 
 use super::{Env, Invalid};
+use crate::names::printable;
 use crate::wire::{control, ether};
 use serde::Deserialize;
 
@@ -30,10 +31,16 @@ impl NodeSection {
             .name
             .clone()
             .unwrap_or_else(|| ether::Address::for_node(&host).to_string());
-        if name.is_empty() || name.len() > control::MAX_NAME_LEN {
+        if name.is_empty() || name.len() > control::MAX_NAME_LEN || !printable(&name) {
             return Err(Invalid::new(
                 "node.name",
-                format!("must be 1 to {} bytes", control::MAX_NAME_LEN),
+                format!("must be 1 to {} printable bytes", control::MAX_NAME_LEN),
+            ));
+        }
+        if self.nickname.as_deref().is_some_and(|n| !printable(n)) {
+            return Err(Invalid::new(
+                "node.nickname",
+                "must be printable (no control characters)".into(),
             ));
         }
         let nickname = self.nickname.clone().unwrap_or(host);

@@ -6,12 +6,12 @@
 //! management API over the same router.
 
 use super::router::{open_gate, Ctx, ErrorStyle, Response, Router};
-use crate::config::Node;
 use crate::dataplane::stats::{self, WorkerStats};
 use crate::dataplane::Offloads;
 use crate::model::Model;
 use crate::peers::split_announced;
 use crate::telemetry::{Latency, Registry};
+use crate::wire::ether;
 use crossbeam_utils::CachePadded;
 use serde_json::json;
 use std::net::IpAddr;
@@ -19,9 +19,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// This node, as the management face shows it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub nickname: String,
+    pub mac: ether::Address,
+}
+
 /// What the management face reads.
 pub struct Management {
-    pub node: Node,
+    pub node: NodeInfo,
     pub model: Arc<Model>,
     pub workers: Vec<Arc<CachePadded<WorkerStats>>>,
     pub registry: Arc<Registry>,
@@ -47,6 +55,7 @@ pub fn router() -> Router<Management> {
     let mut r = Router::new(ErrorStyle::Json, open_gate());
     r.add_public("GET", "/health", health)
         .add("GET", "/api/v1/stats", stats_handler)
+        .add("GET", "/api/v1/state/backup", backup)
         .add_public("GET", "/api/v1/openapi.json", openapi);
     r
 }
@@ -73,6 +82,20 @@ fn health(s: &Management, _: &Ctx) -> Response {
             "uptime_s": s.started.elapsed().as_secs(),
         }),
     )
+}
+
+/// A consistent copy of the stored state, for `tunloom state backup`.
+fn backup(s: &Management, _: &Ctx) -> Response {
+    match s.model.dump() {
+        Ok((entries, revision)) => {
+            let entries: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| json!({"key": e.key, "value": e.value, "revision": e.revision}))
+                .collect();
+            Response::json(200, &json!({"revision": revision, "entries": entries}))
+        }
+        Err(e) => Response::error(503, &format!("reading the state: {e}")),
+    }
 }
 
 fn stats_handler(s: &Management, _: &Ctx) -> Response {
@@ -109,6 +132,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
         "allocated": st.ipam.allocated,
         "containers": st.ipam.containers,
         "default_subnet": st.default_subnet.to_string(),
+        "yielded_blocks": st.yielded.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
     let mut store = json!(s.registry.section("store"));
     store["failed"] = json!(s.model.store_failed());

@@ -3,7 +3,8 @@
 //!
 //! - [`router`]: patterns, the gate (who is asking) and permissions, 404/405,
 //!   request and response values.
-//! - [`serve`](mod@serve): the `tiny_http` shell — threads, body limit, request log.
+//! - [`http`]: the server every face runs on — a readiness-based front that bounds
+//!   every client (sizes, deadlines, connections), handler pools, the request log.
 //! - [`weave`]: the Weave Net local API, parsed into calls on the [`crate::model`].
 //! - [`management`]: `/health`, `/api/v1/stats`, `/api/v1/openapi.json`.
 //!
@@ -12,9 +13,9 @@
 //! alone; each maps the model's error kinds to its own status codes and shapes in
 //! one place.
 
+pub mod http;
 pub mod management;
 pub mod router;
-pub mod serve;
 pub mod weave;
 
-pub use serve::{serve, MAX_BODY};
+pub use http::{serve, Limits};

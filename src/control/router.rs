@@ -10,6 +10,7 @@
 //! plugs its token check in here.
 
 use serde::Serialize;
+use std::net::SocketAddr;
 
 /// Who a request comes from, as the face's gate established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +55,40 @@ pub fn open_gate<S>() -> Gate<S> {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
+    /// The path as sent (still percent-encoded); segments are decoded by the router.
     pub path: String,
+    /// Query pairs, decoded.
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Where the request came from, when it came over a socket.
+    pub remote: Option<SocketAddr>,
 }
 
 impl Request {
+    /// A request from its wire parts: `target` is split into path and query, and the
+    /// query decoded. Err: what is wrong with the target (a 400).
+    pub fn from_raw(
+        method: String,
+        target: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        remote: Option<SocketAddr>,
+    ) -> Result<Request, String> {
+        if !target.starts_with('/') {
+            return Err(format!("request target {target:?} is not a path"));
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Ok(Request {
+            method: method.to_ascii_uppercase(),
+            path: path.to_string(),
+            query: parse_query(query)?,
+            headers,
+            body,
+            remote,
+        })
+    }
+
     pub fn query(&self, key: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
@@ -161,6 +189,8 @@ pub type Handler<S> = Box<dyn Fn(&S, &Ctx) -> Response + Send + Sync>;
 struct Method<S> {
     name: &'static str,
     need: Permission,
+    /// The handler may wait on peers: it runs on a pool of its own.
+    slow: bool,
     handler: Handler<S>,
 }
 
@@ -231,6 +261,7 @@ impl<S> Router<S> {
         let m = Method {
             name: method,
             need,
+            slow: false,
             handler: Box::new(h),
         };
         let segs: Vec<Seg> = pattern
@@ -255,6 +286,29 @@ impl<S> Router<S> {
             });
         }
         self
+    }
+
+    /// Marks the last route added for `method` as one that may wait on peers, so the
+    /// server runs it on a pool of its own where it cannot hold up the others.
+    pub fn slow(&mut self, method: &'static str) -> &mut Self {
+        if let Some(m) = self
+            .routes
+            .last_mut()
+            .and_then(|r| r.methods.iter_mut().rev().find(|m| m.name == method))
+        {
+            m.slow = true;
+        }
+        self
+    }
+
+    /// Whether `req` goes to a route marked [`Router::slow`].
+    pub fn is_slow(&self, req: &Request) -> bool {
+        let Ok(segs) = segments(&req.path) else { return false };
+        self.routes
+            .iter()
+            .filter(|r| matches(&r.pattern, &segs).is_some())
+            .flat_map(|r| r.methods.iter())
+            .any(|m| m.name == req.method && m.slow)
     }
 
     /// Every (method, pattern) served, patterns with `{}` for parameters.
@@ -286,13 +340,10 @@ impl<S> Router<S> {
 
     /// Routes a request. HEAD is served as GET.
     pub fn dispatch(&self, state: &S, req: &Request) -> Response {
-        let segs: Vec<String> = req
-            .path
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(percent_decode)
-            .collect();
+        let segs = match segments(&req.path) {
+            Ok(s) => s,
+            Err(e) => return self.error(400, &e),
+        };
         let mut allowed: Vec<&'static str> = Vec::new();
         for r in &self.routes {
             let Some(params) = matches(&r.pattern, &segs) else {
@@ -368,8 +419,19 @@ fn matches(pattern: &[Seg], segs: &[String]) -> Option<Params> {
     (i == segs.len()).then_some(params)
 }
 
-/// Decodes `%XX` escapes; invalid escapes stay as they are.
-pub fn percent_decode(s: &str) -> String {
+/// The path's segments, each percent-decoded.
+fn segments(path: &str) -> Result<Vec<String>, String> {
+    path.trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect()
+}
+
+/// Decodes `%XX` escapes (invalid escapes stay as they are). What does not decode to
+/// valid UTF-8 is an error naming it — never replaced, so two different inputs can
+/// never decode to one name.
+pub fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -385,19 +447,20 @@ pub fn percent_decode(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not valid UTF-8 once percent-decoded"))
 }
 
-/// Parses `a=1&b=x%20y` (also form bodies; `+` is a space).
-pub fn parse_query(q: &str) -> Vec<(String, String)> {
+/// Parses `a=1&b=x%20y` (also form bodies; `+` is a space). Err: a name or value
+/// that is not valid UTF-8 once decoded.
+pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, String> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
+            Ok((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
         })
         .collect()
 }
@@ -408,6 +471,7 @@ mod tests {
 
     fn req(method: &str, path: &str) -> Request {
         Request {
+            remote: None,
             method: method.into(),
             path: path.into(),
             query: vec![],
@@ -485,7 +549,7 @@ mod tests {
     #[test]
     fn query_and_percent_decoding() {
         assert_eq!(
-            parse_query("peer=10.0.0.1&replace=true&x=a+b%2Fc&bad=%zz&"),
+            parse_query("peer=10.0.0.1&replace=true&x=a+b%2Fc&bad=%zz&").unwrap(),
             vec![
                 ("peer".into(), "10.0.0.1".into()),
                 ("replace".into(), "true".into()),
@@ -493,8 +557,23 @@ mod tests {
                 ("bad".into(), "%zz".into())
             ]
         );
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("a%4"), "a%4");
-        assert_eq!(percent_decode("%41"), "A");
+        assert_eq!(percent_decode("%").unwrap(), "%");
+        assert_eq!(percent_decode("a%4").unwrap(), "a%4");
+        assert_eq!(percent_decode("%41").unwrap(), "A");
+        assert_eq!(percent_decode("%C3%A9").unwrap(), "é");
+    }
+
+    /// Two different ids never decode to one: what is not UTF-8 is refused, by name.
+    #[test]
+    fn invalid_utf8_after_decoding_is_a_400_never_a_replacement() {
+        assert!(percent_decode("%FF").is_err() && percent_decode("%FE").is_err());
+        assert!(percent_decode("%C3").unwrap_err().contains("%C3"));
+        assert!(parse_query("id=%FF").is_err());
+        let r = router();
+        let resp = r.dispatch(&(), &req("GET", "/a/%FF"));
+        assert_eq!(resp.status, 400);
+        assert!(String::from_utf8_lossy(&resp.body).contains("%FF"));
+        assert!(Request::from_raw("GET".into(), "/a?x=%FE", vec![], vec![], None).is_err());
+        assert!(Request::from_raw("GET".into(), "http://h/a", vec![], vec![], None).is_err());
     }
 }

@@ -123,6 +123,10 @@ fn routes<S: 'static>(port: fn(&S) -> u16, then: fn(&S, Call) -> Response) -> Ro
             Ok(call) => then(s, call),
             Err(resp) => resp,
         });
+        // These answer once peers forward by the change: they may wait seconds.
+        if matches!(pattern, "/connect" | "/expose/{cidr*}") {
+            r.slow(method);
+        }
     }
     r
 }
@@ -162,6 +166,11 @@ fn bad(message: impl std::fmt::Display) -> Response {
 
 /// The model's errors as Weave answers them: the one place this face maps them.
 fn failed(e: model::Error) -> Response {
+    if let model::Error::PeerUp(_) = e {
+        // Not Weave's answer (it took over at once): refusing is what avoids the
+        // double allocations Weave's users ran into; 409 says "not in this state".
+        return text(409, format!("{e}\n"));
+    }
     match e.kind() {
         // Weave answers a taken address as it answers a malformed one.
         Kind::Invalid | Kind::Conflict => bad(e),
@@ -191,7 +200,7 @@ fn form(req: &Request) -> Result<Vec<(String, String)>, Response> {
     if body.contains(['\n', '\r', '\0']) {
         return Err(bad("the form is malformed (raw line breaks or NUL bytes)"));
     }
-    fields.extend(parse_query(body.trim()));
+    fields.extend(parse_query(body.trim()).map_err(|e| bad(format!("the form: {e}")))?);
     Ok(fields)
 }
 
@@ -284,6 +293,13 @@ fn execute(s: &Weave, call: Call) -> Response {
     match call {
         Call::Status => status(s),
         Call::Connect { peers, replace } => {
+            let max = s.model.settings().max_peers;
+            if peers.len() > max {
+                return bad(format!(
+                    "{} peers in one request, more than control.max_peers ({max})",
+                    peers.len()
+                ));
+            }
             let mut addrs = Vec::with_capacity(peers.len());
             for p in &peers {
                 match p.resolve() {
@@ -422,6 +438,7 @@ mod tests {
 
     fn req(method: &str, path: &str, body: &str) -> Request {
         Request {
+            remote: None,
             method: method.into(),
             path: path.into(),
             query: vec![],
@@ -535,6 +552,7 @@ mod tests {
     #[test]
     fn forms_come_from_query_and_body() {
         let req = Request {
+            remote: None,
             method: "POST".into(),
             path: "/connect".into(),
             query: vec![("replace".into(), "true".into())],

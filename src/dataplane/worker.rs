@@ -461,6 +461,12 @@ impl Worker {
                     continue;
                 }
                 let total = self.rxb.get(m).0.len();
+                if total == 0 {
+                    // An empty datagram: no VXLAN header, counted like any malformed one.
+                    self.tally.add(Counter::OutsidePackets, 1);
+                    self.tally.drop(DropReason::Malformed, 1);
+                    continue;
+                }
                 let seg = meta.segment.map_or(total, usize::from).max(1);
                 let src = crate::snapshot::canonical(meta.src.ip());
                 let mut at = 0;

@@ -586,6 +586,7 @@ fn write_seed_corpus() {
         ("weave", seeds_weave()),
         ("model", seeds_model()),
         ("config", seeds_config()),
+        ("http", seeds_http()),
     ];
     for (target, seeds) in all {
         let d = dir("corpus", target);
@@ -595,4 +596,45 @@ fn write_seed_corpus() {
             std::fs::write(d.join(name), bytes).unwrap();
         }
     }
+}
+
+/// Request streams for the HTTP parser: the first byte picks the read size.
+fn seeds_http() -> Vec<(&'static str, Vec<u8>)> {
+    let with = |sel: u8, s: &[u8]| {
+        let mut v = vec![sel];
+        v.extend_from_slice(s);
+        v
+    };
+    vec![
+        ("get", with(63, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")),
+        (
+            "pipelined",
+            with(
+                3,
+                b"GET /ip/c1 HTTP/1.1\r\n\r\nPOST /ip/c1 HTTP/1.1\r\nContent-Length: 16\r\n\r\ncheck-alive=true",
+            ),
+        ),
+        (
+            "chunked",
+            with(
+                7,
+                b"PUT /name/c1/10.32.0.2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;e=1\r\nfqdn\r\n2\r\n=a\r\n0\r\nT: 1\r\n\r\n",
+            ),
+        ),
+        (
+            "expect-continue",
+            with(
+                63,
+                b"POST /connect HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 14\r\n\r\npeer=198.18.0.2",
+            ),
+        ),
+        ("http2-preface", with(63, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")),
+        ("http10", with(1, b"\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")),
+        ("too-long", with(60, &[b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 600]].concat())),
+        ("too-large", with(63, b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")),
+        (
+            "two-lengths",
+            with(63, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        ),
+    ]
 }

@@ -17,6 +17,7 @@ use crate::sys::netlink::Netlink;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One change to the host.
@@ -56,6 +57,8 @@ pub enum HostError {
 /// Applies host changes. Implementations serialise their own access.
 pub trait Kernel: Send + Sync {
     fn apply(&self, op: &HostOp) -> Result<(), HostError>;
+    /// Whether `ip` is an address of this host (in tunloom's network namespace).
+    fn is_local(&self, ip: IpAddr) -> bool;
 }
 
 /// Whether a container exists, for `check-alive`.
@@ -98,6 +101,11 @@ impl Kernel for LinkHost {
             source,
         })
     }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        // The kernel lets a socket bind only to an address the host has.
+        ip.is_loopback() || (!ip.is_unspecified() && UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok())
+    }
 }
 
 /// Liveness from what runtimes leave behind. tunloom has no container runtime to ask,
@@ -124,6 +132,7 @@ pub struct Recorder {
     ops: Mutex<Vec<HostOp>>,
     refuse: AtomicBool,
     alive: Mutex<BTreeSet<String>>,
+    local: Mutex<BTreeSet<IpAddr>>,
 }
 
 impl Recorder {
@@ -141,6 +150,11 @@ impl Recorder {
     pub fn add_alive(&self, id: &str) {
         self.alive.lock().insert(id.to_string());
     }
+
+    /// Gives the host an address (loopback ones it always has).
+    pub fn add_local(&self, ip: IpAddr) {
+        self.local.lock().insert(ip);
+    }
 }
 
 impl Kernel for Recorder {
@@ -150,6 +164,10 @@ impl Kernel for Recorder {
         }
         self.ops.lock().push(op.clone());
         Ok(())
+    }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.local.lock().contains(&ip)
     }
 }
 

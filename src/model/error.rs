@@ -45,6 +45,23 @@ pub enum Error {
     NoPeer(String),
     #[error("no address is exposed through the API")]
     NothingExposed,
+    #[error("{net} is {why}; only addresses inside the overlay can be exposed")]
+    Unroutable { net: ipnet::IpNet, why: &'static str },
+    #[error("{net} is not inside the overlay ({overlay}); exposing it would route it into the tunnel")]
+    NotInOverlay { net: ipnet::IpNet, overlay: String },
+    #[error("{addr} is the underlay address of peer {peer}; exposing it would cut this node off from it")]
+    PeerAddress { addr: IpAddr, peer: String },
+    #[error("{addr} is already an address of this host")]
+    LocalAddress { addr: IpAddr },
+    #[error("peer address {addr} is {why}")]
+    BadPeer {
+        addr: std::net::SocketAddr,
+        why: &'static str,
+    },
+    #[error("that would make {wanted} peers, more than control.max_peers ({max})")]
+    TooManyPeers { wanted: usize, max: usize },
+    #[error("{0} is up; stop it first (only a peer that is down can be removed and its space taken over)")]
+    PeerUp(String),
     #[error("the change could not be stored: {0}")]
     Store(#[from] StoreError),
     #[error("the host refused the change: {0}")]
@@ -56,11 +73,21 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> Kind {
         match self {
-            Error::Ipam(IpamError::Taken(..)) | Error::Held { .. } | Error::Store(StoreError::Conflict { .. }) => {
-                Kind::Conflict
-            }
+            Error::Ipam(IpamError::Taken(..))
+            | Error::Held { .. }
+            | Error::Store(StoreError::Conflict { .. })
+            | Error::PeerUp(_) => Kind::Conflict,
             Error::Ipam(IpamError::Full(_)) | Error::Store(_) | Error::Host(_) => Kind::Unavailable,
-            Error::Ipam(_) | Error::BadContainerId | Error::BadName(_) | Error::Gateway(_) => Kind::Invalid,
+            Error::Ipam(_)
+            | Error::BadContainerId
+            | Error::BadName(_)
+            | Error::Gateway(_)
+            | Error::Unroutable { .. }
+            | Error::NotInOverlay { .. }
+            | Error::PeerAddress { .. }
+            | Error::LocalAddress { .. }
+            | Error::BadPeer { .. }
+            | Error::TooManyPeers { .. } => Kind::Invalid,
             Error::NoAddresses(_) | Error::NoRecord { .. } | Error::NoPeer(_) | Error::NothingExposed => Kind::NotFound,
             Error::Behind(_) => Kind::Behind,
         }

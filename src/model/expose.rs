@@ -16,6 +16,7 @@ impl Model {
     /// Puts `cidr` on the TUN device and announces it; waits until the peers that are
     /// up forward by it. Returns the peers that did not get there in time.
     pub fn expose(&self, cidr: IpNet) -> Result<Vec<String>, Error> {
+        self.check_exposable(&cidr)?;
         self.write(|st| {
             if let IpAddr::V4(a) = cidr.addr() {
                 if a == gateway(&st.default_subnet) {
@@ -53,6 +54,64 @@ impl Model {
             Ok(change)
         })?;
         Ok(self.wait_peers_acked())
+    }
+
+    /// Refuses what would cut the overlay: an address that is no unicast host
+    /// address, a prefix reaching outside the overlay (the kernel routes the whole
+    /// prefix into the TUN device), a peer's underlay address, or an address the host
+    /// already has elsewhere.
+    fn check_exposable(&self, cidr: &IpNet) -> Result<(), Error> {
+        let a = cidr.addr();
+        let why = if cidr.prefix_len() == 0 {
+            Some("a default route")
+        } else if a.is_unspecified() {
+            Some("the unspecified address")
+        } else if a.is_loopback() {
+            Some("a loopback address")
+        } else if a.is_multicast() {
+            Some("a multicast address")
+        } else if matches!(a, IpAddr::V4(v) if v.is_broadcast()) {
+            Some("the broadcast address")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::Unroutable { net: *cidr, why });
+        }
+        let peer = self.peers.read(|t| {
+            t.peers()
+                .iter()
+                .find(|p| p.control_addr.ip() == a || p.data_addr.is_some_and(|d| d.ip() == a))
+                .map(|p| {
+                    if p.name.is_empty() {
+                        p.control_addr.to_string()
+                    } else {
+                        p.name.clone()
+                    }
+                })
+        });
+        if let Some(peer) = peer {
+            return Err(Error::PeerAddress { addr: a, peer });
+        }
+        let exposed = self
+            .state
+            .lock()
+            .exposed
+            .iter()
+            .chain(&self.settings.expose)
+            .any(|e| e.addr() == a);
+        if !exposed && self.kernel.is_local(a) {
+            return Err(Error::LocalAddress { addr: a });
+        }
+        let overlay = &self.settings.overlay;
+        if !overlay.iter().any(|o| o.contains(&cidr.trunc())) {
+            let list: Vec<String> = overlay.iter().map(ToString::to_string).collect();
+            return Err(Error::NotInOverlay {
+                net: *cidr,
+                overlay: list.join(", "),
+            });
+        }
+        Ok(())
     }
 
     /// Takes every address exposed through the API off the TUN device, stops

@@ -57,6 +57,9 @@ pub struct Settings {
     pub default_subnet: Ipv4Net,
     /// The blocks of the range this node owns by configuration.
     pub blocks: Vec<Ipv4Net>,
+    /// The prefixes routed into the overlay (`overlay.routes`, else the range): the
+    /// only place exposed addresses may come from and peers may not.
+    pub overlay: Vec<IpNet>,
     /// The DNS domain, absolute and lower case.
     pub domain: String,
     /// Prefixes the configuration announces.
@@ -71,6 +74,8 @@ pub struct Settings {
     pub sync_timeout: Duration,
     /// How long a write waits for every worker to apply its snapshot.
     pub apply_timeout: Duration,
+    /// The most peers this node knows at once (`control.max_peers`).
+    pub max_peers: usize,
 }
 
 /// What the model runs on: its settings and the parts it talks to.
@@ -95,6 +100,8 @@ pub(crate) struct State {
     exposed: Vec<IpNet>,
     /// Blocks taken over from removed peers (the configured ones are in settings).
     taken: Vec<Ipv4Net>,
+    /// Blocks given up to peers that took them over while this node was away.
+    yielded: Vec<Ipv4Net>,
 }
 
 /// What the Weave status page shows.
@@ -104,6 +111,8 @@ pub struct Status {
     pub default_subnet: Ipv4Net,
     pub domain: String,
     pub peers: Vec<Peer>,
+    /// Blocks given up to peers that took them over.
+    pub yielded: Vec<Ipv4Net>,
     pub ready: bool,
 }
 
@@ -197,12 +206,14 @@ impl Model {
             }
         }
         let mut taken = Vec::new();
+        let mut yielded = Vec::new();
         let mut records = BTreeSet::new();
         let mut exposed = Vec::new();
         let mut targets = Vec::new();
         for r in &rows {
             match r {
                 Row::Block(b) => taken.push(*b),
+                Row::Yielded(b) => yielded.push(*b),
                 Row::Record(rec) => {
                     records.insert(rec.clone());
                 }
@@ -214,6 +225,11 @@ impl Model {
         let mut owned = settings.blocks.clone();
         owned.extend(taken.iter().filter(|b| range.contains(*b)));
         let mut ipam = Ipam::new(range, &owned)?;
+        for y in &yielded {
+            if ipam.remove_owned(*y) {
+                log::warn!("state: {y} was given up to a peer that took it over; nothing is allocated from it here");
+            }
+        }
         let mut restored = 0;
         for r in &rows {
             if let Row::Allocation { ip, prefix, container } = r {
@@ -246,6 +262,7 @@ impl Model {
                 records,
                 exposed: exposed.clone(),
                 taken,
+                yielded,
             }),
             store: Committer::start(store, commits),
             settings,
@@ -367,6 +384,12 @@ impl Model {
         &self.published
     }
 
+    /// Every stored entry and the revision they were read at, in one transaction: a
+    /// consistent copy of the state (for backups).
+    pub fn dump(&self) -> Result<(Vec<crate::store::Entry>, crate::store::Revision), crate::store::StoreError> {
+        self.store.range("")
+    }
+
     /// What the store's committer counted.
     pub fn commits(&self) -> &Arc<Counters<CommitEvent>> {
         self.store.counters()
@@ -386,6 +409,7 @@ impl Model {
             default_subnet: st.default_subnet,
             domain: st.domain.clone(),
             peers: self.peers.snapshot(),
+            yielded: st.yielded.clone(),
             ready: applied && !self.store.failed() && !st.ipam.owned().is_empty(),
         }
     }

@@ -8,6 +8,7 @@
 //! | `peers/` | a control address (`198.18.0.2:6783`) | empty |
 //! | `allocations/` | an address (`10.32.0.2`) | `<prefix length> <container id>` |
 //! | `blocks/` | an IPAM block taken over from a removed peer | empty |
+//! | `yielded/` | an IPAM block given up to a peer that took it over | empty |
 //! | `records/` | `<container id>\t<ip>\t<fqdn>` | empty |
 //! | `exposed/` | an exposed address (`10.32.0.7/12`) | empty |
 //!
@@ -55,6 +56,7 @@ pub enum Row {
         container: String,
     },
     Block(Ipv4Net),
+    Yielded(Ipv4Net),
     Record(Record),
     Exposed(IpNet),
 }
@@ -71,6 +73,7 @@ const META: &str = "meta/";
 const PEERS: &str = "peers/";
 const ALLOCATIONS: &str = "allocations/";
 const BLOCKS: &str = "blocks/";
+const YIELDED: &str = "yielded/";
 const RECORDS: &str = "records/";
 const EXPOSED: &str = "exposed/";
 
@@ -82,6 +85,7 @@ impl Row {
             Row::Peer(a) => format!("{PEERS}{a}"),
             Row::Allocation { ip, .. } => format!("{ALLOCATIONS}{ip}"),
             Row::Block(b) => format!("{BLOCKS}{b}"),
+            Row::Yielded(b) => format!("{YIELDED}{b}"),
             Row::Record(r) => format!("{RECORDS}{}\t{}\t{}", r.container, r.ip, r.fqdn),
             Row::Exposed(n) => format!("{EXPOSED}{n}"),
         }
@@ -91,7 +95,7 @@ impl Row {
         match self {
             Row::Meta(_, v) => v.clone(),
             Row::Allocation { prefix, container, .. } => format!("{prefix} {container}"),
-            Row::Peer(_) | Row::Block(_) | Row::Record(_) | Row::Exposed(_) => String::new(),
+            Row::Peer(_) | Row::Block(_) | Row::Yielded(_) | Row::Record(_) | Row::Exposed(_) => String::new(),
         }
     }
 
@@ -139,6 +143,8 @@ impl Row {
             }
         } else if let Some(b) = k.strip_prefix(BLOCKS) {
             Row::Block(b.parse().map_err(|_| bad())?)
+        } else if let Some(b) = k.strip_prefix(YIELDED) {
+            Row::Yielded(b.parse().map_err(|_| bad())?)
         } else if let Some(r) = k.strip_prefix(RECORDS) {
             let mut f = r.splitn(3, '\t');
             let (container, ip, fqdn) = (f.next(), f.next(), f.next());
@@ -171,6 +177,7 @@ mod tests {
                 container: "c 1 with spaces is not allowed but survives".into(),
             },
             Row::Block("10.40.0.0/13".parse().unwrap()),
+            Row::Yielded("10.44.0.0/14".parse().unwrap()),
             Row::Record(Record {
                 container: "c1".into(),
                 ip: "fd00::1".parse().unwrap(),

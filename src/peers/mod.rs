@@ -47,6 +47,8 @@ counted_enum! {
         SendErrors => "send_errors", "Sends the kernel refused.";
         PeerUp => "peer_up_events", "Peers that came up.";
         PeerDown => "peer_down_events", "Peers that went down.";
+        BadAddress => "dropped_bad_address", "Hellos naming a data address inside the overlay (it would route the tunnel into itself).";
+        PeerLimit => "dropped_peer_limit", "Hellos from new peers while the table holds control.max_peers.";
     }
 }
 
@@ -70,6 +72,23 @@ pub struct Timing {
     pub dead_after: u32,
 }
 
+/// What the peer table accepts.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// The most peers in the table (`control.max_peers`).
+    pub max_peers: usize,
+    /// The overlay's prefixes: no peer's data address may lie inside them, or
+    /// traffic to it would be routed into the tunnel it is meant to carry.
+    pub overlay: Vec<ipnet::IpNet>,
+}
+
+impl Bounds {
+    /// Whether `ip` is inside the overlay.
+    pub fn in_overlay(&self, ip: IpAddr) -> bool {
+        self.overlay.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// The control protocol's part of the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -81,6 +100,7 @@ pub struct Settings {
     pub bind: IpAddr,
     /// Peers to say hello to from the start.
     pub static_peers: Vec<SocketAddr>,
+    pub bounds: Bounds,
 }
 
 /// `announced` as API views show it: (prefixes, IPAM blocks).

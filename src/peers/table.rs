@@ -10,7 +10,7 @@
 //! only when polled, so an acknowledgement always says what is applied by then.
 
 use super::codec;
-use super::{Announce, ControlEvent, Identity, Timing};
+use super::{Announce, Bounds, ControlEvent, Identity, Timing};
 use crate::snapshot::canonical;
 use crate::telemetry::Counters;
 use crate::wire::control::{self, Kind};
@@ -119,6 +119,7 @@ pub struct Transmit {
 pub struct Table {
     id: Identity,
     timing: Timing,
+    bounds: Bounds,
     peers: Vec<Peer>,
     announced: Vec<Announce>,
     state: u64,
@@ -141,6 +142,7 @@ impl Table {
     pub fn new(
         id: Identity,
         timing: Timing,
+        bounds: Bounds,
         targets: &[SocketAddr],
         counters: Arc<Counters<ControlEvent>>,
         now: Time,
@@ -148,6 +150,7 @@ impl Table {
         Table {
             id,
             timing,
+            bounds,
             peers: targets.iter().map(|a| Peer::new(*a, true)).collect(),
             announced: Vec::new(),
             state: now.unix_us,
@@ -163,6 +166,10 @@ impl Table {
 
     pub fn identity(&self) -> &Identity {
         &self.id
+    }
+
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
     }
 
     pub fn counters(&self) -> &Arc<Counters<ControlEvent>> {
@@ -215,6 +222,7 @@ impl Table {
     pub fn set_targets(&mut self, addrs: &[SocketAddr], replace: bool) -> Vec<SocketAddr> {
         if replace {
             self.peers.retain(|p| addrs.contains(&p.control_addr));
+            self.release_memory();
             for p in &mut self.peers {
                 p.target = true;
             }
@@ -233,15 +241,33 @@ impl Table {
         added
     }
 
-    /// Removes the peer named `who` (a name, an address, address:port or nickname).
-    pub fn remove(&mut self, who: &str) -> Option<Peer> {
-        let i = self.peers.iter().position(|p| {
+    /// The peer named `who` (a name, an address, address:port or nickname).
+    pub fn find(&self, who: &str) -> Option<&Peer> {
+        self.position(who).map(|i| &self.peers[i])
+    }
+
+    fn position(&self, who: &str) -> Option<usize> {
+        self.peers.iter().position(|p| {
             p.name == who
                 || p.control_addr.to_string() == who
                 || p.control_addr.ip().to_string() == who
                 || p.nickname == who && !who.is_empty()
-        })?;
-        Some(self.peers.remove(i))
+        })
+    }
+
+    /// Removes the peer named `who` (as [`Table::find`] names it).
+    pub fn remove(&mut self, who: &str) -> Option<Peer> {
+        let i = self.position(who)?;
+        let p = self.peers.remove(i);
+        self.release_memory();
+        Some(p)
+    }
+
+    /// Gives memory back once the table shrank well below what it held.
+    fn release_memory(&mut self) {
+        if self.peers.capacity() > 64 && self.peers.capacity() > 4 * self.peers.len() {
+            self.peers.shrink_to_fit();
+        }
     }
 
     /// Puts a removed peer back (its removal could not be stored), unless the table
@@ -295,10 +321,35 @@ impl Table {
                 if msg.kind == Kind::Bye {
                     return none;
                 }
+                if self.peers.len() >= self.bounds.max_peers {
+                    self.counters.inc(ControlEvent::PeerLimit);
+                    log::debug!(
+                        "control: {} at {from} not taken in: control.max_peers reached",
+                        msg.name
+                    );
+                    return none;
+                }
                 self.peers.push(Peer::new(from, false));
                 self.peers.len() - 1
             }
         };
+        // The data address this hello names, as peers will send to it.
+        let data_ip: IpAddr = if msg.underlay.is_unspecified() {
+            from.ip()
+        } else {
+            canonical(msg.underlay)
+        };
+        if self.bounds.in_overlay(data_ip) || self.bounds.in_overlay(from.ip()) {
+            self.counters.inc(ControlEvent::BadAddress);
+            log::debug!(
+                "control: {} names data address {data_ip} (from {from}), inside the overlay",
+                msg.name
+            );
+            if self.peers[idx].name.is_empty() && !self.peers[idx].target {
+                self.peers.remove(idx);
+            }
+            return none;
+        }
         let counters = self.counters.clone();
         let peer = &mut self.peers[idx];
         if msg.seq < peer.last_seq || (msg.seq == peer.last_seq && peer.pending.is_none()) {
@@ -352,11 +403,7 @@ impl Table {
         peer.last_seen = Some(now);
         peer.acked = peer.acked.max(msg.ack);
         peer.received_state = msg.state;
-        let ip: IpAddr = if msg.underlay.is_unspecified() {
-            from.ip()
-        } else {
-            canonical(msg.underlay)
-        };
+        let ip = data_ip;
         let data_addr = Some(SocketAddr::new(ip, msg.data_port));
         let mut changed = peer.data_addr != data_addr || peer.prefixes != prefixes;
         peer.data_addr = data_addr;
@@ -504,6 +551,13 @@ mod tests {
         }
     }
 
+    fn bounds() -> Bounds {
+        Bounds {
+            max_peers: 8,
+            overlay: vec!["198.19.0.0/16".parse().unwrap(), "10.32.0.0/12".parse().unwrap()],
+        }
+    }
+
     fn at(t0: Instant, ms: u64) -> Time {
         Time {
             at: t0 + Duration::from_millis(ms),
@@ -512,7 +566,7 @@ mod tests {
     }
 
     fn node(name: &str, announce: &str, secret: Option<&str>, t0: Instant) -> Table {
-        let mut t = Table::new(id(name, secret), timing(), &[], Arc::default(), at(t0, 0));
+        let mut t = Table::new(id(name, secret), timing(), bounds(), &[], Arc::default(), at(t0, 0));
         t.set_announced(&[(announce.parse().unwrap(), false)], at(t0, 0));
         t
     }
@@ -638,9 +692,36 @@ mod tests {
     }
 
     #[test]
+    fn data_addresses_inside_the_overlay_and_peers_past_the_limit_are_refused() {
+        let t0 = Instant::now();
+        let mut a = node("a", "198.19.1.0/24", None, t0);
+        let mut b = node("b", "198.19.2.0/24", None, t0);
+        // A hello that came through the tunnel itself (its source is an overlay
+        // address), or that names one as its data address.
+        let pages = hello(&mut a, Kind::Hello, t0);
+        assert_eq!(
+            b.handle(&pages[0], "198.19.1.1:6783".parse().unwrap(), t0),
+            Outcome::default()
+        );
+        a.id.underlay = "10.32.0.9".parse().unwrap();
+        let pages = hello(&mut a, Kind::Hello, t0);
+        assert_eq!(b.handle(&pages[0], A.parse().unwrap(), t0), Outcome::default());
+        assert_eq!(b.counters().get(ControlEvent::BadAddress), 2);
+        assert!(b.peers().is_empty(), "no trace of it");
+        // The table takes at most max_peers (8) peers; the rest are counted.
+        for i in 0..10u8 {
+            let mut p = node(&format!("p{i}"), "198.19.3.0/24", None, t0);
+            let pages = hello(&mut p, Kind::Hello, t0);
+            b.handle(&pages[0], SocketAddr::from(([198, 18, 1, i], 6783)), t0);
+        }
+        assert_eq!(b.peers().len(), 8);
+        assert_eq!(b.counters().get(ControlEvent::PeerLimit), 2);
+    }
+
+    #[test]
     fn large_states_are_paged_and_applied_only_when_complete() {
         let t0 = Instant::now();
-        let mut big = Table::new(id("big", None), timing(), &[], Arc::default(), at(t0, 0));
+        let mut big = Table::new(id("big", None), timing(), bounds(), &[], Arc::default(), at(t0, 0));
         let nets: Vec<(IpNet, bool)> = (0..200u32)
             .map(|i| (format!("fd00:{i:x}::/64").parse().unwrap(), i % 2 == 0))
             .collect();
@@ -678,6 +759,7 @@ mod tests {
                 let mut t = Table::new(
                     id(name, Some("shared-secret")),
                     timing(),
+                    bounds(),
                     &[peer],
                     Arc::default(),
                     at(t0, 0),

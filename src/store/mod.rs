@@ -177,6 +177,12 @@ pub enum StoreError {
     /// The backend could not do it.
     #[error("{what}: {message}")]
     Backend { what: &'static str, message: String },
+    /// The stored state cannot be read: the file is damaged or is no state at all.
+    #[error(
+        "{path} is damaged ({detail}); restore it from a backup (`tunloom state backup` makes one), \
+         or move it away to start with an empty state"
+    )]
+    Damaged { path: String, detail: String },
 }
 
 /// A durable, ordered key-value backend.

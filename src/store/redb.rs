@@ -36,13 +36,62 @@ pub struct RedbStore {
     hub: Hub,
 }
 
+/// Runs `f`, turning a panic inside it (redb asserts on some damaged files) into an
+/// error with its message, printed by no one.
+fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a check inside redb failed".into())
+    })
+}
+
 impl RedbStore {
-    /// Opens (or creates) `<dir>/state.redb`, migrating an older layout.
+    /// The database file in `dir`.
+    pub fn path(dir: &Path) -> std::path::PathBuf {
+        dir.join("state.redb")
+    }
+
+    /// Opens (or creates) `<dir>/state.redb`, migrating an older layout. A file that
+    /// is empty, damaged or no database at all is refused as [`StoreError::Damaged`],
+    /// never opened as a new, empty state and never a panic.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|x| StoreError::Backend {
-            what: "opening the database",
-            message: format!("{}: {x}", path.display()),
+        let path = Self::path(dir);
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(damaged("it is empty: 0 bytes".into()));
+        }
+        match without_panics(|| Self::open_checked(&path)) {
+            Ok(r) => r,
+            Err(panic) => Err(damaged(panic)),
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<RedbStore, StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
+        let db = Database::create(path).map_err(|x| match x {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)) => damaged(m),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                damaged(io.to_string())
+            }
+            redb::DatabaseError::UpgradeRequired(v) => damaged(format!("written by a newer redb, format {v}")),
+            other => StoreError::Backend {
+                what: "opening the database",
+                message: format!("{}: {other}", path.display()),
+            },
         })?;
         let w = db.begin_write().map_err(|x| err("begin")(e(x)))?;
         let migrated = migrate(&w)?;
@@ -61,17 +110,71 @@ impl RedbStore {
             rev
         };
         w.commit().map_err(|x| err("commit")(e(x)))?;
+        // Every stored entry must read back (a damaged page shows here, at start,
+        // rather than in the middle of a request).
+        let store = RedbStore {
+            db,
+            revision,
+            hub: Hub::new(revision),
+        };
+        store.range("").map_err(|x| damaged(x.to_string()))?;
         if migrated > 0 {
             log::info!(
                 "state: {} converted to the revisioned layout ({migrated} entries)",
                 path.display()
             );
         }
-        Ok(RedbStore {
-            db,
-            revision,
-            hub: Hub::new(revision),
-        })
+        Ok(store)
+    }
+
+    /// Verifies every page's checksum (redb's integrity check) of the database in
+    /// `dir`, which no process may have open. Returns the entries and revision.
+    pub fn check(dir: &Path) -> Result<(usize, Revision), StoreError> {
+        let path = Self::path(dir);
+        if !path.exists() {
+            return Err(StoreError::Backend {
+                what: "checking the state",
+                message: format!("{} does not exist", path.display()),
+            });
+        }
+        let mut s = Self::open(dir)?;
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
+        match without_panics(|| s.db.check_integrity()) {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(damaged("its integrity check failed (and was repaired in place)".into())),
+            Ok(Err(x)) => return Err(damaged(x.to_string())),
+            Err(panic) => return Err(damaged(panic)),
+        }
+        let (entries, revision) = s.range("")?;
+        Ok((entries.len(), revision))
+    }
+
+    /// Writes `entries` at `revision` as a new database in `dir` (which must not hold
+    /// one): a backup, as `tunloom run --state-dir` can open it.
+    pub fn create_from(dir: &Path, entries: &[Entry], revision: Revision) -> Result<(), StoreError> {
+        let path = Self::path(dir);
+        if path.exists() {
+            return Err(StoreError::Backend {
+                what: "writing a backup",
+                message: format!("{} exists already", path.display()),
+            });
+        }
+        let db = Database::create(&path).map_err(|x| err("creating the backup")(e(x)))?;
+        let w = db.begin_write().map_err(|x| err("begin")(e(x)))?;
+        {
+            let mut kv = w.open_table(KV).map_err(|x| err("kv table")(e(x)))?;
+            for en in entries {
+                kv.insert(en.key.as_str(), (en.revision, en.value.as_str()))
+                    .map_err(|x| err("write")(e(x)))?;
+            }
+            let mut meta = w.open_table(META).map_err(|x| err("store table")(e(x)))?;
+            meta.insert(REVISION, revision)
+                .map_err(|x| err("writing the revision")(e(x)))?;
+        }
+        w.commit().map_err(|x| err("commit")(e(x)))
     }
 }
 
@@ -184,6 +287,49 @@ mod tests {
     fn redb_store_conforms_and_persists_across_opens() {
         let d = dir("conformance");
         super::super::conformance::run(|| RedbStore::open(&d.0).unwrap());
+    }
+
+    #[test]
+    fn damaged_files_are_refused_by_name_never_opened_as_empty_nor_a_panic() {
+        let d = dir("damaged");
+        {
+            let mut s = RedbStore::open(&d.0).unwrap();
+            let txns: Vec<Txn> = (0..2000)
+                .map(|i| Txn::ops(vec![super::super::Op::put(format!("allocations/{i}"), "12 c")]))
+                .collect();
+            s.commit(&txns).unwrap();
+        }
+        let path = RedbStore::path(&d.0);
+        let good = std::fs::read(&path).unwrap();
+        let mut header = good.clone();
+        header[..4096].fill(0);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let garbage: Vec<u8> = (0..good.len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for (what, bytes) in [
+            ("empty", Vec::new()),
+            ("truncated", good[..good.len() / 3].to_vec()),
+            ("header zeroed", header),
+            ("garbage", garbage),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            match RedbStore::open(&d.0) {
+                Err(StoreError::Damaged { path: p, detail }) => {
+                    assert!(p.ends_with("state.redb"), "{what}: {p}");
+                    eprintln!("{what}: {detail}");
+                }
+                Err(e) => panic!("{what}: not reported as damaged: {e}"),
+                Ok(s) => panic!("{what}: opened, with {} entries", s.range("").unwrap().0.len()),
+            }
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(RedbStore::check(&d.0).unwrap(), (2000, 2000));
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// The tunloom binary cargo built for these tests.
+/// The tunloom binary cargo built for these tests, or the one TUNLOOM_EXE names (to
+/// run the suite against a release build).
 pub fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tunloom"))
+    std::env::var_os("TUNLOOM_EXE").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tunloom")), PathBuf::from)
 }
 
 /// What a test needs beyond a build.

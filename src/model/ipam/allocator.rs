@@ -90,7 +90,6 @@ impl Bitmap {
         }
     }
 
-    #[cfg(test)]
     fn get(&self, i: u32) -> bool {
         self.words[(i / 64) as usize] >> (i % 64) & 1 != 0
     }
@@ -238,6 +237,51 @@ impl Ipam {
             }
         }
         Ok(())
+    }
+
+    /// Stops allocating from `block` (an owned block, or part of one): its free
+    /// addresses are no longer handed out; addresses allocated in it stay held.
+    /// Returns whether anything was owned there.
+    pub fn remove_owned(&mut self, block: Ipv4Net) -> bool {
+        let block = block.trunc();
+        let old = std::mem::take(&mut self.owned);
+        let mut kept = Vec::new();
+        for o in &old {
+            if block.contains(o) {
+                continue;
+            }
+            if !o.contains(&block) {
+                kept.push(*o);
+                continue;
+            }
+            // `o` holds `block`: keep the halves of `o`, down to `block`'s size, that
+            // do not hold it.
+            let mut cur = *o;
+            while cur.prefix_len() < block.prefix_len() {
+                let Ok(mut halves) = cur.subnets(cur.prefix_len() + 1) else {
+                    break;
+                };
+                let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+                    break;
+                };
+                let (keep, next) = if a.contains(&block) { (b, a) } else { (a, b) };
+                kept.push(keep);
+                cur = next;
+            }
+        }
+        kept.sort();
+        let changed = kept != old;
+        self.owned = kept;
+        if self.range.contains(&block) {
+            let start = u32::from(block.network()) - self.base;
+            let end = u32::from(block.broadcast()) - self.base;
+            for off in start..=end {
+                if self.free.get(off) {
+                    self.free.clear(off);
+                }
+            }
+        }
+        changed
     }
 
     fn owns(&self, a: Ipv4Addr) -> bool {
@@ -520,6 +564,36 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_block_given_up_hands_out_nothing_more_and_keeps_what_it_holds() {
+        let range: Ipv4Net = "10.32.0.0/12".parse().unwrap();
+        let mut ipam = Ipam::new(range, &[range]).unwrap();
+        ipam.claim("c1", "10.40.0.9/12".parse().unwrap()).unwrap();
+        assert!(ipam.remove_owned("10.40.0.0/13".parse().unwrap()));
+        assert_eq!(ipam.owned(), &["10.32.0.0/13".parse::<Ipv4Net>().unwrap()]);
+        assert!(matches!(
+            ipam.claim("c2", "10.40.0.10/12".parse().unwrap()),
+            Err(IpamError::NotOwned(..))
+        ));
+        assert!(matches!(
+            ipam.allocate("c2", "10.40.0.0/16".parse().unwrap()),
+            Err(IpamError::Full(_))
+        ));
+        assert_eq!(ipam.lookup("c1"), vec![("10.40.0.9".parse().unwrap(), 12)], "kept");
+        assert!(ipam.release_one("c1", "10.40.0.9".parse().unwrap()));
+        assert!(
+            ipam.allocate("c3", "10.40.0.0/16".parse().unwrap()).is_err(),
+            "not freed into it"
+        );
+        // A small piece of a block: the rest of the block stays.
+        assert!(ipam.remove_owned("10.32.0.0/24".parse().unwrap()));
+        assert_eq!(ipam.counts().owned_num_ips, (1 << 19) - 256);
+        assert!(
+            !ipam.remove_owned("10.40.0.0/13".parse().unwrap()),
+            "nothing left there"
+        );
     }
 
     #[test]

@@ -1,0 +1,657 @@
+//! The HTTP server every face runs on: a readiness-based front (`mio`) that reads and
+//! writes every connection without blocking, in front of a pool of handler threads
+//! that only ever see complete requests.
+//!
+//! Why not `tiny_http`, which the design card names: it gives each connection a
+//! thread for as long as the connection sends nothing, has no limit on header size
+//! or count and no deadline on heads or bodies, and its accept thread dies on EMFILE —
+//! a stuck script or 16 slow clients froze a listener. A patched copy would have to
+//! change its reading, threading and accept loop, which is most of it. Here instead:
+//!
+//! - **One reactor thread per listener** accepts, reads request heads and bodies
+//!   through the sans-IO [`parse::Parser`], and writes responses, never blocking on a
+//!   client. A connection that is slow costs a buffer and a slot, not a thread.
+//! - **Handler threads** take complete requests from a bounded queue, route them, and
+//!   hand the response back; the reactor writes it. Routes a face marks as waiting on
+//!   peers go to a second pool of their own, so they never hold up `/status`,
+//!   `/health` or other writes.
+//! - **Every limit has a name** ([`Limits`], `[api]` in the configuration): head
+//!   size and field count (431), body size (413), deadlines for the head, the body, an
+//!   idle keep-alive connection and for writing a response (408 or close),
+//!   connections per listener and per client address (503), and a full queue (503).
+//! - **Accept errors back off**: EMFILE, ENFILE and their kind pause accepting (one
+//!   spare descriptor is spent to turn the next client away at once rather than leave
+//!   it hanging), ECONNABORTED is skipped; the listener never stops.
+//! - A connection's memory is bounded by the limits and returned when it closes;
+//!   pipelined requests are read one at a time, after the previous answer is written.
+//!
+//! Long-lived responses (Server-Sent Events, later) fit the same reactor: a
+//! connection that streams is one more state, fed from a queue, without a thread.
+//! This module touches only the listener and connections it is given.
+
+pub mod parse;
+
+use super::router::{Request, Router};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parse::{encode_response, HttpError, ParseLimits, Parsed, Parser, RawRequest};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every bound the server keeps, with the defaults of `[api]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections per listener (`api.max_connections`).
+    pub max_connections: usize,
+    /// Open connections per client address (`api.max_connections_per_client`).
+    pub max_per_client: usize,
+    /// From the first byte of a request to the end of its head (`api.header_timeout_ms`).
+    pub head_timeout: Duration,
+    /// From the end of the head to the end of the body (`api.body_timeout_ms`).
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request
+    /// (`api.idle_timeout_ms`).
+    pub idle_timeout: Duration,
+    /// How long a client may take to read a response (`api.write_timeout_ms`).
+    pub write_timeout: Duration,
+    /// Request line and headers (`api.max_header_bytes`).
+    pub max_head: usize,
+    /// Header fields (`api.max_headers`).
+    pub max_headers: usize,
+    /// Request body (2 MiB).
+    pub max_body: usize,
+    /// Handler threads, and requests waiting for one (`api.handler_threads`).
+    pub handlers: usize,
+    pub queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            max_per_client: 64,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_head: 16 << 10,
+            max_headers: 64,
+            max_body: 2 << 20,
+            handlers: 16,
+            queue: 256,
+        }
+    }
+}
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKE: Token = Token(usize::MAX - 2);
+/// Bytes read from a connection per call.
+const READ_CHUNK: usize = 16 << 10;
+/// The longest the reactor sleeps without looking at the shutdown flag.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// What a handler thread gets.
+struct Job {
+    slot: usize,
+    generation: u64,
+    req: Request,
+    keep_alive: bool,
+}
+
+/// What comes back to the reactor.
+struct Done {
+    slot: usize,
+    generation: u64,
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+enum Phase {
+    /// Waiting for a request; `Instant` is when an idle connection is closed.
+    Idle,
+    /// Reading a request (head or body).
+    Reading,
+    /// A handler has the request.
+    Handling,
+    /// Writing `out[at..]`.
+    Writing { out: Vec<u8>, at: usize, close: bool },
+    /// The answer is written and the write side shut: reading and discarding what
+    /// the client still sends (at most `budget` bytes, until the deadline), so that
+    /// closing does not reset the connection before the client has read the answer.
+    Lingering { budget: usize },
+}
+
+/// What a lingering close reads at most before it closes anyway: more than the
+/// largest body, so a client that sends one it was refused still reads the refusal.
+const LINGER_BYTES: usize = 8 << 20;
+/// How long a lingering close waits at most.
+const LINGER: Duration = Duration::from_secs(2);
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    parser: Parser,
+    phase: Phase,
+    deadline: Instant,
+    generation: u64,
+}
+
+/// Serves `router` over `state` on `listener` with `limits` until `shutdown` is set,
+/// logging each request as `face`. The calling thread runs the reactor.
+pub fn serve<S: Send + Sync + 'static>(
+    face: &'static str,
+    listener: std::net::TcpListener,
+    router: Router<S>,
+    state: Arc<S>,
+    limits: Limits,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(listener);
+    let mut poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    let router = Arc::new(router);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let lanes = [
+        Lane::start(face, "", &router, &state, &done_tx, &waker, limits)?,
+        Lane::start(face, "slow-", &router, &state, &done_tx, &waker, limits)?,
+    ];
+    let mut r = Reactor {
+        face,
+        limits,
+        conns: Vec::new(),
+        free: Vec::new(),
+        per_client: HashMap::new(),
+        next_generation: 0,
+        paused_until: None,
+        backoff: Duration::from_millis(50),
+        spare: spare_fd(),
+        last_accept_error: None,
+    };
+    let mut events = Events::with_capacity(256);
+    while !shutdown.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let sleep = r
+            .next_deadline()
+            .map_or(MAX_SLEEP, |d| d.saturating_duration_since(now))
+            .min(MAX_SLEEP);
+        if let Err(e) = poll.poll(&mut events, Some(sleep)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let mut accept = r.paused_until.is_some_and(|t| Instant::now() >= t);
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => accept = true,
+                WAKE => {}
+                Token(slot) => r.ready(poll.registry(), slot, &router, &lanes),
+            }
+        }
+        while let Ok(d) = done_rx.try_recv() {
+            r.answered(poll.registry(), d, &router, &lanes);
+        }
+        if accept {
+            r.accept(&listener, poll.registry(), &router, &lanes);
+        }
+        r.expire(poll.registry());
+    }
+    Ok(())
+}
+
+/// One pool of handler threads and its queue.
+struct Lane {
+    jobs: Sender<Job>,
+}
+
+impl Lane {
+    fn start<S: Send + Sync + 'static>(
+        face: &'static str,
+        kind: &'static str,
+        router: &Arc<Router<S>>,
+        state: &Arc<S>,
+        done: &Sender<Done>,
+        waker: &Arc<Waker>,
+        limits: Limits,
+    ) -> io::Result<Lane> {
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(limits.queue);
+        for i in 0..limits.handlers.max(1) {
+            let (rx, router, state, done, waker): (Receiver<Job>, _, _, _, _) =
+                (rx.clone(), router.clone(), state.clone(), done.clone(), waker.clone());
+            std::thread::Builder::new()
+                .name(format!("tl-{face}-{kind}{i}"))
+                .spawn(move || {
+                    // Ends when the reactor drops its sender (shutdown).
+                    while let Ok(job) = rx.recv() {
+                        let d = handle(face, &router, &state, job);
+                        if done.send(d).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                })?;
+        }
+        Ok(Lane { jobs })
+    }
+}
+
+/// Runs one request through the router on a handler thread.
+fn handle<S>(face: &str, router: &Router<S>, state: &S, job: Job) -> Done {
+    let t0 = Instant::now();
+    let req = &job.req;
+    let resp =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router.dispatch(state, req))).unwrap_or_else(|_| {
+            log::error!("{face}: handler for {} {} panicked", req.method, req.path);
+            router.error(500, "internal error (a bug in tunloom); the daemon log has the details")
+        });
+    log::info!(
+        "{face}: {} {} {} {} {:.1}ms",
+        req.remote.map_or_else(|| "-".to_string(), |a| a.to_string()),
+        req.method,
+        req.path,
+        resp.status,
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let close = !job.keep_alive;
+    let bytes = encode_response(
+        resp.status,
+        resp.content_type,
+        &resp.headers,
+        &resp.body,
+        req.method == "HEAD",
+        close,
+    );
+    Done {
+        slot: job.slot,
+        generation: job.generation,
+        bytes,
+        close,
+    }
+}
+
+/// A descriptor held in reserve: when the process runs out, closing it lets one
+/// waiting client be accepted and turned away at once.
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+struct Reactor {
+    face: &'static str,
+    limits: Limits,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    per_client: HashMap<IpAddr, usize>,
+    next_generation: u64,
+    /// Accepting is paused (out of descriptors) until then.
+    paused_until: Option<Instant>,
+    backoff: Duration,
+    spare: Option<std::fs::File>,
+    last_accept_error: Option<Instant>,
+}
+
+impl Reactor {
+    fn open(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let conns = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !matches!(c.phase, Phase::Handling));
+        conns.map(|c| c.deadline).chain(self.paused_until).min()
+    }
+
+    fn accept<S>(&mut self, listener: &TcpListener, reg: &mio::Registry, router: &Router<S>, lanes: &[Lane; 2]) {
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.paused_until = None;
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff = Duration::from_millis(50);
+                    self.admit(stream, peer, reg, router, lanes);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // Out of descriptors or memory: turn one waiting client away with
+                    // the spare descriptor, then pause, doubling up to 1 s, and retry.
+                    if self
+                        .last_accept_error
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        log::warn!(
+                            "{}: cannot accept ({e}); {} connections open, retrying in {:?}",
+                            self.face,
+                            self.open(),
+                            self.backoff
+                        );
+                        self.last_accept_error = Some(Instant::now());
+                    }
+                    if self.spare.take().is_some() {
+                        if let Ok((s, _)) = listener.accept() {
+                            drop(s);
+                        }
+                        self.spare = spare_fd();
+                    }
+                    self.paused_until = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes an accepted connection in, or turns it away with a 503 when the
+    /// listener or its client has as many as it may.
+    fn admit<S>(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        reg: &mio::Registry,
+        router: &Router<S>,
+        lanes: &[Lane; 2],
+    ) {
+        let ip = peer.ip();
+        let from_client = self.per_client.get(&ip).copied().unwrap_or(0);
+        let refuse = if self.open() >= self.limits.max_connections {
+            Some(format!(
+                "this listener has {} connections open, its limit; try again shortly",
+                self.limits.max_connections
+            ))
+        } else if from_client >= self.limits.max_per_client {
+            Some(format!(
+                "{ip} has {} connections open, the limit per client; close some first",
+                self.limits.max_per_client
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refuse {
+            log::warn!("{}: {peer} refused: {message}", self.face);
+            let r = router.error(503, &message);
+            // Best effort: the socket buffer of a fresh connection takes it.
+            let _ = stream.write(&encode_response(503, r.content_type, &r.headers, &r.body, false, true));
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if let Err(e) = reg.register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE) {
+            log::warn!("{}: cannot watch a connection from {peer}: {e}", self.face);
+            self.free.push(slot);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        *self.per_client.entry(ip).or_default() += 1;
+        self.next_generation += 1;
+        self.conns[slot] = Some(Conn {
+            stream,
+            peer,
+            parser: Parser::new(ParseLimits {
+                max_head: self.limits.max_head,
+                max_headers: self.limits.max_headers,
+                max_body: self.limits.max_body,
+            }),
+            phase: Phase::Idle,
+            deadline: Instant::now() + self.limits.idle_timeout,
+            generation: self.next_generation,
+        });
+        // Data may have arrived with the connection.
+        self.ready(reg, slot, router, lanes);
+    }
+
+    fn close(&mut self, reg: &mio::Registry, slot: usize) {
+        if let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = reg.deregister(&mut c.stream);
+            let ip = c.peer.ip();
+            if let Some(n) = self.per_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&ip);
+                }
+            }
+            self.free.push(slot);
+        }
+    }
+
+    /// A connection is readable or writable: make all the progress it allows.
+    fn ready<S>(&mut self, reg: &mio::Registry, slot: usize, router: &Router<S>, lanes: &[Lane; 2]) {
+        let limits = self.limits;
+        let face = self.face;
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let step = progress(c, slot, limits, face, router, lanes);
+        if step == Step::Close {
+            self.close(reg, slot);
+        }
+    }
+
+    fn answered<S>(&mut self, reg: &mio::Registry, d: Done, router: &Router<S>, lanes: &[Lane; 2]) {
+        let limits = self.limits;
+        let Some(c) = self.conns.get_mut(d.slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if c.generation != d.generation || !matches!(c.phase, Phase::Handling) {
+            return;
+        }
+        c.phase = Phase::Writing {
+            out: d.bytes,
+            at: 0,
+            close: d.close,
+        };
+        c.deadline = Instant::now() + limits.write_timeout;
+        self.ready(reg, d.slot, router, lanes);
+    }
+
+    /// Closes connections whose deadline passed, answering 408 where a request was
+    /// under way.
+    fn expire(&mut self, reg: &mio::Registry) {
+        let now = Instant::now();
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| !matches!(c.phase, Phase::Handling) && c.deadline <= now)
+            .map(|(i, _)| i)
+            .collect();
+        for slot in late {
+            if let Some(c) = self.conns[slot].as_mut() {
+                if matches!(c.phase, Phase::Reading) {
+                    // The answer, then a shut write side: the client reads it before
+                    // the close resets anything.
+                    let what = if c.parser.in_body() { "body" } else { "head" };
+                    log::info!("{}: {} timed out sending the request {what}", self.face, c.peer);
+                    let body = format!("{{\"error\": \"the request {what} did not arrive in time\"}}\n");
+                    let bytes = encode_response(408, "application/json", &[], body.as_bytes(), false, true);
+                    let _ = c.stream.write(&bytes);
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    c.phase = Phase::Lingering { budget: LINGER_BYTES };
+                    c.deadline = now + LINGER;
+                    continue;
+                }
+            }
+            self.close(reg, slot);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Open,
+    Close,
+}
+
+/// Reads, parses, dispatches and writes as far as the connection allows without
+/// waiting.
+fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &Router<S>, lanes: &[Lane; 2]) -> Step {
+    loop {
+        match &mut c.phase {
+            Phase::Handling => return Step::Open,
+            Phase::Writing { out, at, close } => {
+                while *at < out.len() {
+                    match c.stream.write(&out[*at..]) {
+                        Ok(0) => return Step::Close,
+                        Ok(n) => *at += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Open,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Step::Close,
+                    }
+                }
+                if *close {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    c.phase = Phase::Lingering { budget: LINGER_BYTES };
+                    c.deadline = Instant::now() + LINGER;
+                    continue;
+                }
+                c.phase = Phase::Idle;
+                c.deadline = Instant::now() + limits.idle_timeout;
+            }
+            Phase::Lingering { budget } => {
+                let mut sink = [0u8; 8192];
+                loop {
+                    match c.stream.read(&mut sink) {
+                        Ok(0) => return Step::Close,
+                        Ok(n) if n >= *budget => return Step::Close,
+                        Ok(n) => *budget -= n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Open,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Step::Close,
+                    }
+                }
+            }
+            Phase::Idle | Phase::Reading => {
+                // What is buffered first (a pipelined request), then the socket.
+                match c.parser.poll() {
+                    Ok(Some(Parsed::Continue)) => {
+                        let _ = c.stream.write(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        continue;
+                    }
+                    Ok(Some(Parsed::Request(raw))) => {
+                        dispatch(c, slot, raw, limits, router, lanes);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refuse(c, face, &e, router, limits);
+                        continue;
+                    }
+                }
+                if c.parser.started() && matches!(c.phase, Phase::Idle) {
+                    c.phase = Phase::Reading;
+                    c.deadline = Instant::now() + limits.head_timeout;
+                }
+                let room = c.parser.room().min(READ_CHUNK);
+                if room == 0 {
+                    // The parser has all it may take and made no progress: nothing
+                    // more to read for this request.
+                    return Step::Open;
+                }
+                let was_head = !c.parser.in_body();
+                let buf = &mut c.parser.buffer;
+                let len = buf.len();
+                buf.resize(len + room, 0);
+                match c.stream.read(&mut buf[len..]) {
+                    Ok(0) => {
+                        buf.truncate(len);
+                        return Step::Close;
+                    }
+                    Ok(n) => {
+                        buf.truncate(len + n);
+                        if matches!(c.phase, Phase::Idle) {
+                            c.phase = Phase::Reading;
+                            c.deadline = Instant::now() + limits.head_timeout;
+                        }
+                    }
+                    Err(e) => {
+                        buf.truncate(len);
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => return Step::Open,
+                            io::ErrorKind::Interrupted => {}
+                            _ => return Step::Close,
+                        }
+                    }
+                }
+                // The head just completed: the body gets its own deadline.
+                if was_head && c.parser.in_body() {
+                    c.deadline = Instant::now() + limits.body_timeout;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a request the parser refused, and closes after it.
+fn refuse<S>(c: &mut Conn, face: &str, e: &HttpError, router: &Router<S>, limits: Limits) {
+    log::info!("{face}: {} refused with {}: {}", c.peer, e.status, e.message);
+    let r = router.error(e.status, &e.message);
+    c.phase = Phase::Writing {
+        out: encode_response(e.status, r.content_type, &r.headers, &r.body, false, true),
+        at: 0,
+        close: true,
+    };
+    c.deadline = Instant::now() + limits.write_timeout;
+}
+
+/// Hands a complete request to a handler thread, or answers 503 at once when its
+/// queue is full.
+fn dispatch<S>(c: &mut Conn, slot: usize, raw: RawRequest, limits: Limits, router: &Router<S>, lanes: &[Lane; 2]) {
+    let req = match Request::from_raw(raw.method, &raw.target, raw.headers, raw.body, Some(c.peer)) {
+        Ok(r) => r,
+        Err(message) => {
+            let r = router.error(400, &message);
+            c.phase = Phase::Writing {
+                out: encode_response(400, r.content_type, &r.headers, &r.body, false, !raw.keep_alive),
+                at: 0,
+                close: !raw.keep_alive,
+            };
+            c.deadline = Instant::now() + limits.write_timeout;
+            return;
+        }
+    };
+    let lane = &lanes[usize::from(router.is_slow(&req))];
+    let job = Job {
+        slot,
+        generation: c.generation,
+        req,
+        keep_alive: raw.keep_alive,
+    };
+    match lane.jobs.try_send(job) {
+        Ok(()) => c.phase = Phase::Handling,
+        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+            let r = router.error(503, "every request handler is busy; try again shortly");
+            let close = !job.keep_alive;
+            c.phase = Phase::Writing {
+                out: encode_response(
+                    503,
+                    r.content_type,
+                    &r.headers,
+                    &r.body,
+                    job.req.method == "HEAD",
+                    close,
+                ),
+                at: 0,
+                close,
+            };
+            c.deadline = Instant::now() + limits.write_timeout;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
