@@ -112,18 +112,32 @@ struct Done {
 }
 
 enum Phase {
-    /// Waiting for a request; `Instant` is when an idle connection is closed.
+    /// Waiting for a request.
     Idle,
     /// Reading a request (head or body).
     Reading,
     /// A handler has the request.
     Handling,
-    /// Writing `out[at..]`.
-    Writing { out: Vec<u8>, at: usize, close: bool },
+    /// Writing `out[at..]`; then closing, or going on as `then` says.
+    Writing {
+        out: Vec<u8>,
+        at: usize,
+        close: bool,
+        then: Next,
+    },
     /// The answer is written and the write side shut: reading and discarding what
     /// the client still sends (at most `budget` bytes, until the deadline), so that
     /// closing does not reset the connection before the client has read the answer.
     Lingering { budget: usize },
+}
+
+/// Where a connection goes once an answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Wait for the next request.
+    Idle,
+    /// Go on reading the request the answer was for (after "100 Continue").
+    Reading,
 }
 
 /// What a lingering close reads at most before it closes anyway: more than the
@@ -131,6 +145,9 @@ enum Phase {
 const LINGER_BYTES: usize = 8 << 20;
 /// How long a lingering close waits at most.
 const LINGER: Duration = Duration::from_secs(2);
+/// Connections accepted per pass of the reactor, so that a flood of connects cannot
+/// starve the connections already open.
+const ACCEPT_BUDGET: usize = 64;
 
 struct Conn {
     stream: TcpStream,
@@ -200,7 +217,7 @@ pub fn serve<S: Send + Sync + 'static>(
         if accept {
             r.accept(&listener, poll.registry(), &router, &lanes);
         }
-        r.expire(poll.registry());
+        r.expire(poll.registry(), &router, &lanes);
     }
     Ok(())
 }
@@ -314,14 +331,17 @@ impl Reactor {
             return;
         }
         self.paused_until = None;
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = Duration::from_millis(50);
+                    if self.spare.is_none() {
+                        self.spare = spare_fd();
+                    }
                     self.admit(stream, peer, reg, router, lanes);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if one_connections_error(&e) => {}
                 Err(e) => {
                     // Out of descriptors or memory: turn one waiting client away with
                     // the spare descriptor, then pause, doubling up to 1 s, and retry.
@@ -349,6 +369,9 @@ impl Reactor {
                 }
             }
         }
+        // The budget ran out with more perhaps waiting (the listener is
+        // edge-triggered and will not say so again): look again at once.
+        self.paused_until = Some(Instant::now());
     }
 
     /// Takes an accepted connection in, or turns it away with a 503 when the
@@ -379,8 +402,12 @@ impl Reactor {
         if let Some(message) = refuse {
             log::warn!("{}: {peer} refused: {message}", self.face);
             let r = router.error(503, &message);
-            // Best effort: the socket buffer of a fresh connection takes it.
+            // Best effort: the socket buffer of a fresh connection takes it. Reading
+            // what already arrived keeps the close from resetting the answer away.
             let _ = stream.write(&encode_response(503, r.content_type, &r.headers, &r.body, false, true));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
             return;
         }
         let slot = match self.free.pop() {
@@ -435,7 +462,14 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let step = progress(c, slot, limits, face, router, lanes);
+        // A panic here would be a bug; it costs this connection, never the listener.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            progress(c, slot, limits, face, router, lanes)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("{face}: a bug while serving a connection; it is closed");
+            Step::Close
+        });
         if step == Step::Close {
             self.close(reg, slot);
         }
@@ -453,14 +487,15 @@ impl Reactor {
             out: d.bytes,
             at: 0,
             close: d.close,
+            then: Next::Idle,
         };
         c.deadline = Instant::now() + limits.write_timeout;
         self.ready(reg, d.slot, router, lanes);
     }
 
-    /// Closes connections whose deadline passed, answering 408 where a request was
-    /// under way.
-    fn expire(&mut self, reg: &mio::Registry) {
+    /// Ends what overran its deadline: a request under way gets a 408 (written like
+    /// any answer, then a lingering close), anything else is closed.
+    fn expire<S>(&mut self, reg: &mio::Registry, router: &Router<S>, lanes: &[Lane; 2]) {
         let now = Instant::now();
         let late: Vec<usize> = self
             .conns
@@ -471,24 +506,34 @@ impl Reactor {
             .map(|(i, _)| i)
             .collect();
         for slot in late {
-            if let Some(c) = self.conns[slot].as_mut() {
-                if matches!(c.phase, Phase::Reading) {
-                    // The answer, then a shut write side: the client reads it before
-                    // the close resets anything.
-                    let what = if c.parser.in_body() { "body" } else { "head" };
-                    log::info!("{}: {} timed out sending the request {what}", self.face, c.peer);
-                    let body = format!("{{\"error\": \"the request {what} did not arrive in time\"}}\n");
-                    let bytes = encode_response(408, "application/json", &[], body.as_bytes(), false, true);
-                    let _ = c.stream.write(&bytes);
-                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
-                    c.phase = Phase::Lingering { budget: LINGER_BYTES };
-                    c.deadline = now + LINGER;
-                    continue;
-                }
+            let Some(c) = self.conns[slot].as_mut() else { continue };
+            if matches!(c.phase, Phase::Reading) {
+                let what = if c.parser.in_body() { "body" } else { "head" };
+                log::info!("{}: {} timed out sending the request {what}", self.face, c.peer);
+                let e = HttpError {
+                    status: 408,
+                    message: format!("the request {what} did not arrive in time"),
+                };
+                answer_and_close(c, &e, router, self.limits);
+                self.ready(reg, slot, router, lanes);
+            } else {
+                self.close(reg, slot);
             }
-            self.close(reg, slot);
         }
     }
+}
+
+/// Accept errors that concern one connection only (it went away, or its network
+/// did): the next accept may well succeed.
+fn one_connections_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EPROTO | libc::ENETDOWN | libc::ENOPROTOOPT | libc::EHOSTDOWN | libc::ENONET)
+            | Some(libc::EHOSTUNREACH | libc::EOPNOTSUPP | libc::ENETUNREACH | libc::EPERM)
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -503,7 +548,7 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
     loop {
         match &mut c.phase {
             Phase::Handling => return Step::Open,
-            Phase::Writing { out, at, close } => {
+            Phase::Writing { out, at, close, then } => {
                 while *at < out.len() {
                     match c.stream.write(&out[*at..]) {
                         Ok(0) => return Step::Close,
@@ -517,6 +562,12 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
                     let _ = c.stream.shutdown(std::net::Shutdown::Write);
                     c.phase = Phase::Lingering { budget: LINGER_BYTES };
                     c.deadline = Instant::now() + LINGER;
+                    continue;
+                }
+                if *then == Next::Reading {
+                    // Back to the body the "100 Continue" asked for.
+                    c.phase = Phase::Reading;
+                    c.deadline = Instant::now() + limits.body_timeout;
                     continue;
                 }
                 c.phase = Phase::Idle;
@@ -537,9 +588,20 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
             }
             Phase::Idle | Phase::Reading => {
                 // What is buffered first (a pipelined request), then the socket.
-                match c.parser.poll() {
+                let in_body = c.parser.in_body();
+                let polled = c.parser.poll();
+                if !in_body && c.parser.in_body() {
+                    // The head just completed: the body gets its own deadline.
+                    c.deadline = Instant::now() + limits.body_timeout;
+                }
+                match polled {
                     Ok(Some(Parsed::Continue)) => {
-                        let _ = c.stream.write(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        c.phase = Phase::Writing {
+                            out: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                            at: 0,
+                            close: false,
+                            then: Next::Reading,
+                        };
                         continue;
                     }
                     Ok(Some(Parsed::Request(raw))) => {
@@ -548,7 +610,8 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        refuse(c, face, &e, router, limits);
+                        log::info!("{face}: {} refused with {}: {}", c.peer, e.status, e.message);
+                        answer_and_close(c, &e, router, limits);
                         continue;
                     }
                 }
@@ -562,7 +625,6 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
                     // more to read for this request.
                     return Step::Open;
                 }
-                let was_head = !c.parser.in_body();
                 let buf = &mut c.parser.buffer;
                 let len = buf.len();
                 buf.resize(len + room, 0);
@@ -587,23 +649,19 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
                         }
                     }
                 }
-                // The head just completed: the body gets its own deadline.
-                if was_head && c.parser.in_body() {
-                    c.deadline = Instant::now() + limits.body_timeout;
-                }
             }
         }
     }
 }
 
-/// Answers a request the parser refused, and closes after it.
-fn refuse<S>(c: &mut Conn, face: &str, e: &HttpError, router: &Router<S>, limits: Limits) {
-    log::info!("{face}: {} refused with {}: {}", c.peer, e.status, e.message);
+/// Answers with `e` in the face's style and closes after it.
+fn answer_and_close<S>(c: &mut Conn, e: &HttpError, router: &Router<S>, limits: Limits) {
     let r = router.error(e.status, &e.message);
     c.phase = Phase::Writing {
         out: encode_response(e.status, r.content_type, &r.headers, &r.body, false, true),
         at: 0,
         close: true,
+        then: Next::Idle,
     };
     c.deadline = Instant::now() + limits.write_timeout;
 }
@@ -611,44 +669,33 @@ fn refuse<S>(c: &mut Conn, face: &str, e: &HttpError, router: &Router<S>, limits
 /// Hands a complete request to a handler thread, or answers 503 at once when its
 /// queue is full.
 fn dispatch<S>(c: &mut Conn, slot: usize, raw: RawRequest, limits: Limits, router: &Router<S>, lanes: &[Lane; 2]) {
+    let head_only = raw.method.eq_ignore_ascii_case("HEAD");
+    let keep_alive = raw.keep_alive;
+    let refuse = |c: &mut Conn, status: u16, message: &str| {
+        let r = router.error(status, message);
+        c.phase = Phase::Writing {
+            out: encode_response(status, r.content_type, &r.headers, &r.body, head_only, !keep_alive),
+            at: 0,
+            close: !keep_alive,
+            then: Next::Idle,
+        };
+        c.deadline = Instant::now() + limits.write_timeout;
+    };
     let req = match Request::from_raw(raw.method, &raw.target, raw.headers, raw.body, Some(c.peer)) {
         Ok(r) => r,
-        Err(message) => {
-            let r = router.error(400, &message);
-            c.phase = Phase::Writing {
-                out: encode_response(400, r.content_type, &r.headers, &r.body, false, !raw.keep_alive),
-                at: 0,
-                close: !raw.keep_alive,
-            };
-            c.deadline = Instant::now() + limits.write_timeout;
-            return;
-        }
+        Err(message) => return refuse(c, 400, &message),
     };
     let lane = &lanes[usize::from(router.is_slow(&req))];
     let job = Job {
         slot,
         generation: c.generation,
         req,
-        keep_alive: raw.keep_alive,
+        keep_alive,
     };
     match lane.jobs.try_send(job) {
         Ok(()) => c.phase = Phase::Handling,
-        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-            let r = router.error(503, "every request handler is busy; try again shortly");
-            let close = !job.keep_alive;
-            c.phase = Phase::Writing {
-                out: encode_response(
-                    503,
-                    r.content_type,
-                    &r.headers,
-                    &r.body,
-                    job.req.method == "HEAD",
-                    close,
-                ),
-                at: 0,
-                close,
-            };
-            c.deadline = Instant::now() + limits.write_timeout;
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            refuse(c, 503, "every request handler is busy; try again shortly")
         }
     }
 }

@@ -53,18 +53,21 @@ impl HttpError {
     }
 }
 
-/// How far the parser is with the current request.
+/// How far the parser is with the current request. Once a head is complete its
+/// bytes leave the buffer, and chunks leave it as they are decoded: the buffer never
+/// holds more than the current request's undecoded bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
-    /// Waiting for a complete head.
-    Head,
-    /// Head read (`head_len` bytes of the buffer); the body comes by length.
-    Length { head: Head, head_len: usize, len: usize },
-    /// Head read; the body comes in chunks, decoded into `body` up to `at`.
+    /// Waiting for a complete head; the first `scanned` bytes hold no blank line.
+    Head { scanned: usize },
+    /// Head read; the body is the next `len` bytes.
+    Length { head: Head, len: usize },
+    /// Head read; the body comes in chunks, decoded into `body` so far, with
+    /// `framing` bytes of chunk lines and trailer seen.
     Chunked {
         head: Head,
-        at: usize,
         body: Vec<u8>,
+        framing: usize,
         trailer: bool,
     },
 }
@@ -90,6 +93,8 @@ pub enum Parsed {
 
 /// The HTTP/2 connection preface, which a client that assumes HTTP/2 sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// The longest chunk-size line (size and extensions) taken.
+const MAX_CHUNK_LINE: usize = 1024;
 
 /// Parses one connection's requests, one at a time.
 pub struct Parser {
@@ -105,29 +110,30 @@ impl Parser {
         Parser {
             limits,
             buffer: Vec::new(),
-            stage: Stage::Head,
+            stage: Stage::Head { scanned: 0 },
             continued: false,
         }
     }
 
     /// Whether part of a request has arrived (a client is in the middle of one).
     pub fn started(&self) -> bool {
-        !self.buffer.is_empty() || self.stage != Stage::Head
+        !self.buffer.is_empty() || self.in_body()
     }
 
     /// Whether the head is complete and the body is being read.
     pub fn in_body(&self) -> bool {
-        self.stage != Stage::Head
+        !matches!(self.stage, Stage::Head { .. })
     }
 
     /// How many more bytes the parser takes now; 0: stop reading until `poll` has
     /// made progress. One byte past a limit is taken, so the limit is detected.
     pub fn room(&self) -> usize {
         let cap = match &self.stage {
-            Stage::Head => self.limits.max_head + 1,
-            Stage::Length { head_len, len, .. } => head_len + len,
-            // Raw chunk framing may exceed the decoded size a little; bound it too.
-            Stage::Chunked { at, body, .. } => at + (self.limits.max_body - body.len()) + self.limits.max_head + 1,
+            Stage::Head { .. } => self.limits.max_head + 1,
+            Stage::Length { len, .. } => *len,
+            Stage::Chunked { body, framing, .. } => {
+                (self.limits.max_body - body.len()) + self.limits.max_head.saturating_sub(*framing) + 3
+            }
         };
         cap.saturating_sub(self.buffer.len())
     }
@@ -135,42 +141,39 @@ impl Parser {
     /// The next request, once it is complete. `Ok(None)`: more bytes are needed.
     pub fn poll(&mut self) -> Result<Option<Parsed>, HttpError> {
         loop {
-            match std::mem::replace(&mut self.stage, Stage::Head) {
-                Stage::Head => {
-                    let Some((head, head_len)) = self.head()? else {
+            match std::mem::replace(&mut self.stage, Stage::Head { scanned: 0 }) {
+                Stage::Head { scanned } => {
+                    let Some(head) = self.head(scanned)? else {
                         return Ok(None);
                     };
-                    self.stage = self.body_stage(head, head_len)?;
+                    self.stage = self.body_stage(head)?;
                     if let Some(p) = self.expect_continue() {
                         return Ok(Some(p));
                     }
                 }
-                Stage::Length { head, head_len, len } => {
-                    if self.buffer.len() < head_len + len {
-                        self.stage = Stage::Length { head, head_len, len };
+                Stage::Length { head, len } => {
+                    if self.buffer.len() < len {
+                        self.stage = Stage::Length { head, len };
                         return Ok(None);
                     }
-                    let body = self.buffer[head_len..head_len + len].to_vec();
-                    self.buffer.drain(..head_len + len);
+                    let body: Vec<u8> = self.buffer.drain(..len).collect();
                     return Ok(Some(self.finish(head, body)));
                 }
                 Stage::Chunked {
                     head,
-                    mut at,
                     mut body,
+                    mut framing,
                     mut trailer,
                 } => {
-                    let done = self.chunks(&mut at, &mut body, &mut trailer)?;
-                    if !done {
+                    if !self.chunks(&mut body, &mut framing, &mut trailer)? {
                         self.stage = Stage::Chunked {
                             head,
-                            at,
                             body,
+                            framing,
                             trailer,
                         };
                         return Ok(None);
                     }
-                    self.buffer.drain(..at);
                     return Ok(Some(self.finish(head, body)));
                 }
             }
@@ -196,7 +199,7 @@ impl Parser {
     /// "100 Continue" once per request whose head asks for it, before its body.
     fn expect_continue(&mut self) -> Option<Parsed> {
         let head = match &self.stage {
-            Stage::Length { head, len, .. } if *len > 0 => head,
+            Stage::Length { head, len } if *len > 0 => head,
             Stage::Chunked { head, .. } => head,
             _ => return None,
         };
@@ -208,22 +211,56 @@ impl Parser {
         None
     }
 
-    fn head(&mut self) -> Result<Option<(Head, usize)>, HttpError> {
+    fn too_large(&self) -> HttpError {
+        HttpError::new(
+            431,
+            format!(
+                "request line and headers exceed the {}-byte limit",
+                self.limits.max_head
+            ),
+        )
+    }
+
+    /// The head, once its blank line has arrived; its bytes leave the buffer.
+    /// Bytes are scanned once: a head that trickles in costs no more than one that
+    /// arrives whole.
+    fn head(&mut self, scanned: usize) -> Result<Option<Head>, HttpError> {
         // Blank lines before a request are allowed (RFC 9112 2.2).
         let lead = self.buffer.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
         if lead > 0 {
             self.buffer.drain(..lead);
         }
-        if self.buffer.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&self.buffer) && !self.buffer.is_empty() {
+        let scanned = scanned.saturating_sub(lead);
+        if H2_PREFACE.starts_with(&self.buffer[..self.buffer.len().min(H2_PREFACE.len())]) && !self.buffer.is_empty() {
             if self.buffer.len() >= H2_PREFACE.len() {
                 return Err(HttpError::new(505, "HTTP/2 is not supported here; use HTTP/1.1"));
             }
+            self.stage = Stage::Head { scanned: 0 };
             return Ok(None);
+        }
+        let from = scanned.saturating_sub(3);
+        let end = self.buffer[from..].windows(2).enumerate().find_map(|(i, w)| match w {
+            [b'\n', b'\n'] => Some(from + i + 2),
+            [b'\n', b'\r'] if self.buffer.get(from + i + 2) == Some(&b'\n') => Some(from + i + 3),
+            _ => None,
+        });
+        let Some(end) = end else {
+            if self.buffer.len() > self.limits.max_head {
+                return Err(self.too_large());
+            }
+            self.stage = Stage::Head {
+                scanned: self.buffer.len(),
+            };
+            return Ok(None);
+        };
+        if end > self.limits.max_head {
+            return Err(self.too_large());
         }
         let mut slots = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         let mut req = httparse::Request::new(&mut slots);
-        let status = match req.parse(&self.buffer) {
-            Ok(s) => s,
+        match req.parse(&self.buffer[..end]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(HttpError::new(400, "malformed request head")),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(HttpError::new(
                     431,
@@ -234,27 +271,6 @@ impl Parser {
                 return Err(HttpError::new(505, "only HTTP/1.0 and HTTP/1.1 are supported"))
             }
             Err(e) => return Err(HttpError::new(400, format!("malformed request: {e}"))),
-        };
-        let httparse::Status::Complete(head_len) = status else {
-            if self.buffer.len() > self.limits.max_head {
-                return Err(HttpError::new(
-                    431,
-                    format!(
-                        "request line and headers exceed the {}-byte limit",
-                        self.limits.max_head
-                    ),
-                ));
-            }
-            return Ok(None);
-        };
-        if head_len > self.limits.max_head {
-            return Err(HttpError::new(
-                431,
-                format!(
-                    "request line and headers exceed the {}-byte limit",
-                    self.limits.max_head
-                ),
-            ));
         }
         let minor = req.version.unwrap_or(1);
         let mut headers = Vec::with_capacity(req.headers.len());
@@ -276,15 +292,28 @@ impl Parser {
             headers,
             keep_alive,
         };
-        Ok(Some((head, head_len)))
+        self.buffer.drain(..end);
+        Ok(Some(head))
     }
 
-    fn body_stage(&self, head: Head, head_len: usize) -> Result<Stage, HttpError> {
-        if let Some(te) = header(&head.headers, "transfer-encoding") {
-            if !te.eq_ignore_ascii_case("chunked") {
+    fn body_stage(&self, head: Head) -> Result<Stage, HttpError> {
+        let codings: Vec<String> = head
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+            .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .collect();
+        if !codings.is_empty() {
+            if head.minor == 0 {
+                return Err(HttpError::new(400, "Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            if codings != ["chunked"] {
                 return Err(HttpError::new(
                     501,
-                    format!("transfer coding {te:?} is not supported (only chunked)"),
+                    format!(
+                        "transfer coding {:?} is not supported (only chunked)",
+                        codings.join(", ")
+                    ),
                 ));
             }
             if header(&head.headers, "content-length").is_some() {
@@ -292,8 +321,8 @@ impl Parser {
             }
             return Ok(Stage::Chunked {
                 head,
-                at: head_len,
                 body: Vec::new(),
+                framing: 0,
                 trailer: false,
             });
         }
@@ -301,12 +330,18 @@ impl Parser {
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse::<u64>());
+            .map(|(_, v)| v);
         let len = match (lengths.next(), lengths.next()) {
             (None, _) => 0,
-            (Some(Ok(n)), None) => n,
-            (Some(Ok(_)), Some(_)) => return Err(HttpError::new(400, "more than one Content-Length")),
-            (Some(Err(_)), _) => return Err(HttpError::new(400, "Content-Length is not a number")),
+            (Some(_), Some(_)) => return Err(HttpError::new(400, "more than one Content-Length")),
+            (Some(v), None) => {
+                let digits = !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit());
+                if !digits {
+                    return Err(HttpError::new(400, "Content-Length is not a number"));
+                }
+                v.parse::<u64>()
+                    .map_err(|_| HttpError::new(400, "Content-Length is not a number"))?
+            }
         };
         if len > self.limits.max_body as u64 {
             return Err(HttpError::new(
@@ -316,62 +351,81 @@ impl Parser {
         }
         Ok(Stage::Length {
             head,
-            head_len,
             len: len as usize,
         })
     }
 
-    /// Decodes the chunks that have arrived, from `at` on. Returns whether the body
-    /// is complete (with `at` just past its end).
-    fn chunks(&self, at: &mut usize, body: &mut Vec<u8>, trailer: &mut bool) -> Result<bool, HttpError> {
+    /// Decodes the chunks that have arrived, consuming their bytes. Returns whether
+    /// the body is complete.
+    fn chunks(&mut self, body: &mut Vec<u8>, framing: &mut usize, trailer: &mut bool) -> Result<bool, HttpError> {
         let bad = |m: &str| HttpError::new(400, format!("malformed chunked body: {m}"));
-        loop {
-            let rest = &self.buffer[*at..];
+        let max_framing = self.limits.max_head;
+        let mut at = 0;
+        let result = loop {
+            let rest = &self.buffer[at..];
+            if *framing > max_framing {
+                break Err(bad(
+                    "more chunk framing than a request head may have (too many chunks, extensions or trailers)",
+                ));
+            }
             if *trailer {
                 // Trailer fields, then an empty line; the fields are not kept.
                 let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    if rest.len() > self.limits.max_head {
-                        return Err(bad("trailer too long"));
+                    if rest.len() > max_framing {
+                        break Err(bad("trailer too long"));
                     }
-                    return Ok(false);
+                    break Ok(false);
                 };
-                *at += end + 2;
+                at += end + 2;
+                *framing += end + 2;
                 if end == 0 {
-                    return Ok(true);
+                    break Ok(true);
                 }
                 continue;
+            }
+            let Some(&first) = rest.first() else { break Ok(false) };
+            if !first.is_ascii_hexdigit() {
+                break Err(bad("a chunk size must start with a hex digit"));
             }
             let (n, size) = match httparse::parse_chunk_size(rest) {
                 Ok(httparse::Status::Complete(x)) => x,
                 Ok(httparse::Status::Partial) => {
-                    if rest.len() > 1024 {
-                        return Err(bad("chunk size line too long"));
+                    if rest.len() > MAX_CHUNK_LINE {
+                        break Err(bad("chunk size line too long"));
                     }
-                    return Ok(false);
+                    break Ok(false);
                 }
-                Err(_) => return Err(bad("invalid chunk size")),
+                Err(_) => break Err(bad("invalid chunk size")),
             };
-            if size == 0 {
-                *at += n;
-                *trailer = true;
-                continue;
+            if n > MAX_CHUNK_LINE || rest[..n - 1].contains(&b'\n') {
+                break Err(bad("chunk size line too long or malformed"));
             }
-            if body.len() as u64 + size > self.limits.max_body as u64 {
-                return Err(HttpError::new(
+            // Compared before any arithmetic: the size may be near u64::MAX.
+            if size > (self.limits.max_body - body.len()) as u64 {
+                break Err(HttpError::new(
                     413,
                     format!("request body exceeds the {}-byte limit", self.limits.max_body),
                 ));
             }
             let size = size as usize;
+            if size == 0 {
+                at += n;
+                *framing += n;
+                *trailer = true;
+                continue;
+            }
             if rest.len() < n + size + 2 {
-                return Ok(false);
+                break Ok(false);
             }
             if &rest[n + size..n + size + 2] != b"\r\n" {
-                return Err(bad("chunk data not followed by CRLF"));
+                break Err(bad("chunk data not followed by CRLF"));
             }
             body.extend_from_slice(&rest[n..n + size]);
-            *at += n + size + 2;
-        }
+            at += n + size + 2;
+            *framing += n + 2;
+        };
+        self.buffer.drain(..at);
+        result
     }
 }
 
@@ -540,6 +594,48 @@ mod tests {
             400
         );
         assert_eq!(status(b"G\x01T / HTTP/1.1\r\n\r\n"), 400);
+        // Framing that a proxy could read differently is refused.
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello"), 400);
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
+        assert_eq!(status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\nab\r\n"),
+            400,
+            "an empty chunk size line"
+        );
+        // A size near u64::MAX is too large, never an overflow.
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nfffffffffffffffe\r\n"),
+            413
+        );
+    }
+
+    #[test]
+    fn chunked_framing_and_trailers_are_bounded() {
+        let status = |input: &[u8]| match run(input, 64).pop() {
+            Some(Err(e)) => e.status,
+            other => panic!("{other:?}"),
+        };
+        let endless_trailer = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".as_slice(),
+            &b"X: y\r\n".repeat(200),
+        ]
+        .concat();
+        assert_eq!(status(&endless_trailer), 400);
+        let tiny_chunks = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+            &b"1;ext=aaaaaaaaaa\r\nx\r\n".repeat(60),
+        ]
+        .concat();
+        assert_eq!(status(&tiny_chunks), 400, "framing beyond a head's worth");
+        let mut p = Parser::new(LIMITS);
+        p.buffer
+            .extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+        assert_eq!(p.poll(), Ok(None));
+        assert!(p.buffer.is_empty(), "decoded chunks leave the buffer");
     }
 
     #[test]
