@@ -336,7 +336,6 @@ fn model_answers(data: &[u8]) -> Vec<(String, u16, String)> {
         node_name: "fuzz".into(),
         nickname: "fuzz".into(),
         signed: false,
-        dns_upstream: Vec::new(),
     };
     data.split(|b| *b == 0x1e)
         .take(32)
@@ -404,6 +403,9 @@ pub fn config(data: &[u8]) {
         }
         fn is_other_interface(&self, name: &str) -> bool {
             name == "lo"
+        }
+        fn resolv_conf(&self) -> String {
+            "nameserver 192.0.2.1\n".into()
         }
     }
     let text = String::from_utf8_lossy(data);

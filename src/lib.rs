@@ -58,6 +58,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 // Only the fuzz build (cargo-fuzz sets `--cfg fuzzing`) and the corpus replay in
 // `cargo test` see the fuzz entry points; they are no part of the library's API.
 #[cfg(any(fuzzing, test))]

@@ -171,7 +171,12 @@ pub fn model_on<S: crate::store::Store>(
         workers,
     ));
     let host = Arc::new(crate::host::Recorder::default());
+    let dns = Arc::new(crate::dns::Dns::new(crate::dns::Settings {
+        domain: settings.domain.clone(),
+        ..crate::dns::Settings::default()
+    }));
     let model = crate::model::Model::open(crate::model::Parts {
+        dns,
         settings,
         published,
         peers,

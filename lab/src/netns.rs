@@ -143,6 +143,24 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
     Ok(())
 }
 
+/// Puts namespace `inner` behind `outer`, as a workload behind its host: a veth pair
+/// (`outer_addr` and `inner_addr` in CIDR form), `inner`'s default route through
+/// `outer`, and `outer` forwarding IPv4.
+pub fn behind(
+    outer: &Netns,
+    outer_if: &str,
+    outer_addr: &str,
+    inner: &Netns,
+    inner_if: &str,
+    inner_addr: &str,
+) -> io::Result<()> {
+    veth(outer, outer_if, outer_addr, inner, inner_if, inner_addr)?;
+    let via = outer_addr.split('/').next().unwrap_or(outer_addr);
+    inner.ip(&["route", "add", "default", "via", via])?;
+    outer.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"], Duration::from_secs(5))?;
+    Ok(())
+}
+
 /// Does this process have what namespace tests and the lab need?
 pub fn available() -> Result<(), String> {
     // Root and a working `ip netns`.

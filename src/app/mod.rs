@@ -16,6 +16,7 @@ use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::stats::WorkerStats;
 use crate::dataplane::worker::{self, WorkerSetup};
 use crate::dataplane::Offloads;
+use crate::dns::Dns;
 use crate::host::{LinkHost, Namespaces};
 use crate::model::{Model, OpenError, Parts};
 use crate::peers::{table::Time, Peers, Table};
@@ -169,7 +170,10 @@ impl Daemon {
         registry.register("control", peers.counters().clone());
         let commits: Arc<Counters<CommitEvent>> = Arc::default();
         registry.register("store", commits.clone());
+        let dns = Arc::new(Dns::new(settings.dns.clone()));
+        registry.register("dns", dns.counters.clone());
         let model = Arc::new(Model::open(Parts {
+            dns: dns.clone(),
             settings: settings.model.clone(),
             published: published.clone(),
             peers: peers.clone(),
@@ -222,7 +226,16 @@ impl Daemon {
         }
 
         let mut others = Vec::new();
-        let svc = Service::new(service.clone(), &model.service_addresses(), usize::from(d.mtu));
+        let svc = Service::new(
+            service.clone(),
+            dns.clone(),
+            &model.service_addresses(),
+            usize::from(d.mtu),
+        )
+        .map_err(|e| StartError::Io {
+            what: "starting the service thread's poll".into(),
+            source: e,
+        })?;
         let (sd, pb) = (shutdown.clone(), published.clone());
         others.push(spawn("tl-service", move || svc.run(&pb, &sd))?);
         let (sd, m, pr) = (shutdown.clone(), model.clone(), peers.clone());
@@ -267,7 +280,6 @@ impl Daemon {
             node_name: settings.node.name.clone(),
             nickname: settings.node.nickname.clone(),
             signed: settings.peers.identity.secret.is_some(),
-            dns_upstream: settings.dns_upstream.clone(),
         };
         let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-weave-api", move || {

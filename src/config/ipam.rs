@@ -1,10 +1,8 @@
-//! `[ipam]` and `[dns]`: the allocation range, this node's blocks of it, the default
-//! subnet, and the DNS domain.
+//! `[ipam]`: the allocation range, this node's blocks of it, the default subnet.
 
 use super::Invalid;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
-use std::net::IpAddr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,31 +87,5 @@ impl IpamSection {
             default_subnet,
             blocks,
         })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DnsSection {
-    /// The domain workload names live in.
-    pub domain: String,
-    /// Servers asked for names outside the domain.
-    pub upstream: Vec<IpAddr>,
-}
-
-impl Default for DnsSection {
-    fn default() -> Self {
-        DnsSection {
-            domain: "weave.local.".into(),
-            upstream: Vec::new(),
-        }
-    }
-}
-
-impl DnsSection {
-    /// The domain, absolute and lower case.
-    pub fn validate(&self) -> Result<String, Invalid> {
-        crate::names::normalize_fqdn(&self.domain)
-            .ok_or_else(|| Invalid::new("dns.domain", format!("{:?} is not a valid domain name", self.domain)))
     }
 }

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod ipam;
 pub mod node;
 pub mod overlay;
@@ -70,6 +71,8 @@ pub trait Env {
     fn read_secret(&self, path: &Path) -> Result<Vec<u8>, String>;
     /// Whether an interface of this name exists and is not a TUN device.
     fn is_other_interface(&self, name: &str) -> bool;
+    /// The host's resolver configuration (/etc/resolv.conf), empty if unreadable.
+    fn resolv_conf(&self) -> String;
 }
 
 /// The real machine.
@@ -112,6 +115,14 @@ impl Env for System {
         let dir = Path::new("/sys/class/net").join(name);
         crate::names::valid_ifname(name) && dir.exists() && !dir.join("tun_flags").exists()
     }
+
+    fn resolv_conf(&self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        // Bounded like every file read at start: resolv.conf is a few lines.
+        let _ = std::fs::File::open("/etc/resolv.conf").and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
+        text
+    }
 }
 
 /// The file as written.
@@ -131,7 +142,7 @@ pub struct Config {
     #[serde(default)]
     pub ipam: ipam::IpamSection,
     #[serde(default)]
-    pub dns: ipam::DnsSection,
+    pub dns: dns::DnsSection,
     #[serde(default)]
     pub peers: Vec<control::PeerSection>,
 }
@@ -144,8 +155,7 @@ pub struct Settings {
     pub peers: peers::Settings,
     pub api: api::Api,
     pub model: model::Settings,
-    /// DNS servers for names outside the domain (shown by Weave's `/status`).
-    pub dns_upstream: Vec<IpAddr>,
+    pub dns: crate::dns::Settings,
 }
 
 impl Config {
@@ -218,7 +228,7 @@ impl Config {
         }
         let ipam = self.ipam.validate()?;
         let api = self.api.validate()?;
-        let domain = self.dns.validate()?;
+        let dns = self.dns.validate(env)?;
         let static_peers = control::static_peers(&self.peers, c.port)?;
         let node = self.node.validate(env)?;
         dataplane.routes = if o.routes.is_empty() {
@@ -238,7 +248,7 @@ impl Config {
             default_subnet: ipam.default_subnet,
             blocks: ipam.blocks,
             overlay: dataplane.routes.clone(),
-            domain,
+            domain: dns.domain.clone(),
             announce: o.announce.clone(),
             expose: o.expose.clone(),
             gateways: o.gateways.clone(),
@@ -274,7 +284,7 @@ impl Config {
             peers,
             api,
             model,
-            dns_upstream: self.dns.upstream.clone(),
+            dns,
         })
     }
 }
@@ -363,6 +373,9 @@ mod tests {
         }
         fn is_other_interface(&self, name: &str) -> bool {
             name == "lo"
+        }
+        fn resolv_conf(&self) -> String {
+            "nameserver 192.0.2.1\n".into()
         }
     }
 

@@ -56,6 +56,7 @@ pub fn router() -> Router<Management> {
     r.add_public("GET", "/health", health)
         .add("GET", "/api/v1/stats", stats_handler)
         .add("GET", "/api/v1/state/backup", backup)
+        .add("GET", "/api/v1/dns-cache", dns_cache)
         .add_public("GET", "/api/v1/openapi.json", openapi);
     r
 }
@@ -98,6 +99,18 @@ fn backup(s: &Management, _: &Ctx) -> Response {
     }
 }
 
+/// The hostnames upstream DNS answers taught, in the seed's shape.
+fn dns_cache(s: &Management, _: &Ctx) -> Response {
+    let entries: Vec<serde_json::Value> = s
+        .model
+        .dns()
+        .learned_entries()
+        .into_iter()
+        .map(|(hostname, ips, last_seen)| json!({"hostname": hostname, "ips": ips, "last_seen": last_seen}))
+        .collect();
+    Response::json(200, &json!({ "entries": entries }))
+}
+
 fn stats_handler(s: &Management, _: &Ctx) -> Response {
     Response::json(200, &stats_json(s))
 }
@@ -136,6 +149,13 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
     });
     let mut store = json!(s.registry.section("store"));
     store["failed"] = json!(s.model.store_failed());
+    let dns = s.model.dns();
+    let mut dns_stats = json!(s.registry.section("dns"));
+    dns_stats["latency"] = json!(dns.latency());
+    dns_stats["records"] = json!(dns.zone().records());
+    dns_stats["cache_entries"] = json!(dns.cached());
+    dns_stats["outstanding"] = json!(dns.pending());
+    dns_stats["learned_hostnames"] = json!(dns.learned_entries().len());
     let mut service = json!(s.registry.section("service"));
     service["gateways"] = json!(s.dataplane.gateways);
     let now = Instant::now();
@@ -187,6 +207,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
         "store": store,
         "ipam": ipam,
         "service": service,
+        "dns": dns_stats,
         "peers": peers,
         "announced": {
             "prefixes": prefixes,

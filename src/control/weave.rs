@@ -31,8 +31,6 @@ pub struct Weave {
     pub nickname: String,
     /// Control messages are signed with a cluster secret.
     pub signed: bool,
-    /// Shown by `/status` as the DNS upstream.
-    pub dns_upstream: Vec<IpAddr>,
 }
 
 /// A parsed Weave API request: what to do, with every argument checked.
@@ -363,8 +361,18 @@ fn connect(s: &Weave, addrs: &[SocketAddr], replace: bool) -> Response {
     }
 }
 
+/// An upstream server as Weave shows one: its address, with the port when not 53.
+fn upstream_text(a: std::net::SocketAddr) -> String {
+    if a.port() == 53 {
+        a.ip().to_string()
+    } else {
+        a.to_string()
+    }
+}
+
 fn status(s: &Weave) -> Response {
     let st = s.model.status();
+    let dns = s.model.dns();
     let signed = s.signed;
     let info = if signed {
         "tunloom control, HMAC-SHA256 signed"
@@ -411,7 +419,9 @@ fn status(s: &Weave) -> Response {
         },
         "dns": {
             "domain": st.domain,
-            "upstream": s.dns_upstream,
+            "upstream": dns.settings.upstream.iter().map(|a| upstream_text(*a)).collect::<Vec<_>>(),
+            "ttl": dns.settings.ttl,
+            "entries": dns.zone().records(),
         },
     });
     Response::json(if st.ready { 200 } else { 503 }, &body)
@@ -517,7 +527,6 @@ mod tests {
             node_name: "m".into(),
             nickname: "m".into(),
             signed: false,
-            dns_upstream: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! DNS records: names registered for containers (Weave's `PUT /name/{id}/{ip}`),
-//! stored one row per record. The server that answers them reads a published view
-//! (the DNS issue); here they are decided and kept.
+//! stored one row per record and published to the DNS server ([`crate::dns::Dns`])
+//! before the write that changed them answers.
 
 use super::schema::{Record, Row};
 use super::txn::Change;
@@ -26,13 +26,14 @@ impl Model {
         };
         self.write(|st| {
             if st.records.contains(&r) {
-                return Ok(Change::guarded((), Row::Record(r.clone()).stored()));
+                return Ok(Change::guarded((), Row::Record(r.clone()).stored()).names());
             }
             st.records.insert(r.clone());
             let txn = Txn::ops(vec![Row::Record(r.clone()).put()]);
             Ok(Change::stored((), txn, move |st: &mut State| {
                 st.records.remove(&r);
-            }))
+            })
+            .names())
         })
     }
 
@@ -57,9 +58,7 @@ impl Model {
             }
             let ops = gone.iter().map(|r| Row::Record(r.clone()).delete()).collect();
             let n = gone.len();
-            Ok(Change::stored(n, Txn::ops(ops), move |st: &mut State| {
-                st.records.extend(gone)
-            }))
+            Ok(Change::stored(n, Txn::ops(ops), move |st: &mut State| st.records.extend(gone)).names())
         })
     }
 

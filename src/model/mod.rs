@@ -32,6 +32,7 @@ pub use error::{Error, Kind, OpenError};
 pub use ipam::{Allocation, IpamCounts, EXPOSE_ID};
 pub use schema::Record;
 
+use crate::dns::Dns;
 use crate::host::{HostOp, Kernel, Liveness};
 use crate::peers::{Peer, Peers};
 use crate::route::Table;
@@ -82,6 +83,8 @@ pub struct Settings {
 pub struct Parts<S: Store> {
     pub settings: Settings,
     pub published: Arc<Published>,
+    /// Where the records are published for the DNS server.
+    pub dns: Arc<Dns>,
     pub peers: Arc<Peers>,
     pub store: S,
     pub kernel: Arc<dyn Kernel>,
@@ -119,6 +122,7 @@ pub struct Status {
 pub struct Model {
     settings: Settings,
     published: Arc<Published>,
+    dns: Arc<Dns>,
     peers: Arc<Peers>,
     store: Committer,
     state: Mutex<State>,
@@ -153,6 +157,7 @@ impl Model {
         let Parts {
             settings,
             published,
+            dns,
             peers,
             store,
             kernel,
@@ -267,6 +272,7 @@ impl Model {
             store: Committer::start(store, commits),
             settings,
             published,
+            dns,
             peers,
             kernel,
             liveness,
@@ -282,6 +288,7 @@ impl Model {
         model.announce(&st);
         let spec = model.spec(&st);
         let records = st.records.len();
+        model.dns.publish(&st.records);
         drop(st);
         model.store.submit(txn).wait().map_err(OpenError::Store)?;
         model.published.publish(|g| Snapshot::compile(g, spec));
@@ -393,6 +400,11 @@ impl Model {
     /// What the store's committer counted.
     pub fn commits(&self) -> &Arc<Counters<CommitEvent>> {
         self.store.counters()
+    }
+
+    /// The DNS server's shared state: the zone published from the records.
+    pub fn dns(&self) -> &Arc<Dns> {
+        &self.dns
     }
 
     /// Whether a commit failed, so that writes are refused until restart.

@@ -27,6 +27,15 @@ pub struct Record {
     pub fqdn: String,
 }
 
+impl crate::dns::Entry for Record {
+    fn fqdn(&self) -> &str {
+        &self.fqdn
+    }
+    fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 /// Settings the state remembers across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Meta {

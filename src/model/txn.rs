@@ -42,6 +42,8 @@ pub(super) struct Change<T> {
     pub undo: Option<Undo>,
     /// What this node announces or forwards by changed.
     pub routing: bool,
+    /// The DNS records changed (or a repeat relies on them).
+    pub names: bool,
     /// Host changes made before the commit (and reverted if it fails).
     pub before: Vec<HostOp>,
     /// Host changes made once the change is in force.
@@ -70,6 +72,7 @@ impl<T> Change<T> {
             txn: Txn::default(),
             undo: None,
             routing: false,
+            names: false,
             before: Vec::new(),
             after: Vec::new(),
         }
@@ -82,6 +85,7 @@ impl<T> Change<T> {
             txn,
             undo: Some(Box::new(undo)),
             routing: false,
+            names: false,
             before: Vec::new(),
             after: Vec::new(),
         }
@@ -90,6 +94,13 @@ impl<T> Change<T> {
     /// Marks the change as one that changes forwarding.
     pub fn routing(mut self) -> Change<T> {
         self.routing = true;
+        self
+    }
+
+    /// Marks the change as one whose answer the DNS server must give before it
+    /// returns.
+    pub fn names(mut self) -> Change<T> {
+        self.names = true;
         self
     }
 }
@@ -124,6 +135,9 @@ impl Model {
                 if change.routing {
                     self.announce(&st);
                 }
+                if change.names {
+                    self.dns.publish(&st.records);
+                }
                 drop(st);
                 self.revert(&change.before);
                 return Err(Error::Store(e));
@@ -131,6 +145,9 @@ impl Model {
         }
         // The change is durable from here on: what follows happens whether or not
         // every worker applies it in time, and a worker that does not is reported.
+        if change.names {
+            self.dns.publish(&self.state.lock().records);
+        }
         let applied = if change.routing {
             let r = self.republish();
             self.peers.update(|t| t.hello_now(None));

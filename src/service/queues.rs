@@ -5,8 +5,8 @@
 
 use crate::telemetry::{counted_enum, Counters};
 use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
 
 counted_enum! {
     /// What the service thread counts.
@@ -29,7 +29,11 @@ pub struct ServiceQueues {
     pub(super) to_worker: Vec<ArrayQueue<ServicePacket>>,
     pub(super) free: ArrayQueue<Box<[u8]>>,
     buf_len: usize,
-    pub(super) thread: OnceLock<Thread>,
+    /// Wakes the service thread from its poll; set once it runs.
+    pub(super) waker: OnceLock<mio::Waker>,
+    /// The service thread is (about to be) asleep: the next submit wakes it. A
+    /// submit while it is awake costs no system call.
+    pub(super) sleeping: AtomicBool,
     pub counters: Arc<Counters<ServiceEvent>>,
 }
 
@@ -45,7 +49,8 @@ impl ServiceQueues {
             to_worker: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
             free,
             buf_len,
-            thread: OnceLock::new(),
+            waker: OnceLock::new(),
+            sleeping: AtomicBool::new(false),
             counters: Arc::default(),
         }
     }
@@ -67,8 +72,11 @@ impl ServiceQueues {
         };
         match self.to_service.push(p) {
             Ok(()) => {
-                if let Some(t) = self.thread.get() {
-                    t.unpark();
+                if self.sleeping.swap(false, Ordering::SeqCst) {
+                    if let Some(w) = self.waker.get() {
+                        // A failed wake only delays the packet to the next timer.
+                        let _ = w.wake();
+                    }
                 }
                 true
             }
