@@ -65,13 +65,7 @@ impl ApiSection {
         if self.weave_listen == self.listen {
             return Err(Invalid::new("api.weave_listen", "must differ from api.listen".into()));
         }
-        let within = |key: &'static str, v: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&v) {
-                Ok(v)
-            } else {
-                Err(Invalid::new(key, format!("{v} is outside {lo}..={hi}")))
-            }
-        };
+        let within = Invalid::within::<u64>;
         let ms = |key, v| within(key, v, 100, 3_600_000).map(Duration::from_millis);
         Ok(Api {
             listen: self.listen,

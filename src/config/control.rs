@@ -58,18 +58,8 @@ pub struct Control {
 
 impl ControlSection {
     pub fn validate(&self, env: &dyn Env) -> Result<Control, Invalid> {
-        if !(50..=60_000).contains(&self.hello_interval_ms) {
-            return Err(Invalid::new(
-                "control.hello_interval_ms",
-                format!("{} is outside 50..=60000", self.hello_interval_ms),
-            ));
-        }
-        if !(1..=100).contains(&self.dead_after) {
-            return Err(Invalid::new(
-                "control.dead_after",
-                format!("{} is outside 1..=100", self.dead_after),
-            ));
-        }
+        Invalid::within("control.hello_interval_ms", self.hello_interval_ms, 50, 60_000)?;
+        Invalid::within("control.dead_after", self.dead_after, 1, 100)?;
         let secret = match (&self.secret, &self.secret_file) {
             (Some(_), Some(_)) => {
                 return Err(Invalid::new(
@@ -88,16 +78,9 @@ impl ControlSection {
             ("control.sync_timeout_ms", self.sync_timeout_ms),
             ("control.apply_timeout_ms", self.apply_timeout_ms),
         ] {
-            if !(100..=60_000).contains(&v) {
-                return Err(Invalid::new(key, format!("{v} is outside 100..=60000")));
-            }
+            Invalid::within(key, v, 100, 60_000)?;
         }
-        if !(1..=65_536).contains(&self.max_peers) {
-            return Err(Invalid::new(
-                "control.max_peers",
-                format!("{} is outside 1..=65536", self.max_peers),
-            ));
-        }
+        Invalid::within("control.max_peers", self.max_peers, 1, 65_536)?;
         Ok(Control {
             max_peers: self.max_peers,
             secret,

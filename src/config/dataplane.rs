@@ -82,12 +82,7 @@ impl DataplaneSection {
                 ),
             ));
         }
-        if self.vni == 0 || self.vni > crate::wire::vxlan::MAX_VNI {
-            return Err(Invalid::new(
-                "dataplane.vni",
-                format!("{} is outside 1..=16777215", self.vni),
-            ));
-        }
+        Invalid::within("dataplane.vni", self.vni, 1, crate::wire::vxlan::MAX_VNI)?;
         let outer = if self.bind.is_ipv6() || self.advertise.is_some_and(|a| a.is_ipv6()) {
             OUTER_V6_LEN
         } else {
@@ -106,12 +101,7 @@ impl DataplaneSection {
         if self.data_port == 0 {
             return Err(Invalid::new("dataplane.data_port", "must not be 0".into()));
         }
-        if self.tx_ports == 0 || self.tx_ports > 64 {
-            return Err(Invalid::new(
-                "dataplane.tx_ports",
-                format!("{} is outside 1..=64", self.tx_ports),
-            ));
-        }
+        Invalid::within("dataplane.tx_ports", self.tx_ports, 1, 64)?;
         if self.workers > MAX_QUEUES {
             return Err(Invalid::new(
                 "dataplane.workers",
@@ -121,18 +111,8 @@ impl DataplaneSection {
                 ),
             ));
         }
-        if !(4096..=1 << 30).contains(&self.socket_buffer) {
-            return Err(Invalid::new(
-                "dataplane.socket_buffer",
-                format!("{} is outside 4096..=1073741824 bytes", self.socket_buffer),
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.tun_txqueuelen) {
-            return Err(Invalid::new(
-                "dataplane.tun_txqueuelen",
-                format!("{} is outside 1..=1000000", self.tun_txqueuelen),
-            ));
-        }
+        Invalid::within("dataplane.socket_buffer", self.socket_buffer, 4096, 1 << 30)?;
+        Invalid::within("dataplane.tun_txqueuelen", self.tun_txqueuelen, 1, 1_000_000)?;
         for (key, a) in [
             ("dataplane.bind", Some(self.bind)),
             ("dataplane.advertise", self.advertise),
@@ -147,12 +127,7 @@ impl DataplaneSection {
                 "must be an address peers can send to (leave it out to use the hello's source)".into(),
             ));
         }
-        if !(1280..=65_536).contains(&self.tun_gso_max_size) {
-            return Err(Invalid::new(
-                "dataplane.tun_gso_max_size",
-                format!("{} is outside 1280..=65536", self.tun_gso_max_size),
-            ));
-        }
+        Invalid::within("dataplane.tun_gso_max_size", self.tun_gso_max_size, 1280, 65_536)?;
         let allowed = env.allowed_cpus();
         if let Some(c) = self.cpus.iter().find(|c| !allowed.contains(c)) {
             return Err(Invalid::new(

@@ -77,36 +77,11 @@ impl DnsSection {
     pub fn validate(&self, env: &dyn Env) -> Result<Settings, Invalid> {
         let domain = crate::names::normalize_fqdn(&self.domain)
             .ok_or_else(|| Invalid::new("dns.domain", format!("{:?} is not a valid domain name", self.domain)))?;
-        if self.ttl > MAX_TTL {
-            return Err(Invalid::new(
-                "dns.ttl",
-                format!("{} is more than a week ({MAX_TTL} s)", self.ttl),
-            ));
-        }
-        if self.cache_max_ttl > MAX_TTL {
-            return Err(Invalid::new(
-                "dns.cache_max_ttl",
-                format!("{} is more than a week ({MAX_TTL} s)", self.cache_max_ttl),
-            ));
-        }
-        if !(100..=60_000).contains(&self.timeout_ms) {
-            return Err(Invalid::new(
-                "dns.timeout_ms",
-                format!("{} is outside 100..=60000", self.timeout_ms),
-            ));
-        }
-        if self.cache_size > 1_000_000 {
-            return Err(Invalid::new(
-                "dns.cache_size",
-                format!("{} is more than 1000000", self.cache_size),
-            ));
-        }
-        if !(1..=16_384).contains(&self.max_pending) {
-            return Err(Invalid::new(
-                "dns.max_pending",
-                format!("{} is outside 1..=16384", self.max_pending),
-            ));
-        }
+        Invalid::within("dns.ttl", self.ttl, 0, MAX_TTL)?;
+        Invalid::within("dns.cache_max_ttl", self.cache_max_ttl, 0, MAX_TTL)?;
+        Invalid::within("dns.timeout_ms", self.timeout_ms, 100, 60_000)?;
+        Invalid::within("dns.cache_size", self.cache_size, 0, 1_000_000)?;
+        Invalid::within("dns.max_pending", self.max_pending, 1, 16_384)?;
         let upstream = match &self.upstream {
             Some(list) => {
                 if list.len() > 8 {

@@ -59,6 +59,15 @@ impl Invalid {
     pub fn new(key: &'static str, message: String) -> Invalid {
         Invalid { key, message }
     }
+
+    /// `value` if it lies in `lo..=hi`; else the error every range check gives.
+    pub fn within<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, lo: T, hi: T) -> Result<T, Invalid> {
+        if lo <= value && value <= hi {
+            Ok(value)
+        } else {
+            Err(Invalid::new(key, format!("{value} is outside {lo}..={hi}")))
+        }
+    }
 }
 
 /// What validation needs to know about the machine.
@@ -350,6 +359,10 @@ mod tests {
             ("[control]\nsecret_file = \"/dev/zero\"\n", "not a regular file"),
             ("[control]\nsecret_file = \"/nonexistent/secret\"\n", "cannot read"),
             ("[dataplane]\nwrokers = 2\n", "unknown field `wrokers`"),
+            ("[dns]\nupstream = [\"dns.google\"]\n", "dns.upstream: \"dns.google\" is not a server address"),
+            ("[dns]\ntimeout_ms = 5\n", "dns.timeout_ms: 5 is outside 100..=60000"),
+            ("[dns]\nttl = 99999999\n", "dns.ttl"),
+            ("[dns]\ndomain = \"a..b\"\n", "dns.domain"),
             ("[overlay]\nannounce = [\"10.0.0.0/33\"]\n", "announce"),
             ("[dataplane\n", "t.toml"),
         ];
