@@ -479,6 +479,91 @@ pub fn http(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every entry point by the name of its fuzz target and corpus directory.
+/// The DNS server's two ways in. The first byte picks one and a limit:
+///
+/// - even: a query from a workload. It is answered from a fixed zone, refused with a
+///   code, or ignored; an answer parses, echoes the id, has QR set, and never exceeds
+///   the limit it was built for; one cut down for plain UDP still parses.
+/// - odd: an upstream's answer. It is checked as the server checks one, offered to
+///   the cache and to the learned hostnames; a cached answer is served back with the
+///   client's id and exactly its own length.
+pub fn dns(data: &[u8]) {
+    use crate::dns::answer::{self, Unusable};
+    use crate::dns::cache::{Cache, Key, Learned};
+    use domain::base::Message;
+    use std::time::{Duration, Instant};
+    static ZONE: OnceLock<crate::dns::Zone> = OnceLock::new();
+    let Some((&sel, msg)) = data.split_first() else {
+        return;
+    };
+    let zone = ZONE.get_or_init(|| {
+        let mut recs = vec![
+            crate::model::Record {
+                container: "c".into(),
+                ip: "198.19.64.5".parse().unwrap(),
+                fqdn: "web.weave.local.".into(),
+            },
+            crate::model::Record {
+                container: "c".into(),
+                ip: "fd00::5".parse().unwrap(),
+                fqdn: "web.weave.local.".into(),
+            },
+        ];
+        for i in 1..=40u8 {
+            recs.push(crate::model::Record {
+                container: "m".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(198, 19, 66, i)),
+                fqdn: "many.weave.local.".into(),
+            });
+        }
+        crate::dns::Zone::build("weave.local.", 1, 1, &recs)
+    });
+    let mut out = Vec::new();
+    if sel % 2 == 0 {
+        let ours = 512 + usize::from(sel / 2) * 16;
+        let q = match answer::parse(msg, &mut out) {
+            Ok(q) => q,
+            Err(Unusable::Ignored(_)) => return,
+            Err(Unusable::Refused(_)) => {
+                let m = Message::from_slice(&out).expect("an error reply parses");
+                assert!(m.header().qr(), "an error reply is a response");
+                assert_eq!(&out[..2], &msg[..2], "an error reply echoes the id");
+                return;
+            }
+        };
+        let limit = q.udp_limit(ours);
+        assert!((answer::PLAIN_UDP..=ours.max(answer::PLAIN_UDP)).contains(&limit));
+        if let Some(a) = answer::answer_local(zone, &q, limit, usize::from(sel), &mut out) {
+            let m = Message::from_slice(&out).expect("an answer parses");
+            assert!(m.header().qr() && m.header().id() == q.id, "answer header");
+            assert_eq!(m.header().rcode(), a.rcode);
+            assert!(out.len() <= limit, "{} bytes for a limit of {limit}", out.len());
+            assert_eq!(a.truncated, m.header().tc());
+            let mut cut = Vec::new();
+            answer::fit_udp(&out, answer::PLAIN_UDP, &mut cut);
+            assert!(cut.len() <= out.len() && Message::from_slice(&cut).is_ok(), "cut down");
+        }
+        return;
+    }
+    let now = Instant::now();
+    let mut cache = Cache::new(4, 3600);
+    let key = Key::new(sel & 2 != 0, 1, 1, b"\x03www\x07example\x03com\x00").unwrap();
+    let mut learned = Learned::new(4);
+    learned.learn(b"\x03www\x07example\x03com\x00", msg, 1);
+    assert!(learned.len() <= 1);
+    let _ = learned.entries();
+    if cache.insert(&key, msg, now) {
+        // Served back to a client whose query is the answer's own first bytes.
+        let mut query = msg.to_vec();
+        query[..2].copy_from_slice(&[0xbe, 0xef]);
+        let later = now + Duration::from_secs(u64::from(sel / 4));
+        if cache.serve(&key, &query, later, &mut out) {
+            assert_eq!(out.len(), msg.len(), "a cached answer keeps its length");
+            assert_eq!(&out[..2], &[0xbe, 0xef], "and takes the client's id");
+        }
+    }
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("inside", inside),
     ("outside", outside),
@@ -488,6 +573,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("model", model),
     ("config", config),
     ("http", http),
+    ("dns", dns),
 ];
 
 #[cfg(test)]

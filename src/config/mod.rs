@@ -359,7 +359,10 @@ mod tests {
             ("[control]\nsecret_file = \"/dev/zero\"\n", "not a regular file"),
             ("[control]\nsecret_file = \"/nonexistent/secret\"\n", "cannot read"),
             ("[dataplane]\nwrokers = 2\n", "unknown field `wrokers`"),
-            ("[dns]\nupstream = [\"dns.google\"]\n", "dns.upstream: \"dns.google\" is not a server address"),
+            (
+                "[dns]\nupstream = [\"dns.google\"]\n",
+                "dns.upstream: \"dns.google\" is not a server address",
+            ),
             ("[dns]\ntimeout_ms = 5\n", "dns.timeout_ms: 5 is outside 100..=60000"),
             ("[dns]\nttl = 99999999\n", "dns.ttl"),
             ("[dns]\ndomain = \"a..b\"\n", "dns.domain"),

@@ -587,6 +587,7 @@ fn write_seed_corpus() {
         ("model", seeds_model()),
         ("config", seeds_config()),
         ("http", seeds_http()),
+        ("dns", seeds_dns()),
     ];
     for (target, seeds) in all {
         let d = dir("corpus", target);
@@ -635,6 +636,138 @@ fn seeds_http() -> Vec<(&'static str, Vec<u8>)> {
         (
             "two-lengths",
             with(63, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        ),
+    ]
+}
+
+/// DNS queries (even first byte) and upstream answers (odd first byte), made with
+/// `domain`'s builder: every query type the server answers itself, EDNS and plain,
+/// and answers with CNAME chains, negative answers with an SOA, and truncation.
+fn seeds_dns() -> Vec<(&'static str, Vec<u8>)> {
+    use domain::base::iana::{Class, Opcode, Rcode, Rtype};
+    use domain::base::{MessageBuilder, Name, Serial, Ttl};
+    use domain::rdata::{Aaaa, Cname, Soa, A};
+    use std::str::FromStr;
+    let name = |s: &str| Name::<Vec<u8>>::from_str(s).unwrap();
+    let with = |sel: u8, m: Vec<u8>| {
+        let mut v = vec![sel];
+        v.extend(m);
+        v
+    };
+    let query = |n: &str, t: Rtype, edns: Option<u16>| {
+        let mut b = MessageBuilder::new_vec();
+        b.header_mut().set_id(0x1234);
+        b.header_mut().set_rd(true);
+        let mut q = b.question();
+        q.push((name(n), t)).unwrap();
+        let mut add = q.additional();
+        if let Some(size) = edns {
+            add.opt(|o| {
+                o.set_udp_payload_size(size);
+                Ok(())
+            })
+            .unwrap();
+        }
+        add.finish()
+    };
+    let answer = |n: &str, rcode: Rcode, tc: bool| {
+        let mut b = MessageBuilder::new_vec();
+        b.header_mut().set_id(7);
+        b.header_mut().set_qr(true);
+        b.header_mut().set_tc(tc);
+        b.header_mut().set_rcode(rcode);
+        let mut q = b.question();
+        q.push((name(n), Rtype::A)).unwrap();
+        let mut a = q.answer();
+        if rcode == Rcode::NOERROR {
+            let edge = name("edge.example.net");
+            a.push((name(n), Class::IN, Ttl::from_secs(300), Cname::new(edge.clone())))
+                .unwrap();
+            a.push((
+                edge.clone(),
+                Class::IN,
+                Ttl::from_secs(60),
+                A::new("203.0.113.20".parse().unwrap()),
+            ))
+            .unwrap();
+            a.push((
+                edge,
+                Class::IN,
+                Ttl::from_secs(60),
+                Aaaa::new("2001:db8::20".parse().unwrap()),
+            ))
+            .unwrap();
+        }
+        let mut auth = a.authority();
+        if rcode == Rcode::NXDOMAIN {
+            let z = name("example.com");
+            let soa = Soa::new(
+                z.clone(),
+                z.clone(),
+                Serial(1),
+                Ttl::HOUR,
+                Ttl::HOUR,
+                Ttl::DAY,
+                Ttl::from_secs(30),
+            );
+            auth.push((z, Class::IN, Ttl::from_secs(900), soa)).unwrap();
+        }
+        auth.finish()
+    };
+    let mut notify = query("web.weave.local", Rtype::A, None);
+    let mut h = domain::base::Header::new();
+    h.set_opcode(Opcode::NOTIFY);
+    notify[2] = h.as_slice()[0];
+    let mut v1 = query("web.weave.local", Rtype::A, Some(1232));
+    let n = v1.len();
+    v1[n - 11 + 6] = 1;
+    vec![
+        ("a-local", with(0, query("web.weave.local", Rtype::A, None))),
+        (
+            "aaaa-local-edns",
+            with(2, query("WEB.weave.local", Rtype::AAAA, Some(4096))),
+        ),
+        ("any-local", with(4, query("web.weave.local", Rtype::ANY, None))),
+        (
+            "ptr-local",
+            with(6, query("5.64.19.198.in-addr.arpa", Rtype::PTR, None)),
+        ),
+        (
+            "ptr-v6",
+            with(
+                8,
+                query(
+                    "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa",
+                    Rtype::PTR,
+                    Some(1232),
+                ),
+            ),
+        ),
+        ("nxdomain", with(10, query("nope.weave.local", Rtype::A, None))),
+        ("many-truncated", with(0, query("many.weave.local", Rtype::A, None))),
+        ("many-edns", with(40, query("many.weave.local", Rtype::A, Some(1232)))),
+        ("forwarded", with(12, query("www.example.com", Rtype::A, None))),
+        ("notify", with(14, notify)),
+        ("badvers", with(16, v1)),
+        (
+            "upstream-answer",
+            with(1, answer("www.example.com", Rcode::NOERROR, false)),
+        ),
+        (
+            "upstream-answer-edns-key",
+            with(3, answer("www.example.com", Rcode::NOERROR, false)),
+        ),
+        (
+            "upstream-nxdomain",
+            with(5, answer("nope.example.com", Rcode::NXDOMAIN, false)),
+        ),
+        (
+            "upstream-truncated",
+            with(7, answer("www.example.com", Rcode::NOERROR, true)),
+        ),
+        (
+            "upstream-servfail",
+            with(9, answer("www.example.com", Rcode::SERVFAIL, false)),
         ),
     ]
 }
