@@ -6,6 +6,9 @@
 //! 2. The real worker threads of a daemon running in this process, in a network
 //!    namespace, while ping and iperf3 traffic flows through them both ways: zero
 //!    allocations on those threads after warm-up. (Needs root.)
+//! 3. The service thread's DNS server: local answers of every kind, and upstream
+//!    answers served from the cache, allocate nothing once warm. (A forwarded query
+//!    whose answer enters the cache allocates that entry; see the README.)
 
 mod common;
 
@@ -271,8 +274,134 @@ fn live_workers(tag: &str, offload: bool) {
     daemon.stop().unwrap();
 }
 
+/// A UDP DNS query for `name` from 198.19.1.5 to the gateway, as a worker hands it
+/// over.
+fn dns_packet(name: &str, qtype: domain::base::iana::Rtype, edns: bool) -> Vec<u8> {
+    use domain::base::{MessageBuilder, Name};
+    use std::str::FromStr;
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x4242);
+    let mut q = b.question();
+    q.push((Name::<Vec<u8>>::from_str(name).unwrap(), qtype)).unwrap();
+    let mut add = q.additional();
+    if edns {
+        add.opt(|o| {
+            o.set_udp_payload_size(1232);
+            Ok(())
+        })
+        .unwrap();
+    }
+    let mut pkt = Vec::new();
+    PacketBuilder::ipv4([198, 19, 1, 5], [198, 19, 1, 254], 64)
+        .udp(40000, 53)
+        .write(&mut pkt, &add.finish())
+        .unwrap();
+    pkt
+}
+
+fn the_dns_server_answers_without_allocating() {
+    use domain::base::iana::Rtype;
+    use std::sync::Arc;
+    use tunloom::service::{Service, ServiceQueues};
+    // A stand-in upstream on loopback, answered by this thread.
+    let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    upstream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let settings = tunloom::dns::Settings {
+        upstream: vec![upstream.local_addr().unwrap()],
+        ..tunloom::dns::Settings::default()
+    };
+    let dns = Arc::new(tunloom::dns::Dns::new(settings));
+    let mut records = Vec::new();
+    for i in 1..=40u8 {
+        records.push(tunloom::model::Record {
+            container: "c".into(),
+            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 66, i)),
+            fqdn: if i <= 3 {
+                "web.weave.local."
+            } else {
+                "many.weave.local."
+            }
+            .into(),
+        });
+    }
+    dns.publish(&records);
+    let q = Arc::new(ServiceQueues::new(1, 64, 1500));
+    let mut svc = Service::new(q.clone(), dns.clone(), &["198.19.1.254".parse().unwrap()], 1450).unwrap();
+    let queries = [
+        dns_packet("web.weave.local", Rtype::A, false),
+        dns_packet("WEB.weave.local", Rtype::AAAA, true),
+        dns_packet("nope.weave.local", Rtype::A, false),
+        dns_packet("2.66.19.198.in-addr.arpa", Rtype::PTR, true),
+        dns_packet("many.weave.local", Rtype::A, false),
+        dns_packet("many.weave.local", Rtype::A, true),
+        dns_packet("www.example.com", Rtype::A, false),
+    ];
+    let mut ask = |pkt: &[u8]| -> usize {
+        assert!(q.submit(0, pkt));
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            svc.run_once();
+            if let Some(r) = q.take_reply(0) {
+                let n = r.len;
+                q.recycle(r.buf);
+                return n;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer: {:?}",
+                dns.counters.snapshot()
+            );
+        }
+    };
+    // The first forwarded query goes upstream once; its answer is cached for 300 s.
+    let forwarded = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut buf = [0u8; 512];
+            let (n, from) = upstream.recv_from(&mut buf).unwrap();
+            let req = domain::base::Message::from_slice(&buf[..n]).unwrap();
+            let mut b = domain::base::MessageBuilder::new_vec()
+                .start_answer(req, domain::base::iana::Rcode::NOERROR)
+                .unwrap();
+            b.push((
+                <domain::base::Name<Vec<u8>> as std::str::FromStr>::from_str("www.example.com.").unwrap(),
+                300,
+                domain::rdata::A::new("203.0.113.20".parse().unwrap()),
+            ))
+            .unwrap();
+            upstream.send_to(&b.finish(), from).unwrap();
+        });
+        let n = ask(&queries[6]);
+        h.join().unwrap();
+        n
+    });
+    assert!(forwarded > 28, "an answer came back");
+    for _ in 0..50 {
+        for pkt in &queries {
+            ask(pkt);
+        }
+    }
+    let before = mine();
+    for _ in 0..500 {
+        for pkt in &queries {
+            ask(pkt);
+        }
+    }
+    let allocated = mine() - before;
+    let c = dns.counters.snapshot();
+    assert!(c["cache_hits"] >= 500 && c["local"] >= 3000, "{c:?}");
+    assert_eq!(
+        allocated, 0,
+        "allocations for 3500 queries: local answers of every kind and cache hits"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     common::main(&[
+        (
+            "the_dns_server_answers_without_allocating",
+            Needs::Nothing,
+            the_dns_server_answers_without_allocating,
+        ),
         (
             "the_pipeline_allocates_nothing_per_packet",
             Needs::Nothing,

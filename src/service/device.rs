@@ -31,20 +31,27 @@ impl RxToken for Rx {
 
 pub(super) struct Tx<'a> {
     dev: &'a mut QueueDevice,
-    buf: Box<[u8]>,
+    /// Taken when the token is used; a token smoltcp drops unused (a datagram for a
+    /// socket gets no immediate reply) gives its buffer back to the pool.
+    buf: Option<Box<[u8]>>,
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.dev.queues.recycle(buf);
+        }
+    }
 }
 
 impl TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(mut self, len: usize, f: F) -> R {
-        let len = len.min(self.buf.len());
-        let r = f(&mut self.buf[..len]);
+        let mut buf = self.buf.take().expect("a token is consumed once");
+        let len = len.min(buf.len());
+        let r = f(&mut buf[..len]);
         let w = self.dev.current;
         let q = &self.dev.queues;
-        let p = ServicePacket {
-            buf: self.buf,
-            len,
-            worker: w,
-        };
+        let p = ServicePacket { buf, len, worker: w };
         match q.to_worker.get(usize::from(w)).map(|tw| tw.push(p)) {
             Some(Ok(())) => {
                 q.counters.inc(ServiceEvent::Replies);
@@ -69,12 +76,21 @@ impl Device for QueueDevice {
         };
         self.current = p.worker;
         let q = self.queues.clone();
-        Some((Rx(p, q), Tx { dev: self, buf }))
+        Some((
+            Rx(p, q),
+            Tx {
+                dev: self,
+                buf: Some(buf),
+            },
+        ))
     }
 
     fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
         let buf = self.queues.free.pop()?;
-        Some(Tx { dev: self, buf })
+        Some(Tx {
+            dev: self,
+            buf: Some(buf),
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
