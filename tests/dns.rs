@@ -396,6 +396,139 @@ fn a_silent_upstream_is_servfail_in_time_and_local_names_still_answer() {
     assert!(s["servfail"].as_u64().unwrap() >= 1, "{s}");
 }
 
+/// Runs `f` on a thread inside namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        netns::enter(&ns).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A query for `name` (type A, RD set) with id `id`.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Thousands of queries one after another, and TCP clients that trickle bytes into
+/// every connection slot: the server keeps answering, and TCP comes back once the
+/// trickling connections are closed as idle.
+fn many_queries_and_trickling_tcp_clients_leave_the_server_answering() {
+    let b = bed("dnsm", UPSTREAM);
+    assert_eq!(
+        b.weave("PUT", "/name/web/198.19.64.5", Some("fqdn=web.weave.local")),
+        200
+    );
+    // Each query answered, in order: a buffer lost per query would stop this
+    // after about a thousand.
+    let answered = in_ns(&b.w.name, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 512];
+        (0..3000u16)
+            .filter(|i| {
+                s.send_to(&query(*i, "web.weave.local"), (GATEWAY, 53)).unwrap();
+                matches!(s.recv(&mut buf), Ok(n) if n > 12 && buf[..2] == i.to_be_bytes())
+            })
+            .count()
+    });
+    assert_eq!(answered, 3000);
+    // 40 connections that send a length and then a byte at a time: more than the
+    // slots there are.
+    let (w, stop) = (
+        b.w.name.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let stop2 = stop.clone();
+    let trickle = std::thread::spawn(move || {
+        netns::enter(&w).unwrap();
+        let mut conns: Vec<std::net::TcpStream> = (0..40)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &(GATEWAY.parse::<std::net::IpAddr>().unwrap(), 53).into(),
+                    Duration::from_secs(1),
+                )
+                .ok()
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            for c in &mut conns {
+                let _ = std::io::Write::write_all(c, &[0x01]);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // UDP is unaffected meanwhile.
+    assert_eq!(data(&b.dig(&["web.weave.local"])), ["198.19.64.5"]);
+    // TCP is back within the idle limit (10 s) and a little.
+    let t0 = Instant::now();
+    loop {
+        let d = b.dig(&["+tcp", "+time=1", "web.weave.local"]);
+        if data(&d) == ["198.19.64.5"] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "TCP never came back: {}",
+            d.text
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+}
+
+/// An upstream whose answer names a record by a compression pointer to itself: the
+/// client gets SERVFAIL, and nothing of it is cached or learned.
+fn a_malformed_upstream_answer_is_servfail_and_not_cached() {
+    let b = bed("dnsx", "198.18.100.4");
+    b._o.ip(&["addr", "add", "198.18.100.4/24", "dev", "eth0"]).unwrap();
+    let o = b._o.name.clone();
+    let fake = std::thread::spawn(move || {
+        netns::enter(&o).unwrap();
+        let s = std::net::UdpSocket::bind("198.18.100.4:53").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        let mut served = 0;
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            // The question back, then an answer whose owner points at itself.
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80;
+            r[7] = 1;
+            let at = r.len() as u16;
+            r.extend_from_slice(&(0xc000 | at).to_be_bytes());
+            r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 1, 1]);
+            s.send_to(&r, from).unwrap();
+            served += 1;
+        }
+        served
+    });
+    for _ in 0..2 {
+        let d = b.dig(&["+noedns", "loop.example"]);
+        assert_eq!(d.status, "SERVFAIL", "{}", d.text);
+    }
+    let s = b.dns_stats();
+    assert_eq!(s["upstream_malformed"], 2, "both asked upstream, none cached: {s}");
+    assert_eq!(s["cache_hits"], 0, "{s}");
+    let (_, body) = b.host.api("GET", "/api/v1/dns-cache", None).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&body).contains("loop.example"),
+        "nothing learned"
+    );
+    assert_eq!(fake.join().unwrap(), 2);
+}
+
 fn main() -> std::process::ExitCode {
     const NEEDS: Needs = Needs::NetnsWith(&["dig", "dnsmasq"]);
     common::main(&[
@@ -418,6 +551,16 @@ fn main() -> std::process::ExitCode {
             "a_silent_upstream_is_servfail_in_time_and_local_names_still_answer",
             NEEDS,
             a_silent_upstream_is_servfail_in_time_and_local_names_still_answer,
+        ),
+        (
+            "many_queries_and_trickling_tcp_clients_leave_the_server_answering",
+            NEEDS,
+            many_queries_and_trickling_tcp_clients_leave_the_server_answering,
+        ),
+        (
+            "a_malformed_upstream_answer_is_servfail_and_not_cached",
+            NEEDS,
+            a_malformed_upstream_answer_is_servfail_and_not_cached,
         ),
     ])
 }

@@ -155,7 +155,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
     dns_stats["records"] = json!(dns.zone().records());
     dns_stats["cache_entries"] = json!(dns.cached());
     dns_stats["outstanding"] = json!(dns.pending());
-    dns_stats["learned_hostnames"] = json!(dns.learned_entries().len());
+    dns_stats["learned_hostnames"] = json!(dns.learned_len());
     let mut service = json!(s.registry.section("service"));
     service["gateways"] = json!(s.dataplane.gateways);
     let now = Instant::now();

@@ -4,6 +4,8 @@
 //! grown to its largest answer. Parsing and building are NLnet Labs' `domain`; this
 //! module decides what to say.
 
+use super::cache::Flags;
+use super::msg;
 use super::zone::{wire_key, Lookup, Zone, MAX_NAME};
 use domain::base::iana::{Class, Opcode, OptRcode, Rcode, Rtype};
 use domain::base::message::Message;
@@ -41,6 +43,10 @@ pub struct Query<'a> {
     pub edns: Option<u16>,
     /// The EDNS version it asked for (only 0 is defined).
     pub edns_version: u8,
+    /// What besides the question decides which answers suit it.
+    pub flags: Flags,
+    /// Recursion desired.
+    pub rd: bool,
     key: [u8; MAX_NAME],
     key_len: usize,
 }
@@ -68,12 +74,14 @@ pub enum Unusable {
     Ignored(Ignored),
     /// Answered with this code, the reply in the caller's buffer.
     Refused(Rcode),
+    /// Answered BADVERS: an EDNS version other than 0.
+    BadVersion,
 }
 
 /// Reads a query. A packet that is a query but not one this server can read gets an
-/// error reply in `out` (FORMERR, NOTIMP, BADVERS); one that is not a query at all
-/// is ignored.
-pub fn parse<'a>(packet: &'a [u8], out: &mut Vec<u8>) -> Result<Query<'a>, Unusable> {
+/// error reply in `out` (FORMERR, NOTIMP, BADVERS; offering `advertise` when the
+/// query spoke EDNS); one that is not a query at all is ignored.
+pub fn parse<'a>(packet: &'a [u8], advertise: u16, out: &mut Vec<u8>) -> Result<Query<'a>, Unusable> {
     let Ok(msg) = Message::from_slice(packet) else {
         return Err(Unusable::Ignored(Ignored::Short));
     };
@@ -82,16 +90,20 @@ pub fn parse<'a>(packet: &'a [u8], out: &mut Vec<u8>) -> Result<Query<'a>, Unusa
         return Err(Unusable::Ignored(Ignored::Response));
     }
     if header.opcode() != Opcode::QUERY {
-        error_reply(msg, Rcode::NOTIMP, out);
+        error_reply(msg, Rcode::NOTIMP, advertise, out);
         return Err(Unusable::Refused(Rcode::NOTIMP));
     }
     let Ok(question) = msg.sole_question() else {
-        error_reply(msg, Rcode::FORMERR, out);
+        error_reply(msg, Rcode::FORMERR, advertise, out);
         return Err(Unusable::Refused(Rcode::FORMERR));
     };
-    let (edns, edns_version) = match msg.opt() {
-        Some(opt) => (Some(opt.udp_payload_size()), opt.version()),
-        None => (None, 0),
+    if !msg::opt_ok(packet) {
+        error_reply(msg, Rcode::FORMERR, advertise, out);
+        return Err(Unusable::Refused(Rcode::FORMERR));
+    }
+    let (edns, edns_version, dnssec_ok) = match msg.opt() {
+        Some(opt) => (Some(opt.udp_payload_size()), opt.version(), opt.dnssec_ok()),
+        None => (None, 0, false),
     };
     let mut q = Query {
         msg,
@@ -101,17 +113,23 @@ pub fn parse<'a>(packet: &'a [u8], out: &mut Vec<u8>) -> Result<Query<'a>, Unusa
         qclass: question.qclass(),
         edns,
         edns_version,
+        flags: Flags {
+            edns: edns.is_some(),
+            dnssec_ok,
+            checking_disabled: header.cd(),
+        },
+        rd: header.rd(),
         key: [0; MAX_NAME],
         key_len: 0,
     };
     let Some(len) = wire_key(&q.qname, &mut q.key).map(<[u8]>::len) else {
-        error_reply(msg, Rcode::FORMERR, out);
+        error_reply(msg, Rcode::FORMERR, advertise, out);
         return Err(Unusable::Refused(Rcode::FORMERR));
     };
     q.key_len = len;
     if edns_version > 0 {
         badvers_reply(&q, out);
-        return Err(Unusable::Refused(Rcode::NOERROR));
+        return Err(Unusable::BadVersion);
     }
     Ok(q)
 }
@@ -127,14 +145,22 @@ pub struct Answered {
 type Builder<'o> = AnswerBuilder<StaticCompressor<&'o mut Vec<u8>>>;
 
 /// Answers `q` from `zone` into `out` if the name is the zone's (`None`: forward
-/// it). Several addresses of one name are all answered, starting at `rotate`.
-pub fn answer_local(zone: &Zone, q: &Query<'_>, limit: usize, rotate: usize, out: &mut Vec<u8>) -> Option<Answered> {
+/// it), in at most `limit` bytes, offering `advertise` as this server's EDNS size.
+/// Several addresses of one name are all answered, starting at `rotate`.
+pub fn answer_local(
+    zone: &Zone,
+    q: &Query<'_>,
+    limit: usize,
+    advertise: u16,
+    rotate: usize,
+    out: &mut Vec<u8>,
+) -> Option<Answered> {
     let found = zone.lookup(q.key());
     if found == Lookup::Elsewhere {
         return None;
     }
     if q.qclass != Class::IN && q.qclass != Class::ANY {
-        error_reply(q.msg, Rcode::REFUSED, out);
+        error_reply(q.msg, Rcode::REFUSED, advertise, out);
         return Some(Answered {
             rcode: Rcode::REFUSED,
             truncated: false,
@@ -147,10 +173,11 @@ pub fn answer_local(zone: &Zone, q: &Query<'_>, limit: usize, rotate: usize, out
     };
     let limit = limit.min(MAX_MESSAGE);
     let mut b = MessageBuilder::from_target(StaticCompressor::new(&mut *out)).expect("a Vec grows");
-    b.set_push_limit(limit.saturating_sub(if q.edns.is_some() { OPT_LEN } else { 0 }));
+    // The builder refuses a push that reaches its limit: one more is the most.
+    b.set_push_limit(limit.saturating_sub(if q.edns.is_some() { OPT_LEN } else { 0 }) + 1);
     let Ok(mut ans) = b.start_answer(q.msg, rcode) else {
         // Only a question longer than the limit: not a real client.
-        error_reply(q.msg, Rcode::FORMERR, out);
+        error_reply(q.msg, Rcode::FORMERR, advertise, out);
         return Some(Answered {
             rcode: Rcode::FORMERR,
             truncated: false,
@@ -158,6 +185,7 @@ pub fn answer_local(zone: &Zone, q: &Query<'_>, limit: usize, rotate: usize, out
     };
     ans.header_mut().set_aa(true);
     ans.header_mut().set_ra(true);
+    ans.header_mut().set_cd(q.msg.header().cd());
     let ttl = Ttl::from_secs(zone.ttl());
     let (qname, qtype) = (&q.qname, q.qtype);
     let any = qtype == Rtype::ANY;
@@ -184,55 +212,58 @@ pub fn answer_local(zone: &Zone, q: &Query<'_>, limit: usize, rotate: usize, out
             }
             _ => {}
         }
+        if zone.is_apex(q.key()) && (any || qtype == Rtype::SOA) {
+            ans.push((qname, Class::IN, ttl, soa(zone)))?;
+            n += 1;
+        }
         Ok(n)
     })();
     let truncated = pushed.is_err();
     let ans = if truncated { ans.tc_rewind_into() } else { ans };
     let mut auth = ans.authority();
-    if matches!(pushed, Ok(0)) {
+    if matches!(pushed, Ok(0)) && !matches!(found, Lookup::Reverse(_)) {
         // A negative answer names the zone's SOA, so resolvers cache it no longer
         // than the TTL (RFC 2308); the answer stands without it if it does not fit.
-        let _ = push_soa(&mut auth, zone);
+        // (Not for a reverse name: that is not in the zone.)
+        let _ = auth.push((zone.domain(), Class::IN, Ttl::from_secs(zone.ttl()), soa(zone)));
     }
-    finish(auth.additional(), q.edns.is_some(), limit);
+    finish(auth.additional(), q.edns.is_some(), advertise);
     Some(Answered { rcode, truncated })
 }
 
-fn push_soa(
-    auth: &mut domain::base::message_builder::AuthorityBuilder<StaticCompressor<&mut Vec<u8>>>,
-    zone: &Zone,
-) -> Result<(), PushError> {
-    let ttl = Ttl::from_secs(zone.ttl());
-    let soa = Soa::new(
+/// The zone's SOA: its serial changes with the records; negative answers are
+/// cached no longer than the TTL.
+fn soa(zone: &Zone) -> Soa<&domain::base::Name<Vec<u8>>> {
+    Soa::new(
         zone.domain(),
         zone.hostmaster(),
         Serial(zone.serial()),
         Ttl::from_secs(3600),
         Ttl::from_secs(600),
         Ttl::from_secs(86_400),
-        ttl,
-    );
-    auth.push((zone.domain(), Class::IN, ttl, soa))
+        Ttl::from_secs(zone.ttl()),
+    )
 }
 
-/// Ends a reply: an OPT record (this server's UDP size) when the query had one.
+/// Ends a reply: an OPT record offering `advertise` when the query had one.
 fn finish(
     mut add: domain::base::message_builder::AdditionalBuilder<StaticCompressor<&mut Vec<u8>>>,
     edns: bool,
-    limit: usize,
+    advertise: u16,
 ) {
     if edns {
         add.clear_push_limit();
         let _ = add.opt(|o| {
-            o.set_udp_payload_size(limit.min(usize::from(u16::MAX)) as u16);
+            o.set_udp_payload_size(advertise);
             Ok(())
         });
     }
     let _ = add.finish();
 }
 
-/// An answer with no records and `rcode`, echoing the question when it parses.
-pub fn error_reply(msg: &Message<[u8]>, rcode: Rcode, out: &mut Vec<u8>) {
+/// An answer with no records and `rcode`, echoing the question when it parses, with
+/// an OPT record offering `advertise` when the query had one (RFC 6891 §7).
+pub fn error_reply(msg: &Message<[u8]>, rcode: Rcode, advertise: u16, out: &mut Vec<u8>) {
     let b = MessageBuilder::from_target(StaticCompressor::new(&mut *out)).expect("a Vec grows");
     let mut ans: Builder<'_> = if msg.sole_question().is_ok() {
         b.start_error(msg, rcode)
@@ -247,7 +278,7 @@ pub fn error_reply(msg: &Message<[u8]>, rcode: Rcode, out: &mut Vec<u8>) {
         b.answer()
     };
     ans.header_mut().set_ra(true);
-    let _ = ans.finish();
+    finish(ans.additional(), msg.opt().is_some(), advertise);
 }
 
 /// The answer to a query for an EDNS version this server does not speak.
@@ -265,8 +296,9 @@ fn badvers_reply(q: &Query<'_>, out: &mut Vec<u8>) {
 }
 
 /// A copy of `reply` cut to fit `limit` for a UDP client: when it is longer, only
-/// its header and question, with TC set, so that the client asks again over TCP.
-pub fn fit_udp(reply: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+/// its header and question, with TC set (and an OPT record offering `advertise` if
+/// it had one), so that the client asks again over TCP.
+pub fn fit_udp(reply: &[u8], limit: usize, advertise: u16, out: &mut Vec<u8>) -> bool {
     out.clear();
     if reply.len() <= limit {
         out.extend_from_slice(reply);
@@ -281,6 +313,9 @@ pub fn fit_udp(reply: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
     *h = msg.header();
     h.set_tc(true);
     let _ = ans.finish();
+    if msg::opt(reply).is_some() {
+        msg::push_opt(out, advertise);
+    }
     true
 }
 
@@ -340,9 +375,9 @@ mod tests {
     fn ask(z: &Zone, name: &str, qtype: Rtype, edns: Option<u16>, rotate: usize) -> (Option<Answered>, Vec<u8>) {
         let pkt = query(name, qtype, edns);
         let mut out = Vec::new();
-        let q = parse(&pkt, &mut out).ok().unwrap();
+        let q = parse(&pkt, 1400, &mut out).ok().unwrap();
         let limit = q.udp_limit(1400);
-        (answer_local(z, &q, limit, rotate, &mut out), out)
+        (answer_local(z, &q, limit, 1400, rotate, &mut out), out)
     }
 
     fn answers(reply: &[u8]) -> Vec<String> {
@@ -417,26 +452,38 @@ mod tests {
     fn bad_queries_get_error_codes_or_are_ignored() {
         let mut out = Vec::new();
         assert_eq!(
-            parse(&[1, 2, 3], &mut out).err(),
+            parse(&[1, 2, 3], 1400, &mut out).err(),
             Some(Unusable::Ignored(Ignored::Short))
         );
         let mut resp = query("a.b.", Rtype::A, None);
         resp[2] |= 0x80;
-        assert_eq!(parse(&resp, &mut out).err(), Some(Unusable::Ignored(Ignored::Response)));
+        assert_eq!(
+            parse(&resp, 1400, &mut out).err(),
+            Some(Unusable::Ignored(Ignored::Response))
+        );
         let mut none = query("a.b.", Rtype::A, None);
         none[5] = 0;
-        assert_eq!(parse(&none, &mut out).err(), Some(Unusable::Refused(Rcode::FORMERR)));
+        assert_eq!(
+            parse(&none, 1400, &mut out).err(),
+            Some(Unusable::Refused(Rcode::FORMERR))
+        );
         assert_eq!(Message::from_slice(&out).unwrap().header().rcode(), Rcode::FORMERR);
         let mut notify = query("a.b.", Rtype::A, None);
         notify[2] |= 4 << 3;
-        assert_eq!(parse(&notify, &mut out).err(), Some(Unusable::Refused(Rcode::NOTIMP)));
+        assert_eq!(
+            parse(&notify, 1400, &mut out).err(),
+            Some(Unusable::Refused(Rcode::NOTIMP))
+        );
         let mut cut = query("web.weave.local.", Rtype::A, None);
         cut.truncate(20);
-        assert_eq!(parse(&cut, &mut out).err(), Some(Unusable::Refused(Rcode::FORMERR)));
+        assert_eq!(
+            parse(&cut, 1400, &mut out).err(),
+            Some(Unusable::Refused(Rcode::FORMERR))
+        );
         let mut v1 = query("a.b.", Rtype::A, Some(1232));
         let n = v1.len();
         v1[n - 11 + 6] = 1; // OPT: the version byte of the TTL field
-        assert_eq!(parse(&v1, &mut out).err(), Some(Unusable::Refused(Rcode::NOERROR)));
+        assert_eq!(parse(&v1, 1400, &mut out).err(), Some(Unusable::BadVersion));
         assert_eq!(Message::from_slice(&out).unwrap().opt_rcode(), OptRcode::BADVERS);
     }
 
@@ -445,10 +492,10 @@ mod tests {
         let z = zone();
         let (_, whole) = ask(&z, "many.weave.local.", Rtype::A, Some(4096), 0);
         let mut out = Vec::new();
-        assert!(fit_udp(&whole, 512, &mut out));
+        assert!(fit_udp(&whole, 512, 1232, &mut out));
         let msg = Message::from_slice(&out).unwrap();
         assert!(msg.header().tc() && msg.header_counts().ancount() == 0 && msg.sole_question().is_ok());
-        assert!(!fit_udp(&whole, 65535, &mut out));
+        assert!(!fit_udp(&whole, 65535, 1232, &mut out));
         assert_eq!(out, whole);
     }
 }

@@ -11,21 +11,27 @@
 //! [`Learned`] is what the API shows as the DNS cache: each hostname asked for, with
 //! the addresses its last positive answer gave (through any CNAMEs) and when.
 
-use domain::base::name::ParsedName;
-use domain::dep::octseq::Parser;
-use std::collections::HashMap;
+use super::msg::{self, walk, HEADER, RTYPE_A, RTYPE_AAAA, RTYPE_OPT, RTYPE_SOA};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-const HEADER: usize = 12;
-const RTYPE_A: u16 = 1;
-const RTYPE_SOA: u16 = 6;
-const RTYPE_AAAA: u16 = 28;
-const RTYPE_OPT: u16 = 41;
 /// Key: flags, type, class, then the name.
 const KEY_LEN: usize = 5 + super::zone::MAX_NAME;
 
-/// A cache key, built on the stack.
+/// What of a query, besides its question, decides which answers suit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags {
+    /// It spoke EDNS (the answer carries an OPT record).
+    pub edns: bool,
+    /// DNSSEC OK: signatures wanted.
+    pub dnssec_ok: bool,
+    /// Checking disabled: data that failed validation is wanted too.
+    pub checking_disabled: bool,
+}
+
+/// A cache key, built on the stack: the question and the [`Flags`].
+#[derive(Clone)]
 pub struct Key {
     buf: [u8; KEY_LEN],
     len: usize,
@@ -33,102 +39,82 @@ pub struct Key {
 
 impl Key {
     /// The key of a question: `name` in lower-case wire form.
-    pub fn new(edns: bool, qtype: u16, qclass: u16, name: &[u8]) -> Option<Key> {
+    pub fn new(flags: Flags, qtype: u16, qclass: u16, name: &[u8]) -> Option<Key> {
         let mut buf = [0u8; KEY_LEN];
         let len = 5 + name.len();
         if len > KEY_LEN {
             return None;
         }
-        buf[0] = u8::from(edns);
+        buf[0] = u8::from(flags.edns) | u8::from(flags.dnssec_ok) << 1 | u8::from(flags.checking_disabled) << 2;
         buf[1..3].copy_from_slice(&qtype.to_be_bytes());
         buf[3..5].copy_from_slice(&qclass.to_be_bytes());
         buf[5..len].copy_from_slice(name);
         Some(Key { buf, len })
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+
+    /// The question's name in lower-case wire form.
+    pub fn name(&self) -> &[u8] {
+        &self.buf[5..self.len]
+    }
+
+    pub fn qtype(&self) -> u16 {
+        u16::from_be_bytes([self.buf[1], self.buf[2]])
+    }
+
+    pub fn edns(&self) -> bool {
+        self.buf[0] & 1 != 0
+    }
 }
 
-/// One resource record of a message, as [`walk`] sees it.
-struct Rr<'a> {
-    section: usize,
-    rtype: u16,
-    ttl: u32,
-    ttl_at: usize,
-    rdata: &'a [u8],
-}
-
-/// Visits every record of `msg` after its question (section 1 = answer, 2 =
-/// authority, 3 = additional); returns where the question ends. `None` when the
-/// message does not parse to its end.
-fn walk<'a>(msg: &'a [u8], mut visit: impl FnMut(Rr<'a>)) -> Option<usize> {
-    let count = |i: usize| msg.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-    let counts = [count(4)?, count(6)?, count(8)?, count(10)?];
-    let mut p = Parser::from_ref(msg);
-    p.advance(HEADER).ok()?;
-    for _ in 0..counts[0] {
-        ParsedName::skip(&mut p).ok()?;
-        p.advance(4).ok()?;
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", self.as_slice())
     }
-    let question_end = p.pos();
-    for (section, &n) in counts.iter().enumerate().skip(1) {
-        for _ in 0..n {
-            ParsedName::skip(&mut p).ok()?;
-            let rtype = p.parse_u16_be().ok()?;
-            p.advance(2).ok()?;
-            let ttl_at = p.pos();
-            let ttl = p.parse_u32_be().ok()?;
-            let len = usize::from(p.parse_u16_be().ok()?);
-            let start = p.pos();
-            p.advance(len).ok()?;
-            visit(Rr {
-                section,
-                rtype,
-                ttl,
-                ttl_at,
-                rdata: &msg[start..start + len],
-            });
-        }
-    }
-    Some(question_end)
-}
-
-/// Where the question of `msg` ends, if it parses.
-fn question_end(msg: &[u8]) -> Option<usize> {
-    let mut p = Parser::from_ref(msg);
-    p.advance(HEADER).ok()?;
-    let qd = u16::from_be_bytes([*msg.get(4)?, *msg.get(5)?]);
-    for _ in 0..qd {
-        ParsedName::skip(&mut p).ok()?;
-        p.advance(4).ok()?;
-    }
-    Some(p.pos())
 }
 
 struct Cached {
+    /// The answer without its OPT record (which belonged to the first client's
+    /// exchange: cookies, padding); a bare one is added for EDNS clients.
     reply: Vec<u8>,
     /// Offsets of the TTL fields to lower when served.
     ttls: Vec<u16>,
     question_end: usize,
     stored: Instant,
     expires: Instant,
+    /// Which insertion this is, to tell it from a later one under the same key in
+    /// the eviction queue.
+    stamp: u64,
 }
 
-/// Upstream answers by question.
+/// Upstream answers by question, bounded in entries and in bytes.
 pub struct Cache {
     map: HashMap<Box<[u8]>, Cached>,
+    /// Keys in insertion order: the oldest go first when room is needed.
+    order: VecDeque<(u64, Box<[u8]>)>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
+    stamp: u64,
     max_ttl: u32,
+    scratch: Vec<u8>,
 }
 
 impl Cache {
+    /// At most `capacity` answers in `capacity` KiB.
     pub fn new(capacity: usize, max_ttl: u32) -> Cache {
         Cache {
-            map: HashMap::with_capacity(capacity),
+            map: HashMap::with_capacity(capacity.min(65_536)),
+            order: VecDeque::new(),
             capacity,
+            max_bytes: capacity.saturating_mul(1024),
+            bytes: 0,
+            stamp: 0,
             max_ttl,
+            scratch: Vec::new(),
         }
     }
 
@@ -143,7 +129,7 @@ impl Cache {
     /// Keeps `reply` (an upstream answer to the question `key`) if its lifetime is
     /// known; returns whether it was kept.
     pub fn insert(&mut self, key: &Key, reply: &[u8], now: Instant) -> bool {
-        if self.capacity == 0 || reply.len() < HEADER || reply.len() > usize::from(u16::MAX) {
+        if self.capacity == 0 || reply.len() < HEADER || reply.len() > self.max_bytes {
             return false;
         }
         let rcode = reply[3] & 0x0f;
@@ -151,6 +137,13 @@ impl Cache {
         if truncated || (rcode != 0 && rcode != 3) {
             return false;
         }
+        let mut stripped = std::mem::take(&mut self.scratch);
+        let kept = msg::without_opt(reply, &mut stripped) && self.keep(key, &stripped, now);
+        self.scratch = stripped;
+        kept
+    }
+
+    fn keep(&mut self, key: &Key, reply: &[u8], now: Instant) -> bool {
         let (mut answers, mut min_ttl, mut negative) = (0usize, u32::MAX, None::<u32>);
         let mut ttls = Vec::new();
         let Some(question_end) = walk(reply, |rr| {
@@ -158,18 +151,21 @@ impl Cache {
                 return;
             }
             ttls.push(rr.ttl_at as u16);
+            // A TTL with the top bit set is to be read as 0 (RFC 2181 §8).
+            let ttl = if rr.ttl > 0x7fff_ffff { 0 } else { rr.ttl };
             if rr.section == 1 {
                 answers += 1;
-                min_ttl = min_ttl.min(rr.ttl);
+                min_ttl = min_ttl.min(ttl);
             }
             if rr.section == 2 && rr.rtype == RTYPE_SOA && rr.rdata.len() >= 4 {
                 let m = &rr.rdata[rr.rdata.len() - 4..];
                 let minimum = u32::from_be_bytes([m[0], m[1], m[2], m[3]]);
-                negative = Some(rr.ttl.min(minimum));
+                negative = Some(ttl.min(minimum));
             }
         }) else {
             return false;
         };
+        let rcode = reply[3] & 0x0f;
         let ttl = match (rcode, answers) {
             (0, n) if n > 0 => min_ttl,
             _ => match negative {
@@ -181,9 +177,15 @@ impl Cache {
         if ttl == 0 {
             return false;
         }
-        if self.map.len() >= self.capacity && !self.map.contains_key(key.as_slice()) {
-            self.make_room(now);
+        if let Some(old) = self.map.remove(key.as_slice()) {
+            self.bytes -= old.reply.len();
         }
+        while !self.map.is_empty() && (self.map.len() >= self.capacity || self.bytes + reply.len() > self.max_bytes) {
+            self.evict_oldest();
+        }
+        self.stamp += 1;
+        self.bytes += reply.len();
+        self.order.push_back((self.stamp, key.as_slice().into()));
         self.map.insert(
             key.as_slice().into(),
             Cached {
@@ -192,28 +194,37 @@ impl Cache {
                 question_end,
                 stored: now,
                 expires: now + Duration::from_secs(u64::from(ttl)),
+                stamp: self.stamp,
             },
         );
         true
     }
 
-    fn make_room(&mut self, now: Instant) {
-        self.map.retain(|_, c| c.expires > now);
-        if self.map.len() >= self.capacity {
-            if let Some(k) = self.map.iter().min_by_key(|(_, c)| c.expires).map(|(k, _)| k.clone()) {
-                self.map.remove(&k);
+    fn evict_oldest(&mut self) {
+        while let Some((stamp, k)) = self.order.pop_front() {
+            // Entries replaced or expired since leave stale marks behind: skipped.
+            if self.map.get(&k).is_some_and(|c| c.stamp == stamp) {
+                if let Some(c) = self.map.remove(&k) {
+                    self.bytes -= c.reply.len();
+                }
+                return;
             }
         }
     }
 
     /// Answers `query` (the client's own bytes) from the cache into `out`, if the
-    /// question `key` has a live entry.
-    pub fn serve(&mut self, key: &Key, query: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+    /// question `key` has a live entry; an EDNS client's answer offers `advertise`.
+    pub fn serve(&mut self, key: &Key, query: &[u8], advertise: u16, now: Instant, out: &mut Vec<u8>) -> bool {
         let Some(c) = self.map.get(key.as_slice()) else {
             return false;
         };
         if c.expires <= now {
-            self.map.remove(key.as_slice());
+            if let Some(c) = self.map.remove(key.as_slice()) {
+                self.bytes -= c.reply.len();
+            }
+            return false;
+        }
+        if query.len() < HEADER {
             return false;
         }
         out.clear();
@@ -221,16 +232,20 @@ impl Cache {
         out[..2].copy_from_slice(&query[..2]);
         // The client's question as it asked it (resolvers that vary the case of
         // names, as a defence against spoofing, check it comes back unchanged).
-        if question_end(query) == Some(c.question_end) {
+        if msg::question_end(query) == Some(c.question_end) {
             out[HEADER..c.question_end].copy_from_slice(&query[HEADER..c.question_end]);
         }
-        // Recursion desired is the client's to set.
+        // Recursion desired and checking disabled are the client's to set.
         out[2] = (out[2] & !0x01) | (query[2] & 0x01);
+        out[3] = (out[3] & !0x10) | (query[3] & 0x10);
         let held = now.duration_since(c.stored).as_secs().min(u64::from(u32::MAX)) as u32;
         for &at in &c.ttls {
             let at = usize::from(at);
             let t = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
             out[at..at + 4].copy_from_slice(&t.saturating_sub(held).to_be_bytes());
+        }
+        if key.edns() {
+            msg::push_opt(out, advertise);
         }
         true
     }
@@ -326,22 +341,17 @@ impl Learned {
 /// `-` or `_` are escaped as `\DDD` (RFC 1035's presentation form).
 fn hostname(wire: &[u8]) -> String {
     let mut s = String::new();
-    let mut at = 0;
-    while let Some(&len) = wire.get(at) {
-        if len == 0 {
-            break;
-        }
+    for (_, label) in msg::labels(wire) {
         if !s.is_empty() {
             s.push('.');
         }
-        for &b in wire.get(at + 1..at + 1 + usize::from(len)).unwrap_or_default() {
+        for &b in label {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
                 s.push(char::from(b));
             } else {
                 s.push_str(&format!("\\{b:03}"));
             }
         }
-        at += 1 + usize::from(len);
     }
     s
 }
@@ -349,6 +359,7 @@ fn hostname(wire: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::msg::question_end;
     use domain::base::iana::{Class, Rcode, Rtype};
     use domain::base::message_builder::MessageBuilder;
     use domain::base::name::Name;
@@ -425,13 +436,14 @@ mod tests {
     fn answers_are_served_with_the_clients_id_and_case_and_aged_ttls() {
         let mut c = Cache::new(8, 3600);
         let t0 = Instant::now();
-        let k = Key::new(false, 1, 1, &key_of("www.example.com")).unwrap();
+        let k = Key::new(Flags::default(), 1, 1, &key_of("www.example.com")).unwrap();
         assert!(c.insert(&k, &answer(7, "www.example.com"), t0));
         let query = answer(0x4242, "WwW.ExAmPlE.cOm");
         let mut out = Vec::new();
         assert!(c.serve(
             &k,
             &query[..question_end(&query).unwrap()],
+            1232,
             t0 + Duration::from_secs(10),
             &mut out
         ));
@@ -442,7 +454,7 @@ mod tests {
         );
         assert_eq!(ttls(&out), [290, 50, 50]);
         // Expired after the smallest TTL.
-        assert!(!c.serve(&k, &query, t0 + Duration::from_secs(60), &mut out));
+        assert!(!c.serve(&k, &query, 1232, t0 + Duration::from_secs(60), &mut out));
         assert!(c.is_empty());
     }
 
@@ -450,12 +462,12 @@ mod tests {
     fn negative_answers_live_by_their_soa_and_others_are_not_kept() {
         let mut c = Cache::new(8, 3600);
         let t0 = Instant::now();
-        let k = Key::new(false, 1, 1, &key_of("nope.example.com")).unwrap();
+        let k = Key::new(Flags::default(), 1, 1, &key_of("nope.example.com")).unwrap();
         assert!(c.insert(&k, &nxdomain("nope.example.com", 900, 30), t0));
         let q = answer(1, "nope.example.com");
         let mut out = Vec::new();
-        assert!(c.serve(&k, &q, t0 + Duration::from_secs(29), &mut out));
-        assert!(!c.serve(&k, &q, t0 + Duration::from_secs(30), &mut out));
+        assert!(c.serve(&k, &q, 1232, t0 + Duration::from_secs(29), &mut out));
+        assert!(!c.serve(&k, &q, 1232, t0 + Duration::from_secs(30), &mut out));
         let mut servfail = answer(1, "x.example.com");
         servfail[3] = 2;
         assert!(!c.insert(&k, &servfail, t0));
@@ -470,13 +482,13 @@ mod tests {
         let mut c = Cache::new(2, 3600);
         let t0 = Instant::now();
         for (i, n) in ["a.example.com", "b.example.com", "c.example.com"].iter().enumerate() {
-            let k = Key::new(false, 1, 1, &key_of(n)).unwrap();
+            let k = Key::new(Flags::default(), 1, 1, &key_of(n)).unwrap();
             assert!(c.insert(&k, &answer(1, n), t0 + Duration::from_secs(i as u64)));
         }
         assert_eq!(c.len(), 2);
-        let k = Key::new(false, 1, 1, &key_of("a.example.com")).unwrap();
+        let k = Key::new(Flags::default(), 1, 1, &key_of("a.example.com")).unwrap();
         assert!(
-            !c.serve(&k, &answer(1, "a.example.com"), t0, &mut Vec::new()),
+            !c.serve(&k, &answer(1, "a.example.com"), 1232, t0, &mut Vec::new()),
             "the soonest to expire went"
         );
     }

@@ -17,6 +17,7 @@
 pub mod answer;
 pub mod cache;
 pub mod forward;
+pub mod msg;
 pub mod zone;
 
 pub use zone::{Entry, Zone};
@@ -53,12 +54,13 @@ counted_enum! {
         UpstreamRetries => "upstream_retries", "Queries asked again of the next upstream after a timeout.";
         UpstreamTimeouts => "upstream_timeouts", "Queries no upstream answered in time (answered SERVFAIL).";
         UpstreamTcp => "upstream_tcp", "Truncated upstream answers asked again over TCP.";
+        UpstreamMalformed => "upstream_malformed", "Upstream answers whose records do not parse (answered SERVFAIL, not cached).";
         Truncated => "truncated", "UDP answers cut short with TC set (the client retries over TCP).";
         DroppedShort => "dropped_short", "Packets shorter than a DNS header.";
         DroppedResponse => "dropped_response", "Responses sent to the server, not queries.";
         DroppedUnexpected => "dropped_unexpected", "Upstream packets that answer no outstanding query.";
         DroppedSend => "dropped_send", "Answers that found the socket's buffer full.";
-        DroppedTcp => "dropped_tcp", "TCP connections refused or cut: no free slot, a length beyond a message.";
+        DroppedTcp => "dropped_tcp", "Upstream TCP connections not opened for want of a free slot (the truncated answer is passed on). Client connections beyond the free slots are reset by the stack, uncounted.";
     }
 }
 
@@ -152,6 +154,11 @@ impl Dns {
 
     pub(crate) fn learned(&self) -> &Mutex<Learned> {
         &self.learned
+    }
+
+    /// How many hostnames upstream answers taught.
+    pub fn learned_len(&self) -> usize {
+        self.learned.lock().len()
     }
 
     /// The hostnames upstream answers taught: name, addresses, unix seconds.

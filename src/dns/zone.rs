@@ -3,8 +3,9 @@
 //! a lock. Lookups take a name in lower-case wire form (see [`wire_key`]), so a query
 //! is looked up without building a string.
 
+use super::msg::labels;
 use domain::base::name::{Name, ToLabelIter};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -26,8 +27,12 @@ pub struct Zone {
     /// Responsible-person mailbox for the SOA of negative answers.
     hostmaster: Name<Vec<u8>>,
     ttl: u32,
-    /// Lower-case wire name → its addresses, in registration order.
+    /// Lower-case wire name → its addresses, in the model's record order.
     forward: HashMap<Box<[u8]>, Vec<IpAddr>>,
+    /// Names between a record's and the domain that have no records themselves
+    /// (`b.weave.local.` of `a.b.weave.local.`): they exist, so NODATA, not
+    /// NXDOMAIN (RFC 8020).
+    between: HashSet<Box<[u8]>>,
     /// Address → the names registered for it.
     reverse: HashMap<IpAddr, Vec<Name<Vec<u8>>>>,
     records: usize,
@@ -48,9 +53,11 @@ pub enum Lookup<'a> {
 }
 
 impl Zone {
-    /// `domain` is absolute and lower case (as configuration validation leaves it);
-    /// records whose name is not a valid domain name are skipped (the model never
-    /// stores one). `serial` changes whenever the records do.
+    /// `domain` is absolute and lower case (as configuration validation leaves it).
+    /// Only records of names in the domain are answered: a name registered outside
+    /// it (`github.com.`) must not take that name over for every workload; it stays
+    /// stored, as Weave keeps it, and unanswered. `serial` changes whenever the
+    /// records do.
     pub fn build<'a, E: Entry + 'a>(
         domain: &str,
         ttl: u32,
@@ -66,6 +73,7 @@ impl Zone {
             hostmaster,
             ttl,
             forward: HashMap::new(),
+            between: HashSet::new(),
             reverse: HashMap::new(),
             records: 0,
             serial,
@@ -74,7 +82,17 @@ impl Zone {
             let Ok(name) = Name::<Vec<u8>>::from_str(r.fqdn()) else {
                 continue;
             };
-            let ips = zone.forward.entry(lower_wire(&name).into_boxed_slice()).or_default();
+            let key = lower_wire(&name);
+            if key == zone.domain || !within(&key, &zone.domain) {
+                continue;
+            }
+            for (at, _) in labels(&key).skip(1) {
+                if key[at..] == zone.domain[..] {
+                    break;
+                }
+                zone.between.insert(key[at..].into());
+            }
+            let ips = zone.forward.entry(key.into_boxed_slice()).or_default();
             if ips.contains(&r.ip()) {
                 continue;
             }
@@ -95,7 +113,7 @@ impl Zone {
         if let Some(ips) = self.forward.get(key) {
             return Lookup::Found(ips);
         }
-        if key == self.domain.as_slice() {
+        if key == self.domain.as_slice() || self.between.contains(key) {
             return Lookup::Found(&[]);
         }
         if let Some(names) = reverse_addr(key).and_then(|a| self.reverse.get(&a)) {
@@ -106,6 +124,11 @@ impl Zone {
         } else {
             Lookup::Elsewhere
         }
+    }
+
+    /// Whether `key` is the domain itself.
+    pub fn is_apex(&self, key: &[u8]) -> bool {
+        key == self.domain.as_slice()
     }
 
     pub fn domain(&self) -> &Name<Vec<u8>> {
@@ -164,21 +187,6 @@ pub fn wire_key<'b, N: ToLabelIter + ?Sized>(name: &N, buf: &'b mut [u8; MAX_NAM
 fn lower_wire(name: &Name<Vec<u8>>) -> Vec<u8> {
     let mut buf = [0u8; MAX_NAME];
     wire_key(name, &mut buf).map(<[u8]>::to_vec).unwrap_or_default()
-}
-
-/// The labels of a wire name, root excluded.
-fn labels(key: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let len = usize::from(*key.get(at)?);
-        if len == 0 {
-            return None;
-        }
-        let label = key.get(at + 1..at + 1 + len)?;
-        let start = at;
-        at += 1 + len;
-        Some((start, label))
-    })
 }
 
 /// Whether wire name `key` is `domain` or below it.
@@ -243,9 +251,16 @@ mod tests {
             R("web.weave.local.", "198.19.1.6"),
             R("web.weave.local.", "198.19.1.5"),
             R("db.weave.local.", "fd00::1"),
+            R("github.com.", "198.19.1.9"),
+            R("a.b.weave.local.", "198.19.1.10"),
         ];
         let z = Zone::build("weave.local.", 1, 7, &recs);
-        assert_eq!(z.records(), 3);
+        assert_eq!(z.records(), 4);
+        assert_eq!(
+            z.lookup(&key("b.weave.local.")),
+            Lookup::Found(&[]),
+            "an empty non-terminal exists"
+        );
         let ips: Vec<IpAddr> = ["198.19.1.5", "198.19.1.6"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -254,6 +269,11 @@ mod tests {
         assert_eq!(z.lookup(&key("weave.local.")), Lookup::Found(&[]));
         assert_eq!(z.lookup(&key("nope.weave.local.")), Lookup::NoName);
         assert_eq!(z.lookup(&key("a.b.nope.weave.local.")), Lookup::NoName);
+        assert_eq!(
+            z.lookup(&key("github.com.")),
+            Lookup::Elsewhere,
+            "outside the domain: never ours"
+        );
         assert_eq!(z.lookup(&key("example.com.")), Lookup::Elsewhere);
         assert_eq!(z.lookup(&key("xweave.local.")), Lookup::Elsewhere);
         match z.lookup(&key("5.1.19.198.in-addr.arpa.")) {

@@ -57,7 +57,10 @@ impl TxToken for Tx<'_> {
                 q.counters.inc(ServiceEvent::Replies);
                 self.dev.woken |= 1u64 << (w % 64);
             }
-            Some(Err(p)) => q.recycle(p.buf),
+            Some(Err(p)) => {
+                q.counters.inc(ServiceEvent::RepliesDropped);
+                q.recycle(p.buf);
+            }
             None => {}
         }
         r
@@ -86,7 +89,19 @@ impl Device for QueueDevice {
     }
 
     fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-        let buf = self.queues.free.pop()?;
+        // A packet sent on its own (an answer that came from upstream, a TCP
+        // segment) may go out through any worker: the last one that brought a
+        // packet if its queue has room, else the first that has. None has: smoltcp
+        // keeps the packet and offers it again at the next poll.
+        let q = &self.queues;
+        let room = |w: usize| q.to_worker.get(w).is_some_and(|tw| !tw.is_full());
+        let w = if room(usize::from(self.current)) {
+            usize::from(self.current)
+        } else {
+            (0..q.to_worker.len()).find(|w| room(*w))?
+        };
+        let buf = q.free.pop()?;
+        self.current = w as u16;
         Some(Tx {
             dev: self,
             buf: Some(buf),

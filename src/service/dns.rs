@@ -3,15 +3,18 @@
 //! upstream servers. What to answer is [`crate::dns`]'s to decide; this file moves
 //! bytes between the sockets and it, on the service thread only.
 //!
-//! Nothing here blocks: upstream sockets are non-blocking and registered with the
-//! service thread's poll, client TCP connections are smoltcp sockets serviced each
-//! pass, and every buffer is bounded (a TCP client has one query in flight; its next
-//! is read once the answer is on its way).
+//! Nothing here blocks and nothing waits unbounded: upstream sockets are
+//! non-blocking and read only when the poll says they are ready; client TCP
+//! connections are smoltcp sockets with one query in flight each (the next is read
+//! once the answer is on its way), closed when idle and aborted when a close does
+//! not finish. Queries go upstream from one of [`PORTS`] sockets per address family,
+//! picked at random, so an answer must also hit the right port (RFC 5452).
 
 use crate::dns::answer::{self, error_reply, fit_udp, Unusable, MAX_MESSAGE};
 use crate::dns::cache::{Cache, Key};
-use crate::dns::forward::{Forwarder, Refusal, Step, Via};
-use crate::dns::{Dns, DnsEvent};
+use crate::dns::forward::{Forwarder, Refusal, Started, Step, Via, Waiter};
+use crate::dns::zone::MAX_NAME;
+use crate::dns::{msg, Dns, DnsEvent};
 use crate::telemetry::new_histogram;
 use domain::base::iana::{Rcode, Rtype};
 use domain::base::Message;
@@ -28,20 +31,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PORT: u16 = 53;
 /// Client TCP connections served at once.
-const TCP_CLIENTS: usize = 8;
+const TCP_CLIENTS: usize = 32;
 /// Upstream TCP connections (for truncated answers) at once.
 const TCP_UPSTREAMS: usize = 16;
-/// A client TCP connection idle this long is closed (RFC 7766 suggests seconds).
+/// A client TCP connection without a query this long is closed (RFC 7766 suggests
+/// seconds); one whose close has not finished this much later is aborted.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+const TCP_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Datagrams read from one socket per pass, so one busy socket cannot starve the rest.
 const RECV_BUDGET: usize = 256;
+/// Upstream UDP sockets per address family, each on its own random port.
+pub(super) const PORTS: usize = 16;
 
-pub(super) const UPSTREAM_V4: Token = Token(1);
-pub(super) const UPSTREAM_V6: Token = Token(2);
-const UPSTREAM_TCP: usize = 16;
+/// Tokens of the service thread's poll: 0 is the workers' waker, then the upstream
+/// UDP sockets (IPv4, then IPv6), then upstream TCP connections.
+const UDP_TOKENS: usize = 1;
+const TCP_TOKENS: usize = UDP_TOKENS + 2 * PORTS;
 
 /// Where an answer goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
     Udp {
         to: IpEndpoint,
@@ -67,6 +75,7 @@ struct Conn {
     /// The answer being written (length prefix included), and how much is out.
     outbox: Vec<u8>,
     sent: usize,
+    /// The last whole query read or answer written: trickling bytes do not count.
     last_active: Instant,
 }
 
@@ -78,6 +87,16 @@ struct Upstream {
     outbox: Vec<u8>,
     sent: usize,
     inbox: Vec<u8>,
+}
+
+/// What an upstream message says it answers.
+struct Reply {
+    id: u16,
+    tc: bool,
+    /// The question's name in lower-case wire form.
+    name: [u8; MAX_NAME],
+    name_len: usize,
+    qtype: u16,
 }
 
 /// What handling a query came to.
@@ -96,8 +115,10 @@ pub(super) struct DnsServer {
     registry: Registry,
     udp: SocketHandle,
     conns: Vec<Conn>,
-    up_v4: Option<UdpSocket>,
-    up_v6: Option<UdpSocket>,
+    /// IPv4 sockets, then IPv6 ones (either half empty when no server needs it).
+    up_udp: Vec<Option<UdpSocket>>,
+    /// Upstream UDP sockets the poll said are readable and not yet read dry.
+    ready: u64,
     up_tcp: Vec<Option<Upstream>>,
     fwd: Forwarder<Client>,
     cache: Cache,
@@ -107,12 +128,12 @@ pub(super) struct DnsServer {
     rx: Vec<u8>,
     steps: Vec<Step>,
     rotate: usize,
-    /// The most this server puts in one UDP datagram (the overlay MTU's room).
-    max_udp: usize,
+    /// The most this server puts in one UDP datagram (the overlay MTU's room), and
+    /// so the EDNS size it offers.
+    max_udp: u16,
     hist: Histogram<u64>,
     merged: Instant,
-    /// A socket had more than one pass's budget: look again without sleeping
-    /// (upstream sockets are edge-triggered and would not say so).
+    /// A socket had more than one pass's budget: look again without sleeping.
     more: bool,
 }
 
@@ -137,7 +158,11 @@ fn count_qtype(dns: &Dns, qtype: Rtype) {
     });
 }
 
-/// An upstream socket of one family, bound to an ephemeral port.
+fn len_prefix(b: &[u8]) -> Option<usize> {
+    b.get(..2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+}
+
+/// An upstream socket of one family, bound to an ephemeral (random) port.
 fn upstream_socket(registry: &Registry, v6: bool, token: Token) -> io::Result<UdpSocket> {
     let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("static address");
     let mut s = UdpSocket::bind(any)?;
@@ -149,10 +174,10 @@ impl DnsServer {
     /// Adds the server's sockets to `sockets` and opens the upstream sockets the
     /// configured servers need.
     pub(super) fn new(dns: Arc<Dns>, sockets: &mut SocketSet<'static>, registry: Registry, mtu: usize) -> DnsServer {
-        let meta = || vec![udp::PacketMetadata::EMPTY; 256];
+        let meta = || vec![udp::PacketMetadata::EMPTY; 1024];
         let mut u = udp::Socket::new(
             udp::PacketBuffer::new(meta(), vec![0u8; 256 * 1024]),
-            udp::PacketBuffer::new(meta(), vec![0u8; 256 * 1024]),
+            udp::PacketBuffer::new(meta(), vec![0u8; 512 * 1024]),
         );
         u.bind(PORT).expect("binding a fresh smoltcp socket to a non-zero port");
         let udp = sockets.add(u);
@@ -179,15 +204,24 @@ impl DnsServer {
             })
             .collect();
         let s = &dns.settings;
-        let open = |v6: bool, token| {
-            if !s.upstream.iter().any(|a| a.is_ipv6() == v6) {
-                return None;
+        let mut up_udp = Vec::with_capacity(2 * PORTS);
+        for v6 in [false, true] {
+            let needed = s.upstream.iter().any(|a| a.is_ipv6() == v6);
+            for i in 0..PORTS {
+                let token = Token(UDP_TOKENS + up_udp.len());
+                let sock = needed.then(|| upstream_socket(&registry, v6, token));
+                up_udp.push(match sock {
+                    Some(Ok(sock)) => Some(sock),
+                    Some(Err(e)) => {
+                        if i == 0 {
+                            log::error!("dns: no IPv{} upstream socket: {e}", if v6 { 6 } else { 4 });
+                        }
+                        None
+                    }
+                    None => None,
+                });
             }
-            upstream_socket(&registry, v6, token)
-                .map_err(|e| log::error!("dns: no IPv{} upstream socket: {e}", if v6 { 6 } else { 4 }))
-                .ok()
-        };
-        let (up_v4, up_v6) = (open(false, UPSTREAM_V4), open(true, UPSTREAM_V6));
+        }
         if s.upstream.is_empty() {
             log::warn!(
                 "dns: no upstream servers (dns.upstream, /etc/resolv.conf): names outside {} are refused",
@@ -201,35 +235,45 @@ impl DnsServer {
             registry,
             udp,
             conns,
-            up_v4,
-            up_v6,
+            up_udp,
+            ready: 0,
             up_tcp: (0..TCP_UPSTREAMS).map(|_| None).collect(),
             out: Vec::with_capacity(MAX_MESSAGE),
             fit: Vec::with_capacity(MAX_MESSAGE),
             rx: vec![0u8; MAX_MESSAGE],
             steps: Vec::with_capacity(64),
             rotate: 0,
-            max_udp: mtu.saturating_sub(48).max(answer::PLAIN_UDP),
+            max_udp: mtu.saturating_sub(48).clamp(answer::PLAIN_UDP, MAX_MESSAGE) as u16,
             hist: new_histogram(),
             merged: now,
             more: false,
         }
     }
 
+    /// The poll said `token` is ready.
+    pub(super) fn ready(&mut self, token: Token) {
+        if let Some(i) = token.0.checked_sub(UDP_TOKENS).filter(|i| *i < 2 * PORTS) {
+            self.ready |= 1 << i;
+        }
+    }
+
     /// When the server next has something to do without being woken.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self, sockets: &SocketSet<'static>) -> Option<Instant> {
         if self.more {
             return Some(Instant::now());
         }
-        let idle = self
-            .conns
-            .iter()
-            .filter(|c| c.in_use)
-            .map(|c| c.last_active + TCP_IDLE)
-            .min();
+        let conns = self.conns.iter().filter(|c| c.in_use && !c.waiting).map(|c| {
+            let s = sockets.get::<tcp::Socket>(c.handle);
+            let quiet = c.sent >= c.outbox.len();
+            if quiet && s.state() == tcp::State::Established {
+                c.last_active + TCP_IDLE
+            } else {
+                c.last_active + TCP_IDLE + TCP_CLOSE_GRACE
+            }
+        });
         [
             self.fwd.next_deadline(),
-            idle,
+            conns.min(),
             Some(self.merged + Duration::from_secs(1)),
         ]
         .into_iter()
@@ -294,7 +338,7 @@ impl DnsServer {
     fn handle(&mut self, query: &[u8], client: Client, now: Instant) -> Handled {
         let dns = &*self.dns;
         let tcp = matches!(client, Client::Tcp { .. });
-        let q = match answer::parse(query, &mut self.out) {
+        let q = match answer::parse(query, self.max_udp, &mut self.out) {
             Ok(q) => q,
             Err(Unusable::Ignored(why)) => {
                 dns.counters.inc(match why {
@@ -304,11 +348,11 @@ impl DnsServer {
                 return Handled::Nothing;
             }
             Err(Unusable::Refused(rcode)) => {
-                if rcode == Rcode::NOERROR {
-                    dns.counters.inc(DnsEvent::Badvers);
-                } else {
-                    count_rcode(dns, rcode);
-                }
+                count_rcode(dns, rcode);
+                return Handled::Now;
+            }
+            Err(Unusable::BadVersion) => {
+                dns.counters.inc(DnsEvent::Badvers);
                 return Handled::Now;
             }
         };
@@ -316,8 +360,13 @@ impl DnsServer {
         if tcp {
             dns.counters.inc(DnsEvent::QueriesTcp);
         }
-        let limit = if tcp { MAX_MESSAGE } else { q.udp_limit(self.max_udp) };
-        if let Some(a) = answer::answer_local(&dns.zone(), &q, limit, self.rotate, &mut self.out) {
+        let limit = if tcp {
+            MAX_MESSAGE
+        } else {
+            q.udp_limit(usize::from(self.max_udp))
+        };
+        let zone = dns.zone();
+        if let Some(a) = answer::answer_local(&zone, &q, limit, self.max_udp, self.rotate, &mut self.out) {
             self.rotate = self.rotate.wrapping_add(1);
             dns.counters.inc(DnsEvent::Local);
             count_rcode(dns, a.rcode);
@@ -326,25 +375,31 @@ impl DnsServer {
             }
             return Handled::Now;
         }
-        let key = Key::new(q.edns.is_some(), q.qtype.to_int(), q.qclass.to_int(), q.key());
-        if let Some(key) = &key {
-            if self.cache.serve(key, query, now, &mut self.fit) {
-                dns.counters.inc(DnsEvent::CacheHits);
-                Self::fit_into(dns, &self.fit, limit, &mut self.out);
-                return Handled::Now;
-            }
+        let Some(key) = Key::new(q.flags, q.qtype.to_int(), q.qclass.to_int(), q.key()) else {
+            error_reply(q.msg, Rcode::FORMERR, self.max_udp, &mut self.out);
+            count_rcode(dns, Rcode::FORMERR);
+            return Handled::Now;
+        };
+        if self.cache.serve(&key, query, self.max_udp, now, &mut self.fit) {
+            dns.counters.inc(DnsEvent::CacheHits);
+            Self::fit_into(dns, &self.fit, limit, self.max_udp, &mut self.out);
+            return Handled::Now;
         }
-        match self
-            .fwd
-            .start(client, query, q.key(), q.qtype.to_int(), limit, now, rand::random)
-        {
-            Ok(Step::Send { id, to, .. }) => {
+        let waiter = Waiter {
+            client,
+            id: q.id,
+            limit,
+            started: now,
+        };
+        match self.fwd.start(waiter, query, &key, now, rand::random) {
+            Ok(Started::Send { id, to }) => {
                 dns.counters.inc(DnsEvent::Forwarded);
-                self.send_upstream(id, to);
+                self.send_upstream(id, to, now);
                 Handled::Later
             }
-            Ok(Step::GiveUp { .. }) | Err(Refusal::NoUpstream | Refusal::TooMany) => {
-                error_reply(q.msg, Rcode::REFUSED, &mut self.out);
+            Ok(Started::Joined) => Handled::Later,
+            Err(Refusal::NoUpstream | Refusal::TooMany) => {
+                error_reply(q.msg, Rcode::REFUSED, self.max_udp, &mut self.out);
                 count_rcode(dns, Rcode::REFUSED);
                 Handled::Now
             }
@@ -352,117 +407,179 @@ impl DnsServer {
     }
 
     /// `reply` into `out`, cut to `limit` (TC set) if longer; counts its code.
-    fn fit_into(dns: &Dns, reply: &[u8], limit: usize, out: &mut Vec<u8>) {
-        if fit_udp(reply, limit, out) {
+    fn fit_into(dns: &Dns, reply: &[u8], limit: usize, advertise: u16, out: &mut Vec<u8>) {
+        if fit_udp(reply, limit, advertise, out) {
             dns.counters.inc(DnsEvent::Truncated);
         }
-        count_rcode(
-            dns,
-            Rcode::checked_from_int(reply.get(3).map_or(2, |b| b & 0x0f)).unwrap_or(Rcode::SERVFAIL),
-        );
+        let rcode = reply.get(3).and_then(|b| Rcode::checked_from_int(b & 0x0f));
+        count_rcode(dns, rcode.unwrap_or(Rcode::SERVFAIL));
     }
 
-    fn send_upstream(&mut self, id: u16, to: SocketAddr) {
+    /// Sends query `id` to `to` from one of its family's sockets, at random.
+    fn send_upstream(&mut self, id: u16, to: SocketAddr, now: Instant) {
+        let base = if to.is_ipv6() { PORTS } else { 0 };
+        let socket = base + usize::from(rand::random::<u8>()) % PORTS;
+        let max = self.max_udp;
         let Some(query) = self.fwd.query(id) else { return };
-        let sock = if to.is_ipv6() { &self.up_v6 } else { &self.up_v4 };
-        let sent = sock.as_ref().map(|s| s.send_to(query, to));
+        // Asking for more than this server can pass on in one datagram would only
+        // fetch answers to cut down.
+        self.fit.clear();
+        self.fit.extend_from_slice(query);
+        msg::clamp_edns(&mut self.fit, max);
+        let sent = self.up_udp[socket].as_ref().map(|s| s.send_to(&self.fit, to));
+        self.fwd.sent_from(id, socket);
         if !matches!(sent, Some(Ok(_))) {
             // No socket, or the host refused the datagram (no route): the next
             // server is asked at once.
-            self.fwd.fail(id, Instant::now());
+            self.fwd.fail(id, now);
         }
     }
 
     fn upstream_udp(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
-        for v6 in [false, true] {
-            for i in 0..=RECV_BUDGET {
-                if i == RECV_BUDGET {
+        while self.ready != 0 {
+            let i = self.ready.trailing_zeros() as usize;
+            self.ready &= !(1 << i);
+            for n in 0..=RECV_BUDGET {
+                if n == RECV_BUDGET {
+                    // Not read dry: still ready, and the next pass comes at once.
+                    self.ready |= 1 << i;
                     self.more = true;
                     break;
                 }
-                let sock = if v6 { &self.up_v6 } else { &self.up_v4 };
-                let Some(Ok((n, from))) = sock.as_ref().map(|s| s.recv_from(&mut self.rx)) else {
+                let Some(Ok((len, from))) = self.up_udp[i].as_ref().map(|s| s.recv_from(&mut self.rx)) else {
                     break;
                 };
                 let reply = std::mem::take(&mut self.rx);
-                self.answered(sockets, &reply[..n], from, Via::Udp, now);
+                self.answered(sockets, &reply[..len], from, Via::Udp, i, now);
                 self.rx = reply;
             }
         }
     }
 
     /// An upstream answer: checked against what was asked, cached, delivered.
-    fn answered(&mut self, sockets: &mut SocketSet<'static>, reply: &[u8], from: SocketAddr, via: Via, now: Instant) {
+    fn answered(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        reply: &[u8],
+        from: SocketAddr,
+        via: Via,
+        socket: usize,
+        now: Instant,
+    ) {
         let dns = self.dns.clone();
-        let Some((id, tc, key)) = Self::identify(reply) else {
+        let Some(Reply {
+            id,
+            tc,
+            name,
+            name_len,
+            qtype,
+        }) = Self::identify(reply)
+        else {
             dns.counters.inc(DnsEvent::DroppedUnexpected);
             return;
         };
-        if !self.fwd.expects(id, from, via, &key.0[..key.1], key.2) {
+        if !self.fwd.expects(id, from, via, socket, &name[..name_len], qtype) {
             dns.counters.inc(DnsEvent::DroppedUnexpected);
             return;
         }
-        if tc && via == Via::Udp {
-            if let Some(Step::Send { to, .. }) = self.fwd.retry_over_tcp(id, now) {
-                dns.counters.inc(DnsEvent::UpstreamTcp);
-                self.connect(id, to, now);
-            }
+        if !msg::well_formed(reply) {
+            dns.counters.inc(DnsEvent::UpstreamMalformed);
+            self.give_up(sockets, id);
             return;
         }
-        let Some(p) = self.fwd.finish(id) else { return };
-        if let Ok(q) = answer::parse(&p.query, &mut self.fit) {
-            if let Some(k) = Key::new(q.edns.is_some(), q.qtype.to_int(), q.qclass.to_int(), q.key()) {
-                self.cache.insert(&k, reply, now);
+        if tc && via == Via::Udp {
+            if let Some(to) = self.fwd.retry_over_tcp(id, now) {
+                dns.counters.inc(DnsEvent::UpstreamTcp);
+                if self.connect(id, to) {
+                    return;
+                }
             }
-            if q.qtype == Rtype::A || q.qtype == Rtype::AAAA {
-                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                dns.learned().lock().learn(q.key(), reply, unix);
-            }
+            // No connection to be had: the truncated answer goes to the clients,
+            // which ask again over TCP themselves.
         }
-        self.fit.clear();
-        self.fit.extend_from_slice(reply);
-        self.fit[..2].copy_from_slice(&p.client_id.to_be_bytes());
-        let limit = p.limit;
-        Self::fit_into(&dns, &self.fit, limit, &mut self.out);
-        self.deliver(sockets, p.client);
-        self.record(p.started);
+        let Some(p) = self.fwd.finish(id) else { return };
+        // What a query without "recursion desired" got may be partial (a CNAME
+        // without its target): not for clients that want the whole answer.
+        if p.query.get(2).is_some_and(|b| b & 0x01 != 0) {
+            self.cache.insert(&p.key, reply, now);
+        }
+        if p.key.qtype() == Rtype::A.to_int() || p.key.qtype() == Rtype::AAAA.to_int() {
+            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            dns.learned().lock().learn(p.key.name(), reply, unix);
+        }
+        for w in p.waiters.iter().flatten() {
+            self.fit.clear();
+            self.fit.extend_from_slice(reply);
+            self.fit[..2].copy_from_slice(&w.id.to_be_bytes());
+            Self::fit_into(&dns, &self.fit, w.limit, self.max_udp, &mut self.out);
+            self.deliver(sockets, w.client);
+            self.record(w.started);
+        }
         self.fwd.recycle(p.query);
     }
 
-    /// An upstream message's id, TC bit and question (lower-case wire name, type),
-    /// if it is a response with one question.
-    #[allow(clippy::type_complexity)]
-    fn identify(reply: &[u8]) -> Option<(u16, bool, ([u8; 255], usize, u16))> {
+    /// An upstream message's id, TC bit and question, if it is a response with one
+    /// question.
+    fn identify(reply: &[u8]) -> Option<Reply> {
         let msg = Message::from_slice(reply).ok()?;
         let h = msg.header();
         if !h.qr() {
             return None;
         }
         let q = msg.sole_question().ok()?;
-        let mut buf = [0u8; 255];
-        let len = crate::dns::zone::wire_key(q.qname(), &mut buf)?.len();
-        Some((h.id(), h.tc(), (buf, len, q.qtype().to_int())))
+        let mut name = [0u8; MAX_NAME];
+        let name_len = crate::dns::zone::wire_key(q.qname(), &mut name)?.len();
+        Some(Reply {
+            id: h.id(),
+            tc: h.tc(),
+            name,
+            name_len,
+            qtype: q.qtype().to_int(),
+        })
     }
 
-    /// Sends `out` to `client`.
+    /// Sends `out` to `client` (a TCP client's at once, as far as its window goes).
     fn deliver(&mut self, sockets: &mut SocketSet<'static>, client: Client) {
         match client {
             Client::Udp { to, from } => self.send_udp(sockets, to, from),
             Client::Tcp { slot, generation } => {
-                if let Some(c) = self.conns.get_mut(slot).filter(|c| c.generation == generation) {
-                    c.waiting = false;
-                    Self::frame(&mut c.outbox, &self.out);
-                    c.sent = 0;
-                }
+                let Some(c) = self
+                    .conns
+                    .get_mut(slot)
+                    .filter(|c| c.in_use && c.generation == generation)
+                else {
+                    return;
+                };
+                c.waiting = false;
+                Self::frame(&mut c.outbox, &self.out);
+                c.sent = 0;
+                Self::flush(c, sockets, Instant::now());
             }
         }
     }
 
     /// `msg` with TCP's two-byte length before it.
     fn frame(outbox: &mut Vec<u8>, msg: &[u8]) {
+        let msg = &msg[..msg.len().min(MAX_MESSAGE)];
         outbox.clear();
-        outbox.extend_from_slice(&(msg.len().min(MAX_MESSAGE) as u16).to_be_bytes());
-        outbox.extend_from_slice(&msg[..msg.len().min(MAX_MESSAGE)]);
+        outbox.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        outbox.extend_from_slice(msg);
+    }
+
+    /// Writes as much of `c`'s answer as the socket takes.
+    fn flush(c: &mut Conn, sockets: &mut SocketSet<'static>, now: Instant) {
+        if c.sent >= c.outbox.len() {
+            return;
+        }
+        let s = sockets.get_mut::<tcp::Socket>(c.handle);
+        if let Ok(n) = s.send_slice(&c.outbox[c.sent..]) {
+            c.sent += n;
+        }
+        if c.sent >= c.outbox.len() {
+            c.outbox.clear();
+            c.sent = 0;
+            c.last_active = now;
+        }
     }
 
     fn serve_tcp(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
@@ -478,10 +595,8 @@ impl DnsServer {
                     c.outbox.clear();
                     c.sent = 0;
                     if std::mem::take(&mut c.waiting) {
-                        let g = c.generation;
-                        self.fwd.forget(
-                            |cl| matches!(*cl, Client::Tcp { slot: o, generation } if o == slot && generation == g),
-                        );
+                        let generation = c.generation;
+                        self.fwd.forget(Client::Tcp { slot, generation });
                     }
                 }
                 let _ = s.listen(PORT);
@@ -496,23 +611,19 @@ impl DnsServer {
                 c.last_active = now;
             }
             // Answers written and the next queries read, a few per pass.
-            for _ in 0..16 {
-                let s = sockets.get_mut::<tcp::Socket>(handle);
+            let mut budget = 16;
+            loop {
                 let c = &mut self.conns[slot];
-                if c.sent < c.outbox.len() {
-                    match s.send_slice(&c.outbox[c.sent..]) {
-                        Ok(n) if n > 0 => {
-                            c.sent += n;
-                            c.last_active = now;
-                        }
-                        _ => {}
-                    }
-                }
-                if c.sent < c.outbox.len() || c.waiting {
+                Self::flush(c, sockets, now);
+                if !c.outbox.is_empty() || c.waiting {
                     break;
                 }
-                c.outbox.clear();
-                c.sent = 0;
+                if budget == 0 {
+                    self.more = true;
+                    break;
+                }
+                budget -= 1;
+                let s = sockets.get_mut::<tcp::Socket>(handle);
                 if s.can_recv() {
                     let room = (2 + MAX_MESSAGE).saturating_sub(c.inbox.len());
                     let inbox = &mut c.inbox;
@@ -521,14 +632,11 @@ impl DnsServer {
                         inbox.extend_from_slice(&b[..n]);
                         (n, ())
                     });
-                    c.last_active = now;
                 }
-                let Some(len) = c.inbox.get(..2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+                let Some(len) = len_prefix(&c.inbox).filter(|len| c.inbox.len() >= 2 + len) else {
                     break;
                 };
-                if c.inbox.len() < 2 + len {
-                    break;
-                }
+                c.last_active = now;
                 let generation = c.generation;
                 let query = std::mem::take(&mut c.inbox);
                 let handled = self.handle(&query[2..2 + len], Client::Tcp { slot, generation }, now);
@@ -546,107 +654,94 @@ impl DnsServer {
             }
             let s = sockets.get_mut::<tcp::Socket>(handle);
             let c = &self.conns[slot];
-            let quiet = c.sent >= c.outbox.len() && !c.waiting;
-            // The client is done sending (and has its answers), or has said nothing
-            // for too long. (A handshake still under way is left to smoltcp.)
-            let finished = s.state() == tcp::State::CloseWait;
+            if c.waiting {
+                continue; // the forwarder's timeout bounds it
+            }
+            let quiet = c.outbox.is_empty();
             let silent = now.duration_since(c.last_active);
-            let idle = s.state() == tcp::State::Established && silent >= TCP_IDLE;
-            if quiet && (finished || idle) {
+            let established = s.state() == tcp::State::Established;
+            // The client is done sending and has its answers, or has asked nothing
+            // for too long; a close that does not finish (no FIN, no ACK, a window
+            // that stays shut) is cut short.
+            if quiet && (s.state() == tcp::State::CloseWait || (established && silent >= TCP_IDLE)) {
                 s.close();
-            } else if silent >= 2 * TCP_IDLE {
-                // Closing and the client never finishes (no FIN, no ACK): the slot
-                // is not held forever.
+            } else if silent >= TCP_IDLE + TCP_CLOSE_GRACE {
                 s.abort();
             }
         }
     }
 
-    /// Opens a TCP connection to `to` for query `id`.
-    fn connect(&mut self, id: u16, to: SocketAddr, now: Instant) {
+    /// Opens a TCP connection to `to` for query `id`; false if none can be had.
+    fn connect(&mut self, id: u16, to: SocketAddr) -> bool {
         let Some(slot) = self.up_tcp.iter().position(Option::is_none) else {
             self.dns.counters.inc(DnsEvent::DroppedTcp);
-            self.fwd.fail(id, now);
-            return;
+            return false;
         };
-        let Some(query) = self.fwd.query(id) else { return };
+        let Some(query) = self.fwd.query(id) else { return false };
         let mut outbox = Vec::with_capacity(2 + query.len());
         Self::frame(&mut outbox, query);
+        let registry = &self.registry;
         let opened = TcpStream::connect(to).and_then(|mut stream| {
-            self.registry.register(
+            registry.register(
                 &mut stream,
-                Token(UPSTREAM_TCP + slot),
+                Token(TCP_TOKENS + slot),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
             Ok(stream)
         });
-        match opened {
-            Ok(stream) => {
-                self.up_tcp[slot] = Some(Upstream {
-                    stream,
-                    id,
-                    server: to,
-                    outbox,
-                    sent: 0,
-                    inbox: Vec::new(),
-                });
-            }
-            Err(_) => self.fwd.fail(id, now),
-        }
+        let Ok(stream) = opened else { return false };
+        self.up_tcp[slot] = Some(Upstream {
+            stream,
+            id,
+            server: to,
+            outbox,
+            sent: 0,
+            inbox: Vec::new(),
+        });
+        true
     }
 
     fn upstream_tcp(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         for slot in 0..self.up_tcp.len() {
             let Some(u) = self.up_tcp[slot].as_mut() else { continue };
-            // The query was given up or moved on to another server meanwhile.
-            let mut done = self.fwd.via(u.id) != Some(Via::Tcp);
+            // Still this connection's query? It may have been given up or moved on
+            // to another server over UDP (and its id even reused) meanwhile.
+            let ours = self.fwd.asking(u.id) == Some((u.server, Via::Tcp));
             let mut failed = false;
-            while !done && u.sent < u.outbox.len() {
+            while ours && u.sent < u.outbox.len() {
                 match u.stream.write(&u.outbox[u.sent..]) {
                     Ok(n) if n > 0 => u.sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
-                    _ => failed = true,
-                }
-                if failed {
-                    break;
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => break,
+                    _ => {
+                        failed = true;
+                        break;
+                    }
                 }
             }
-            while !done && !failed {
+            let mut complete = false;
+            while ours && !failed && !complete {
                 match u.stream.read(&mut self.rx) {
                     Ok(0) => failed = true,
-                    Ok(n) => {
-                        u.inbox.extend_from_slice(&self.rx[..n]);
-                        if u.inbox.len() > 2 + MAX_MESSAGE {
-                            failed = true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
+                    Ok(n) => u.inbox.extend_from_slice(&self.rx[..n]),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => break,
                     Err(_) => failed = true,
                 }
-                let complete = u
-                    .inbox
-                    .get(..2)
-                    .is_some_and(|b| u.inbox.len() >= 2 + usize::from(u16::from_be_bytes([b[0], b[1]])));
-                if complete {
-                    done = true;
-                    failed = false;
-                }
+                complete = len_prefix(&u.inbox).is_some_and(|len| u.inbox.len() >= 2 + len);
+                failed &= !complete;
             }
-            if !done && !failed {
+            if ours && !failed && !complete {
                 continue;
             }
             let Some(mut u) = self.up_tcp[slot].take() else {
                 continue;
             };
             let _ = self.registry.deregister(&mut u.stream);
-            let len = u
-                .inbox
-                .get(..2)
-                .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-            if failed || u.inbox.len() < 2 + len {
-                self.fwd.fail(u.id, now);
-            } else if self.fwd.via(u.id) == Some(Via::Tcp) {
-                self.answered(sockets, &u.inbox[2..2 + len], u.server, Via::Tcp, now);
+            if !ours {
+                continue;
+            }
+            match len_prefix(&u.inbox).filter(|_| complete) {
+                Some(len) => self.answered(sockets, &u.inbox[2..2 + len], u.server, Via::Tcp, 0, now),
+                None => self.fwd.fail(u.id, now),
             }
         }
     }
@@ -659,25 +754,37 @@ impl DnsServer {
         self.fwd.expire(now, &mut steps);
         for step in steps.drain(..) {
             match step {
-                Step::Send { id, to, .. } => {
+                Step::Send { id, to } => {
                     self.dns.counters.inc(DnsEvent::UpstreamRetries);
-                    self.send_upstream(id, to);
+                    self.send_upstream(id, to, now);
                 }
                 Step::GiveUp { id } => {
-                    let Some(p) = self.fwd.finish(id) else { continue };
-                    let Ok(msg) = Message::from_slice(&p.query[..]) else {
+                    // Answers go out no faster than the socket takes them: the
+                    // rest stay due and are given up in the next pass.
+                    if !sockets.get::<udp::Socket>(self.udp).can_send() {
+                        self.more = true;
                         continue;
-                    };
-                    error_reply(msg, Rcode::SERVFAIL, &mut self.out);
-                    self.out[..2].copy_from_slice(&p.client_id.to_be_bytes());
+                    }
                     self.dns.counters.inc(DnsEvent::UpstreamTimeouts);
-                    count_rcode(&self.dns, Rcode::SERVFAIL);
-                    self.deliver(sockets, p.client);
-                    self.record(p.started);
-                    self.fwd.recycle(p.query);
+                    self.give_up(sockets, id);
                 }
             }
         }
         self.steps = steps;
+    }
+
+    /// Ends query `id` with SERVFAIL to each of its clients.
+    fn give_up(&mut self, sockets: &mut SocketSet<'static>, id: u16) {
+        let Some(p) = self.fwd.finish(id) else { return };
+        if let Ok(msg) = Message::from_slice(&p.query[..]) {
+            for w in p.waiters.iter().flatten() {
+                error_reply(msg, Rcode::SERVFAIL, self.max_udp, &mut self.out);
+                self.out[..2].copy_from_slice(&w.id.to_be_bytes());
+                count_rcode(&self.dns, Rcode::SERVFAIL);
+                self.deliver(sockets, w.client);
+                self.record(w.started);
+            }
+        }
+        self.fwd.recycle(p.query);
     }
 }

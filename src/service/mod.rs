@@ -96,6 +96,27 @@ impl Service {
         SmolInstant::from_micros(self.started.elapsed().as_micros() as i64)
     }
 
+    /// Takes what the poll has to say, waiting at most `timeout`: which upstream
+    /// sockets are readable.
+    fn wait(&mut self, events: &mut Events, timeout: Duration) {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("service: poll: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for e in events.iter() {
+            self.dns.ready(e.token());
+        }
+    }
+
+    /// One pass without waiting, the poll asked first (what `run` does each time
+    /// it wakes). Returns the set of workers with replies.
+    pub fn step(&mut self, events: &mut Events) -> u64 {
+        self.wait(events, Duration::ZERO);
+        self.run_once()
+    }
+
     /// Processes everything queued. Returns the set of workers with replies.
     pub fn run_once(&mut self) -> u64 {
         while let Some(p) = self.dev.queues.to_service.pop() {
@@ -127,7 +148,7 @@ impl Service {
                 .poll_delay(self.now(), &self.sockets)
                 .map_or(Duration::from_millis(100), |d| Duration::from_micros(d.total_micros()))
                 .min(Duration::from_millis(100));
-            if let Some(t) = self.dns.next_deadline() {
+            if let Some(t) = self.dns.next_deadline(&self.sockets) {
                 delay = delay.min(t.saturating_duration_since(now));
             }
             // Say so before looking at the queue: a packet submitted after the look
@@ -136,12 +157,7 @@ impl Service {
             if !self.dev.queues.to_service.is_empty() {
                 delay = Duration::ZERO;
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(delay)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("service: poll: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
+            self.wait(&mut events, delay);
             self.dev.queues.sleeping.store(false, Ordering::SeqCst);
         }
     }

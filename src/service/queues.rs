@@ -13,6 +13,7 @@ counted_enum! {
     ServiceEvent {
         Handled => "handled", "Packets for gateway addresses the service thread took.";
         Replies => "replies", "Replies it handed back to workers.";
+        RepliesDropped => "replies_dropped", "Immediate replies (ICMP echo) that found their worker's queue full.";
     }
 }
 
