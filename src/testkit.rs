@@ -116,6 +116,28 @@ pub fn in_buf(pkt: &[u8]) -> Vec<u8> {
 /// Model settings for a node that owns all of `range` (default subnet: the range),
 /// as an empty configuration would give: VNI 1, overlay MTU 1450, domain
 /// weave.local., peers waited for at most 3 s, workers at most 2 s.
+/// A DNS query for `name` (id 0x1234, recursion desired), with an OPT record
+/// offering `edns` bytes when given.
+pub fn dns_query(name: &str, qtype: domain::base::iana::Rtype, edns: Option<u16>) -> Vec<u8> {
+    use domain::base::{MessageBuilder, Name};
+    use std::str::FromStr;
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x1234);
+    b.header_mut().set_rd(true);
+    let mut q = b.question();
+    q.push((Name::<Vec<u8>>::from_str(name).expect("a valid name"), qtype))
+        .expect("a question fits");
+    let mut add = q.additional();
+    if let Some(size) = edns {
+        add.opt(|o| {
+            o.set_udp_payload_size(size);
+            Ok(())
+        })
+        .expect("an OPT record fits");
+    }
+    add.finish()
+}
+
 pub fn model_settings(range: &str) -> crate::model::Settings {
     let range: ipnet::Ipv4Net = range.parse().expect("fixture range");
     crate::model::Settings {

@@ -396,17 +396,6 @@ fn a_silent_upstream_is_servfail_in_time_and_local_names_still_answer() {
     assert!(s["servfail"].as_u64().unwrap() >= 1, "{s}");
 }
 
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        netns::enter(&ns).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// A query for `name` (type A, RD set) with id `id`.
 fn query(id: u16, name: &str) -> Vec<u8> {
     let mut q = id.to_be_bytes().to_vec();
@@ -430,7 +419,7 @@ fn many_queries_and_trickling_tcp_clients_leave_the_server_answering() {
     );
     // Each query answered, in order: a buffer lost per query would stop this
     // after about a thousand.
-    let answered = in_ns(&b.w.name, || {
+    let answered = common::in_ns(&b.w.name, || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut buf = [0u8; 512];

@@ -16,17 +16,6 @@ use std::time::{Duration, Instant};
 use tunloom_lab::netns::{self, Netns};
 use tunloom_lab::testbed::{HostSpec, OneHost, Proc, TempDir, TwoHosts, OVERLAY};
 
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        netns::enter(&ns).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// A TCP connection to 127.0.0.1:`port` from source address 127.0.0.`from`.
 fn connect_from(from: u8, port: u16) -> std::io::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -117,7 +106,7 @@ fn slow_and_never_reading_clients_do_not_freeze_a_listener() {
     let mut lat = Vec::new();
     let mut held_seen = usize::MAX;
     for _ in 0..100 {
-        let (status, t) = in_ns(&h.ns.name, || timed(6786, "GET /health HTTP/1.1\r\n\r\n"));
+        let (status, t) = common::in_ns(&h.ns.name, || timed(6786, "GET /health HTTP/1.1\r\n\r\n"));
         assert_eq!(status, 200, "{}", h.log());
         lat.push(t);
         held_seen = held_seen.min(held.load(Ordering::Relaxed));
@@ -153,7 +142,7 @@ fn running_out_of_descriptors_does_not_kill_a_listener() {
         .spawn()
         .unwrap();
     let mut p = Proc::new(child, "tunloom under prlimit");
-    let ask = |port: u16, req: &'static str| in_ns(&ns.name, move || timed(port, req).0);
+    let ask = |port: u16, req: &'static str| common::in_ns(&ns.name, move || timed(port, req).0);
     let deadline = Instant::now() + Duration::from_secs(15);
     while ask(6786, "GET /health HTTP/1.1\r\n\r\n") != 200 {
         assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
@@ -166,7 +155,7 @@ fn running_out_of_descriptors_does_not_kill_a_listener() {
         .unwrap();
     assert!(raised.success());
     let name = ns.name.clone();
-    let conns: Vec<TcpStream> = in_ns(&name, || {
+    let conns: Vec<TcpStream> = common::in_ns(&name, || {
         (0..1800)
             .filter_map(|i| connect_from(2 + (i / 40) as u8, if i % 2 == 0 { 6784 } else { 6786 }).ok())
             .collect()
@@ -194,7 +183,7 @@ fn a_header_line_that_never_ends_is_a_431_and_costs_no_memory() {
     h.start().unwrap();
     let pid = h.pid().unwrap();
     for _ in 0..3 {
-        in_ns(&h.ns.name, || timed(6786, "GET /api/v1/stats HTTP/1.1\r\n\r\n"));
+        common::in_ns(&h.ns.name, || timed(6786, "GET /api/v1/stats HTTP/1.1\r\n\r\n"));
     }
     let before = rss_kib(pid);
     let statuses: Vec<u16> = (0..4)
@@ -236,7 +225,10 @@ fn a_header_line_that_never_ends_is_a_431_and_costs_no_memory() {
         after <= before + before / 10,
         "RSS {before} KiB before, {after} KiB after"
     );
-    assert_eq!(in_ns(&h.ns.name, || timed(6786, "GET /health HTTP/1.1\r\n\r\n")).0, 200);
+    assert_eq!(
+        common::in_ns(&h.ns.name, || timed(6786, "GET /health HTTP/1.1\r\n\r\n")).0,
+        200
+    );
 }
 
 /// Ids that do not decode to UTF-8 are refused, so two of them never name one
@@ -400,7 +392,7 @@ fn the_overlay_cannot_be_cut_by_its_own_api() {
     assert_eq!(s["peers"].as_array().unwrap().len(), 1, "back to one peer");
     // 100,000 garbage datagrams at a's data and control ports, from b.
     let b_ns = h.b.name.clone();
-    in_ns(&b_ns, || {
+    common::in_ns(&b_ns, || {
         let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
         let mut x = 7u64;
         for i in 0..100_000u32 {

@@ -323,10 +323,7 @@ pub fn fit_udp(reply: &[u8], limit: usize, advertise: u16, out: &mut Vec<u8>) ->
 mod tests {
     use super::super::zone::Entry;
     use super::*;
-    use domain::base::message_builder::MessageBuilder;
-    use domain::base::name::Name;
     use domain::rdata::AllRecordData;
-    use std::str::FromStr;
 
     pub(crate) struct R(pub &'static str, pub &'static str);
     impl Entry for R {
@@ -338,22 +335,7 @@ mod tests {
         }
     }
 
-    pub(crate) fn query(name: &str, qtype: Rtype, edns: Option<u16>) -> Vec<u8> {
-        let mut b = MessageBuilder::new_vec();
-        b.header_mut().set_id(0x1234);
-        b.header_mut().set_rd(true);
-        let mut q = b.question();
-        q.push((Name::<Vec<u8>>::from_str(name).unwrap(), qtype)).unwrap();
-        let mut add = q.additional();
-        if let Some(size) = edns {
-            add.opt(|o| {
-                o.set_udp_payload_size(size);
-                Ok(())
-            })
-            .unwrap();
-        }
-        add.finish()
-    }
+    use crate::testkit::dns_query as query;
 
     fn zone() -> Zone {
         let mut recs = vec![

@@ -195,18 +195,7 @@ mod tests {
     use std::str::FromStr;
 
     fn query(edns: Option<u16>) -> Vec<u8> {
-        let mut q = MessageBuilder::new_vec().question();
-        q.push((Name::<Vec<u8>>::from_str("a.example.").unwrap(), Rtype::A))
-            .unwrap();
-        let mut add = q.additional();
-        if let Some(size) = edns {
-            add.opt(|o| {
-                o.set_udp_payload_size(size);
-                Ok(())
-            })
-            .unwrap();
-        }
-        add.finish()
+        crate::testkit::dns_query("a.example.", Rtype::A, edns)
     }
 
     #[test]

@@ -654,22 +654,7 @@ fn seeds_dns() -> Vec<(&'static str, Vec<u8>)> {
         v.extend(m);
         v
     };
-    let query = |n: &str, t: Rtype, edns: Option<u16>| {
-        let mut b = MessageBuilder::new_vec();
-        b.header_mut().set_id(0x1234);
-        b.header_mut().set_rd(true);
-        let mut q = b.question();
-        q.push((name(n), t)).unwrap();
-        let mut add = q.additional();
-        if let Some(size) = edns {
-            add.opt(|o| {
-                o.set_udp_payload_size(size);
-                Ok(())
-            })
-            .unwrap();
-        }
-        add.finish()
-    };
+    let query = crate::testkit::dns_query;
     let answer = |n: &str, rcode: Rcode, tc: bool| {
         let mut b = MessageBuilder::new_vec();
         b.header_mut().set_id(7);

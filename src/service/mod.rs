@@ -195,13 +195,9 @@ mod tests {
     }
 
     fn dns_query(name: &str, id: u16) -> Vec<u8> {
-        use domain::base::{iana::Rtype, MessageBuilder, Name};
-        use std::str::FromStr;
-        let mut b = MessageBuilder::new_vec();
-        b.header_mut().set_id(id);
-        let mut q = b.question();
-        q.push((Name::<Vec<u8>>::from_str(name).unwrap(), Rtype::A)).unwrap();
-        q.finish()
+        let mut q = crate::testkit::dns_query(name, domain::base::iana::Rtype::A, None);
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q
     }
 
     /// Sends one DNS query over UDP from 198.19.1.5:5353 to the gateway; the answer's

@@ -85,3 +85,14 @@ pub fn main(tests: &[(&'static str, Needs, fn())]) -> std::process::ExitCode {
 pub fn never() -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(false))
 }
+
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        tunloom_lab::netns::enter(&ns).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
