@@ -31,6 +31,7 @@ fn main() {
             split_cpus: true,
             offload,
             pings: 200,
+            dataplane: Vec::new(),
         };
         match lab::run(&o, exe, Arc::new(AtomicBool::new(false))) {
             Ok(r) => {

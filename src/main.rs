@@ -71,6 +71,10 @@ enum Cmd {
         /// own half of the CPUs, as two machines would have).
         #[arg(long)]
         shared_cpus: bool,
+        /// A `[dataplane]` key for both daemons, as KEY=VALUE in TOML (repeatable;
+        /// for A/B measurements, e.g. `--dataplane steering=\"hash\"`).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = dataplane_key)]
+        dataplane: Vec<String>,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -170,6 +174,7 @@ fn main() -> ExitCode {
             pings,
             no_offload,
             shared_cpus,
+            dataplane,
             json,
         } => {
             init_logging("warn");
@@ -187,10 +192,11 @@ fn main() -> ExitCode {
                 split_cpus: !shared_cpus,
                 offload: !no_offload,
                 pings,
+                dataplane,
             };
             eprintln!(
                 "tunloom lab: two hosts in network namespaces; {duration} s per iperf3 run; this takes about {} s",
-                6 * duration + 25
+                10 * duration + 30
             );
             match lab::run(&opts, &exe, signals()) {
                 Ok(report) => {
@@ -272,4 +278,24 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `KEY=VALUE` for `tunloom lab --dataplane`, as a TOML line; the daemons' own
+/// validation judges the key and value.
+fn dataplane_key(arg: &str) -> Result<String, String> {
+    let (key, value) = arg.split_once('=').ok_or_else(|| format!("{arg:?} is not KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "{key:?} is not a [dataplane] key (lower-case letters, digits, '_')"
+        ));
+    }
+    if value.trim().is_empty() || value.contains('\n') {
+        return Err(format!("{key}: the value must be one line of TOML"));
+    }
+    Ok(format!("{key} = {}", value.trim()))
 }

@@ -55,7 +55,18 @@ fn in_netns(pid: u32, ns: &str) -> bool {
 
 fn lab_measures_both_paths_and_cleans_up() {
     let child = Command::new(common::exe())
-        .args(["lab", "--duration", "1", "--parallel", "2", "--pings", "20", "--json"])
+        .args([
+            "lab",
+            "--duration",
+            "1",
+            "--parallel",
+            "2",
+            "--pings",
+            "20",
+            "--dataplane",
+            "tx_ports=2",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -72,6 +83,11 @@ fn lab_measures_both_paths_and_cleans_up() {
             "tcp_gbps",
             "tcp_parallel_gbps",
             "tcp_reverse_gbps",
+            "udp_1400_gbps",
+            "udp_64_kpps",
+            "rtt_loaded_p50_us",
+            "rtt_loaded_p99_us",
+            "cpu_s_per_gb",
         ] {
             let x = v[path][key].as_f64().unwrap_or(0.0);
             assert!(x > 0.0, "{path}.{key} = {}", v[path][key]);
@@ -86,6 +102,12 @@ fn lab_measures_both_paths_and_cleans_up() {
         "ratio {ratio} is not tunloom / kernel ({want})"
     );
     assert_eq!(v["setup"]["pings"], 20);
+    assert_eq!(v["setup"]["dataplane"], serde_json::json!(["tx_ports = 2"]));
+    assert!(
+        v["setup"]["tunloom_daemon_cpu_s_per_gb"].as_f64() > Some(0.0),
+        "{}",
+        v["setup"]
+    );
     assert_eq!(leftovers(pid), Vec::<String>::new(), "left behind after a run");
 }
 

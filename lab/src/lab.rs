@@ -29,6 +29,9 @@ pub struct LabOptions {
     pub split_cpus: bool,
     pub offload: bool,
     pub pings: u32,
+    /// `key = value` lines added to both daemons' `[dataplane]` section (for A/B
+    /// measurements of a dataplane setting).
+    pub dataplane: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,27 @@ pub struct Figures {
     pub tcp_gbps: f64,
     pub tcp_parallel_gbps: f64,
     pub tcp_reverse_gbps: f64,
+    /// Received throughput of UDP with 1400-byte datagrams, sent as fast as iperf3
+    /// can (`-u -b 0 -l 1400`).
+    pub udp_1400_gbps: f64,
+    /// Datagrams received per second (thousands) with 64-byte UDP datagrams.
+    pub udp_64_kpps: f64,
+    /// Ping RTT while the single-stream TCP run fills the path.
+    pub rtt_loaded_p50_us: f64,
+    pub rtt_loaded_p99_us: f64,
+    /// CPU time the whole machine (both hosts, iperf3 included) spent per gigabyte
+    /// delivered in the single-stream TCP run: busy ticks of `/proc/stat`.
+    pub cpu_s_per_gb: f64,
+}
+
+/// What one single-stream TCP run measured, beside its throughput.
+struct Loaded {
+    gbps: f64,
+    retransmits: u64,
+    rtt: (f64, f64),
+    cpu_s_per_gb: f64,
+    /// CPU time of the tunloom daemons (`/proc/<pid>/stat`) per gigabyte.
+    daemon_cpu_s_per_gb: f64,
 }
 
 impl Figures {
@@ -78,6 +102,11 @@ impl Figures {
             tcp_gbps: r(a.tcp_gbps, b.tcp_gbps),
             tcp_parallel_gbps: r(a.tcp_parallel_gbps, b.tcp_parallel_gbps),
             tcp_reverse_gbps: r(a.tcp_reverse_gbps, b.tcp_reverse_gbps),
+            udp_1400_gbps: r(a.udp_1400_gbps, b.udp_1400_gbps),
+            udp_64_kpps: r(a.udp_64_kpps, b.udp_64_kpps),
+            rtt_loaded_p50_us: r(a.rtt_loaded_p50_us, b.rtt_loaded_p50_us),
+            rtt_loaded_p99_us: r(a.rtt_loaded_p99_us, b.rtt_loaded_p99_us),
+            cpu_s_per_gb: r(a.cpu_s_per_gb, b.cpu_s_per_gb),
         }
     }
 }
@@ -96,6 +125,11 @@ pub struct Setup {
     /// TCP retransmissions in the single-stream, parallel and reverse runs.
     pub tunloom_retransmits: [u64; 3],
     pub kernel_retransmits: [u64; 3],
+    /// CPU time of the two tunloom daemons themselves per gigabyte in the
+    /// single-stream TCP run (the rest of `cpu_s_per_gb` is iperf3 and the kernel).
+    pub tunloom_daemon_cpu_s_per_gb: f64,
+    /// Dataplane settings given with `--dataplane`.
+    pub dataplane: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,12 +144,17 @@ impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
         type Row = (&'static str, fn(&Figures) -> f64);
-        let rows: [Row; 5] = [
+        let rows: [Row; 10] = [
             ("ping RTT p50 (us)", |f| f.rtt_p50_us),
             ("ping RTT p99 (us)", |f| f.rtt_p99_us),
             ("TCP, 1 stream (Gbit/s)", |f| f.tcp_gbps),
             ("TCP, parallel (Gbit/s)", |f| f.tcp_parallel_gbps),
             ("TCP, reverse (Gbit/s)", |f| f.tcp_reverse_gbps),
+            ("ping p50 under load (us)", |f| f.rtt_loaded_p50_us),
+            ("ping p99 under load (us)", |f| f.rtt_loaded_p99_us),
+            ("CPU s per GB (1 stream)", |f| f.cpu_s_per_gb),
+            ("UDP 1400 B (Gbit/s)", |f| f.udp_1400_gbps),
+            ("UDP 64 B (kpackets/s)", |f| f.udp_64_kpps),
         ];
         let mut s = format!(
             "{:<26}{:>12}{:>16}{:>10}\n",
@@ -138,6 +177,13 @@ impl Report {
             if self.setup.offload { "on" } else { "off" },
             self.setup.cpus,
             self.setup.kernel
+        ));
+        if !self.setup.dataplane.is_empty() {
+            s.push_str(&format!("dataplane settings: {}\n", self.setup.dataplane.join(", ")));
+        }
+        s.push_str(&format!(
+            "CPU s per GB of the tunloom daemons themselves (1 stream): {:.2}\n",
+            self.setup.tunloom_daemon_cpu_s_per_gb
         ));
         s.push_str(&format!("tunloom drops during the run: {}\n", self.setup.tunloom_drops));
         s.push_str(&format!(
@@ -168,6 +214,83 @@ fn gbps(hosts: &TwoHosts, dst: &str, secs: u32, parallel: u32, reverse: bool) ->
     let v = hosts.iperf(0, dst, secs, parallel, reverse)?;
     let g = iperf_gbps(&v).ok_or_else(|| LabError::Failed(format!("iperf3 to {dst} gave no throughput")))?;
     Ok((g, v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+}
+
+/// Ticks of `/proc/stat` and `/proc/<pid>/stat` per second: USER_HZ, which Linux
+/// fixes at 100 for what it shows userspace.
+const TICKS: f64 = 100.0;
+
+/// Busy ticks of the whole machine so far (all but idle and iowait).
+fn machine_busy_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    fields.iter().take(8).sum::<u64>().saturating_sub(idle)
+}
+
+/// User plus system ticks of process `pid` (all its threads) so far.
+fn process_ticks(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are fixed: utime and
+    // stime are the 12th and 13th after the closing parenthesis.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// A single-stream TCP run with ping beside it, and the CPU time spent during it.
+fn loaded(hosts: &TwoHosts, dst: &str, secs: u32) -> Result<Loaded, LabError> {
+    // 100 pings a second, ending before iperf3 does.
+    let pings = (secs * 100).saturating_sub(50).max(10);
+    let daemons = || process_ticks(hosts.pid(0)) + process_ticks(hosts.pid(1));
+    let (m0, d0) = (machine_busy_ticks(), daemons());
+    let (run, rtt) = std::thread::scope(|s| {
+        let pinger = s.spawn(|| hosts.ping(0, dst, pings, "0.01"));
+        let run = hosts.iperf(0, dst, secs, 1, false);
+        (run, pinger.join())
+    });
+    let (m1, d1) = (machine_busy_ticks(), daemons());
+    let v = run?;
+    let mut rtt = rtt.map_err(|_| LabError::Failed("the ping thread panicked".into()))??;
+    rtt.sort_by(f64::total_cmp);
+    let gbps = iperf_gbps(&v).ok_or_else(|| LabError::Failed(format!("iperf3 to {dst} gave no throughput")))?;
+    let gb = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    let per_gb = |ticks: u64| {
+        if gb > 0.0 {
+            (ticks as f64 / TICKS / gb * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
+    Ok(Loaded {
+        gbps,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        rtt: (percentile(&rtt, 0.50), percentile(&rtt, 0.99)),
+        cpu_s_per_gb: per_gb(m1.saturating_sub(m0)),
+        daemon_cpu_s_per_gb: per_gb(d1.saturating_sub(d0)),
+    })
+}
+
+/// UDP as fast as the sender goes: received Gbit/s and thousands of datagrams a second.
+fn udp(hosts: &TwoHosts, dst: &str, secs: u32, len: u32) -> Result<(f64, f64), LabError> {
+    let v = hosts.iperf_udp(0, dst, secs, len)?;
+    let r = &v["end"]["sum_received"];
+    let got = r["packets"].as_f64().unwrap_or(0.0) - r["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = r["seconds"].as_f64().unwrap_or(0.0);
+    let kpps = if seconds > 0.0 {
+        (got.max(0.0) / seconds / 1e3 * 10.0).round() / 10.0
+    } else {
+        0.0
+    };
+    Ok((iperf_gbps(&v).unwrap_or(0.0), kpps))
 }
 
 /// Ctrl-C is seen between steps; what the lab made is removed when its `TwoHosts`
@@ -218,6 +341,7 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
             [Vec::new(), Vec::new()]
         },
         offload: o.offload,
+        dataplane: o.dataplane.join("\n"),
         ..HostSpec::default()
     };
     let mut hosts = TwoHosts::create("lab", exe, &spec, stop)?;
@@ -260,12 +384,27 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     go_on(&hosts)?;
     (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, kv, o.pings)?;
     let mut retransmits = [[0u64; 3]; 2];
-    (t.tcp_gbps, retransmits[0][0]) = gbps(&hosts, tl, o.duration, 1, false)?;
-    (k.tcp_gbps, retransmits[1][0]) = gbps(&hosts, kv, o.duration, 1, false)?;
+    let mut daemon_cpu = 0.0;
+    for (dst, f, re) in [(tl, &mut t, 0usize), (kv, &mut k, 1)] {
+        let l = loaded(&hosts, dst, o.duration)?;
+        (f.tcp_gbps, retransmits[re][0]) = (l.gbps, l.retransmits);
+        (f.rtt_loaded_p50_us, f.rtt_loaded_p99_us) = l.rtt;
+        f.cpu_s_per_gb = l.cpu_s_per_gb;
+        if re == 0 {
+            daemon_cpu = l.daemon_cpu_s_per_gb;
+        }
+        go_on(&hosts)?;
+    }
     (t.tcp_parallel_gbps, retransmits[0][1]) = gbps(&hosts, tl, o.duration, o.parallel, false)?;
     (k.tcp_parallel_gbps, retransmits[1][1]) = gbps(&hosts, kv, o.duration, o.parallel, false)?;
     (t.tcp_reverse_gbps, retransmits[0][2]) = gbps(&hosts, tl, o.duration, 1, true)?;
     (k.tcp_reverse_gbps, retransmits[1][2]) = gbps(&hosts, kv, o.duration, 1, true)?;
+    go_on(&hosts)?;
+    (t.udp_1400_gbps, _) = udp(&hosts, tl, o.duration, 1400)?;
+    (k.udp_1400_gbps, _) = udp(&hosts, kv, o.duration, 1400)?;
+    go_on(&hosts)?;
+    (_, t.udp_64_kpps) = udp(&hosts, tl, o.duration, 64)?;
+    (_, k.udp_64_kpps) = udp(&hosts, kv, o.duration, 64)?;
     go_on(&hosts)?;
     let mut drops = serde_json::Map::new();
     let mut workers = o.workers;
@@ -299,6 +438,8 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
             tunloom_drops: serde_json::Value::Object(drops),
             tunloom_retransmits: retransmits[0],
             kernel_retransmits: retransmits[1],
+            tunloom_daemon_cpu_s_per_gb: daemon_cpu,
+            dataplane: o.dataplane.clone(),
         },
     })
 }

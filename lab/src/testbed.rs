@@ -48,6 +48,8 @@ pub struct HostSpec {
     pub secret: Option<String>,
     /// Keys added to both configurations' `[control]` section.
     pub control: String,
+    /// Keys added to both configurations' `[dataplane]` section (`key = value` lines).
+    pub dataplane: String,
     /// TOML appended to both configurations.
     pub extra: String,
 }
@@ -64,6 +66,7 @@ impl Default for HostSpec {
             hello_interval_ms: 200,
             secret: None,
             control: String::new(),
+            dataplane: String::new(),
             extra: String::new(),
         }
     }
@@ -179,6 +182,7 @@ bind = "{underlay}"
 offload = {off}
 udp_gso = {off}
 udp_gro = {off}
+{dataplane}
 [overlay]
 routes = ["198.19.0.0/17"]
 announce = ["{prefix}"]
@@ -207,6 +211,7 @@ hello_interval_ms = {hello}
         },
         hello = spec.hello_interval_ms,
         control = spec.control,
+        dataplane = spec.dataplane,
         secret = spec
             .secret
             .as_ref()
@@ -472,7 +477,7 @@ impl TwoHosts {
         Ok(parse_ping(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    /// Runs iperf3 from host `client` to `dst` (a server is started on the other
+    /// Runs iperf3 TCP from host `client` to `dst` (a server is started on the other
     /// host for the run) and returns iperf3's JSON result.
     pub fn iperf(
         &self,
@@ -482,6 +487,23 @@ impl TwoHosts {
         parallel: u32,
         reverse: bool,
     ) -> io::Result<serde_json::Value> {
+        let p = parallel.to_string();
+        let mut extra = vec!["-P", &p];
+        if reverse {
+            extra.push("-R");
+        }
+        self.iperf_with(client, dst, secs, &extra)
+    }
+
+    /// Runs iperf3 UDP from host `client` to `dst` as fast as the sender can
+    /// (`-b 0`), with `len`-byte datagrams.
+    pub fn iperf_udp(&self, client: usize, dst: &str, secs: u32, len: u32) -> io::Result<serde_json::Value> {
+        let l = len.to_string();
+        self.iperf_with(client, dst, secs, &["-u", "-b", "0", "-l", &l])
+    }
+
+    /// Runs iperf3 from host `client` to `dst` with `extra` client arguments.
+    pub fn iperf_with(&self, client: usize, dst: &str, secs: u32, extra: &[&str]) -> io::Result<serde_json::Value> {
         let server_ns = self.ns(1 - client);
         let mut server = Proc::new(
             server_ns
@@ -492,23 +514,9 @@ impl TwoHosts {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot run iperf3: {e}")))?,
             "iperf3 server",
         );
-        let (t, p) = (secs.to_string(), parallel.to_string());
-        let mut args = vec![
-            "-c",
-            dst,
-            "-p",
-            "5201",
-            "-t",
-            &t,
-            "-P",
-            &p,
-            "-J",
-            "--connect-timeout",
-            "2000",
-        ];
-        if reverse {
-            args.push("-R");
-        }
+        let t = secs.to_string();
+        let mut args = vec!["-c", dst, "-p", "5201", "-t", &t, "-J", "--connect-timeout", "2000"];
+        args.extend_from_slice(extra);
         let limit = Duration::from_secs(u64::from(secs) + 20);
         let mut last = String::new();
         for _ in 0..10 {
