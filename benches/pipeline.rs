@@ -102,7 +102,7 @@ fn bench_coalesce(c: &mut Criterion) {
     let pristine = vec![buf];
     let mut g = c.benchmark_group("coalesce");
     g.throughput(Throughput::Elements(ranges.len() as u64));
-    let mut co = Coalescer::new(64, 128, true);
+    let mut co = Coalescer::new(64, 128, true, true);
     g.bench_function("43x1398", |b| {
         b.iter_batched_ref(
             || pristine.clone(),

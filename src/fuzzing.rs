@@ -165,7 +165,7 @@ pub fn outside(data: &[u8]) {
         }
         at = d1;
     }
-    let mut co = Coalescer::new(64, 256, true);
+    let mut co = Coalescer::new(64, 256, true, true);
     for r in &ranges {
         let p = bufs[0][r.start as usize..(r.start + r.len) as usize].to_vec();
         if !co.push(*r, &p, &bufs) {

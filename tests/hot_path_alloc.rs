@@ -135,7 +135,7 @@ fn the_pipeline_allocates_nothing_per_packet() {
     let mut scratch = vec![0u8; 1500];
     let mut arena = Arena::new(64 * 1024);
     let mut seg_out = Vec::with_capacity(64);
-    let mut co = Coalescer::new(64, 128, true);
+    let mut co = Coalescer::new(64, 128, true, true);
     let mut tx = TxBatch::new(64, 256, true);
     let gso = Gso {
         l4: L4::Tcp,
@@ -217,14 +217,16 @@ fn worker_threads_allocate_nothing_with_offloads_off() {
 }
 
 /// Host a's daemon runs in this process, so the counting allocator sees its workers:
-/// TCP both ways, pings over the overlay, to the gateway (service thread) and to an
-/// address with no route (ICMP errors from the workers).
+/// TCP and UDP both ways, pings over the overlay, to the gateway (service thread) and
+/// to an address with no route (ICMP errors from the workers). One worker per CPU,
+/// steered by CPU, with adaptive polling and UDP coalescing on.
 fn live_workers(tag: &str, offload: bool) {
     assert!(common::has("iperf3") && common::has("ping"), "needs iperf3 and ping");
     use tunloom_lab::testbed::{HostSpec, TwoHosts, GATEWAY, OVERLAY};
     let spec = HostSpec {
         offload,
         gateways: true,
+        dataplane: "steering = \"cpu\"\nadaptive_poll_us = 200\ncoalesce_udp = true".into(),
         ..HostSpec::default()
     };
     let mut h = TwoHosts::create(tag, &common::exe(), &spec, common::never()).unwrap();
@@ -249,6 +251,8 @@ fn live_workers(tag: &str, offload: bool) {
         assert_eq!(h.ping(0, "198.19.30.1", 10, "0.01").unwrap().len(), 0);
         h.iperf(0, OVERLAY[1], secs, 2, false).unwrap();
         h.iperf(0, OVERLAY[1], secs, 1, true).unwrap();
+        h.iperf_udp(0, OVERLAY[1], secs, 1400).unwrap();
+        h.iperf_udp(1, OVERLAY[0], secs, 1400).unwrap();
     };
     traffic(1); // warm-up: first-use allocations (thread-locals, lazy tables)
     let before: Vec<u64> = tids.iter().map(|t| allocations_of(*t)).collect();

@@ -259,10 +259,69 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     );
 }
 
+/// With two workers per host, host a attaches both steering programs; host b runs
+/// without CAP_BPF and CAP_SYS_ADMIN, so the kernel refuses its TUN program: it says
+/// so and falls back to hashing, and TCP still flows both ways.
+fn steering_by_cpu_and_its_fallback() {
+    let cpus = tunloom_lab::netns::allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
+    // Worker i on a CPU whose number modulo 2 is i, as steering needs.
+    let even = *cpus.iter().find(|c| *c % 2 == 0).expect("an even CPU");
+    let odd = *cpus.iter().find(|c| *c % 2 == 1).expect("an odd CPU");
+    let restricted = ["setpriv", "--bounding-set", "-bpf,-sys_admin", "--"].map(String::from);
+    let spec = HostSpec {
+        workers: 2,
+        cpus: [vec![even, odd], vec![even, odd]],
+        dataplane: "steering = \"cpu\"".into(),
+        wrappers: [Vec::new(), restricted.to_vec()],
+        ..HostSpec::default()
+    };
+    let mut h = TwoHosts::create("steer", &common::exe(), &spec, common::never()).unwrap();
+    h.start(0).unwrap();
+    h.start(1).unwrap();
+    h.wait_peers("up", Duration::from_secs(20)).unwrap();
+    let steering = |i: usize| h.stats(i).unwrap()["dataplane"]["steering"].clone();
+    let a = steering(0);
+    assert_eq!(
+        (a["tun"].as_str(), a["socket"].as_str()),
+        (Some("cpu"), Some("cpu")),
+        "{a}"
+    );
+    assert!(a.get("notes").is_none(), "{a}");
+    let b = steering(1);
+    assert_eq!(
+        (b["tun"].as_str(), b["socket"].as_str()),
+        (Some("hash"), Some("cpu")),
+        "{b}"
+    );
+    assert!(
+        b["notes"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused the TUN steering program"),
+        "{b}"
+    );
+    assert!(h.log(1).contains("steering:"), "the fallback is logged:\n{}", h.log(1));
+    for reverse in [false, true] {
+        let r = h.iperf(0, OVERLAY[1], 2, 2, reverse).unwrap();
+        let got = r["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+        assert!(got > 10_000_000, "reverse {reverse}: only {got} bytes");
+    }
+    let drops = h.stats(1).unwrap()["total"]["drops"].clone();
+    assert_eq!(drops["malformed"].as_u64().unwrap_or(0), 0, "{drops}");
+}
+
 fn main() -> std::process::ExitCode {
-    common::main(&[(
-        "two_hosts_forward_survive_a_crash_and_shrug_off_garbage",
-        Needs::NetnsWith(&["ping", "iperf3"]),
-        two_hosts_forward_survive_a_crash_and_shrug_off_garbage,
-    )])
+    common::main(&[
+        (
+            "two_hosts_forward_survive_a_crash_and_shrug_off_garbage",
+            Needs::NetnsWith(&["ping", "iperf3"]),
+            two_hosts_forward_survive_a_crash_and_shrug_off_garbage,
+        ),
+        (
+            "steering_by_cpu_and_its_fallback",
+            Needs::NetnsWith(&["iperf3", "setpriv"]),
+            steering_by_cpu_and_its_fallback,
+        ),
+    ])
 }

@@ -52,6 +52,9 @@ pub struct HostSpec {
     pub dataplane: String,
     /// TOML appended to both configurations.
     pub extra: String,
+    /// A command host a's and host b's daemon run under (e.g. `setpriv` with fewer
+    /// capabilities); empty: none.
+    pub wrappers: [Vec<String>; 2],
 }
 
 impl Default for HostSpec {
@@ -68,6 +71,7 @@ impl Default for HostSpec {
             control: String::new(),
             dataplane: String::new(),
             extra: String::new(),
+            wrappers: [Vec::new(), Vec::new()],
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct TwoHosts {
     pub b: Netns,
     pub dir: TempDir,
     exe: PathBuf,
+    wrappers: [Vec<String>; 2],
     stop: Arc<AtomicBool>,
 }
 
@@ -242,21 +247,37 @@ pub fn weave_request(ns: &str, method: &str, path: &str, form: Option<&str>) -> 
 /// Starts `tunloom run -c <config> --state-dir <state>` in `ns`, its log appended
 /// to `log`.
 pub fn spawn_daemon(ns: &Netns, exe: &Path, config: &Path, state: &Path, log: &Path) -> io::Result<Proc> {
+    spawn_daemon_under(ns, &[], exe, config, state, log)
+}
+
+/// [`spawn_daemon`], the daemon run by `wrapper` (a command and its arguments,
+/// followed by the daemon's) when it is not empty.
+pub fn spawn_daemon_under(
+    ns: &Netns,
+    wrapper: &[String],
+    exe: &Path,
+    config: &Path,
+    state: &Path,
+    log: &Path,
+) -> io::Result<Proc> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let args = [
+    let exe = exe.to_str().unwrap_or("tunloom");
+    let mut argv: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    argv.extend([
+        exe,
         "run",
         "-c",
         config.to_str().unwrap_or_default(),
         "--state-dir",
         state.to_str().unwrap_or_default(),
-    ];
+    ]);
     let child = ns
-        .command(exe.to_str().unwrap_or("tunloom"), &args)
+        .command(argv[0], &argv[1..])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display())))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {exe}: {e}")))?;
     Ok(Proc::new(child, format!("tunloom in {}", ns.name)))
 }
 
@@ -354,6 +375,7 @@ impl TwoHosts {
             b,
             dir,
             exe: exe.to_owned(),
+            wrappers: spec.wrappers.clone(),
             stop,
         })
     }
@@ -378,7 +400,14 @@ impl TwoHosts {
     pub fn start(&mut self, i: usize) -> io::Result<()> {
         let log = self.dir.0.join(format!("{}.log", NAMES[i]));
         let state = self.dir.0.join(format!("state-{}", NAMES[i]));
-        self.daemons[i] = Some(spawn_daemon(self.ns(i), &self.exe, &self.config_path(i), &state, &log)?);
+        self.daemons[i] = Some(spawn_daemon_under(
+            self.ns(i),
+            &self.wrappers[i],
+            &self.exe,
+            &self.config_path(i),
+            &state,
+            &log,
+        )?);
         Ok(())
     }
 

@@ -145,6 +145,10 @@ impl Daemon {
             sockets.push((rx, tx));
         }
         let udp_gso = d.udp_gso && sockets[0].1.iter().all(sys::probe_udp_gso);
+        let steering = device::steer(d, &tun, &sockets[0].0, sockets.len());
+        for note in &steering.notes {
+            log::warn!("steering: {note}");
+        }
         let offloads = Offloads {
             tun_tso: tun.offload,
             tun_uso: tun.uso,
@@ -199,6 +203,7 @@ impl Daemon {
                     .flatten(),
                 tun: q,
                 vnet: offloads.tun_tso,
+                coalesce_udp: offloads.tun_uso && d.coalesce_udp,
                 rx,
                 tx,
                 udp_gso,
@@ -207,6 +212,8 @@ impl Daemon {
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
                 busy_poll: d.busy_poll,
+                flush_bytes: d.flush_bytes,
+                adaptive_poll: d.adaptive_poll,
                 service: Some(service.clone()),
             };
             let h = std::thread::Builder::new()
@@ -264,6 +271,7 @@ impl Daemon {
                 vni: d.vni,
                 data_port: d.data_port,
                 offloads,
+                steering: steering.clone(),
                 gateways: settings.model.gateways.clone(),
             },
             started: Instant::now(),
@@ -289,7 +297,7 @@ impl Daemon {
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
             settings.node.name,
             settings.node.nickname,
             tun.name,
@@ -299,6 +307,8 @@ impl Daemon {
             offloads.tun_uso,
             offloads.udp_gso,
             offloads.udp_gro,
+            steering.tun,
+            steering.socket,
         );
         Ok(Daemon {
             api_addr,

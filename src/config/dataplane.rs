@@ -34,6 +34,10 @@ pub struct DataplaneSection {
     pub socket_buffer: usize,
     pub tun_txqueuelen: u32,
     pub busy_poll_us: u64,
+    pub flush_bytes: usize,
+    pub steering: String,
+    pub adaptive_poll_us: u64,
+    pub coalesce_udp: bool,
 }
 
 impl Default for DataplaneSection {
@@ -56,6 +60,10 @@ impl Default for DataplaneSection {
             socket_buffer: 8 << 20,
             tun_txqueuelen: 1000,
             busy_poll_us: 0,
+            flush_bytes: 256 << 10,
+            steering: "cpu".into(),
+            adaptive_poll_us: 0,
+            coalesce_udp: true,
         }
     }
 }
@@ -141,6 +149,18 @@ impl DataplaneSection {
                 format!("{} is more than one second", self.busy_poll_us),
             ));
         }
+        Invalid::within("dataplane.flush_bytes", self.flush_bytes, 16 << 10, 16 << 20)?;
+        Invalid::within("dataplane.adaptive_poll_us", self.adaptive_poll_us, 0, 10_000)?;
+        let steer_by_cpu = match self.steering.as_str() {
+            "cpu" => true,
+            "hash" => false,
+            other => {
+                return Err(Invalid::new(
+                    "dataplane.steering",
+                    format!("{other:?} is neither \"cpu\" nor \"hash\""),
+                ))
+            }
+        };
         let cpus = if self.cpus.is_empty() {
             allowed
         } else {
@@ -168,6 +188,10 @@ impl DataplaneSection {
             socket_buffer: self.socket_buffer,
             tun_txqueuelen: self.tun_txqueuelen,
             busy_poll: Duration::from_micros(self.busy_poll_us),
+            flush_bytes: self.flush_bytes,
+            steer_by_cpu,
+            adaptive_poll: Duration::from_micros(self.adaptive_poll_us),
+            coalesce_udp: self.coalesce_udp,
             routes: Vec::new(),
             expose: Vec::new(),
         })

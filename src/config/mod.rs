@@ -405,4 +405,22 @@ mod tests {
         let e = Config::parse_in("[dataplane]\ncpus = [3]\n", Path::new("t.toml"), &Fake).unwrap_err();
         assert!(e.to_string().contains("dataplane.cpus"), "{e}");
     }
+
+    #[test]
+    fn the_dataplane_tuning_keys_are_checked() {
+        let d = Config::parse_in("", Path::new("t.toml"), &Fake).unwrap().dataplane;
+        assert!(d.steer_by_cpu);
+        let text = "[dataplane]\nsteering = \"hash\"\nadaptive_poll_us = 50\nflush_bytes = 65536\n";
+        let d = Config::parse_in(text, Path::new("t.toml"), &Fake).unwrap().dataplane;
+        assert!(!d.steer_by_cpu);
+        assert_eq!((d.adaptive_poll.as_micros(), d.flush_bytes), (50, 65536));
+        for (line, key) in [
+            ("steering = \"rss\"", "dataplane.steering"),
+            ("adaptive_poll_us = 20000", "dataplane.adaptive_poll_us"),
+            ("flush_bytes = 100", "dataplane.flush_bytes"),
+        ] {
+            let e = Config::parse_in(&format!("[dataplane]\n{line}\n"), Path::new("t.toml"), &Fake).unwrap_err();
+            assert!(e.to_string().contains(key), "{line}: {e}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! management API over the same router.
 
 use super::router::{open_gate, Ctx, ErrorStyle, Response, Router};
+use crate::dataplane::device::Steering;
 use crate::dataplane::stats::{self, WorkerStats};
 use crate::dataplane::Offloads;
 use crate::model::Model;
@@ -45,6 +46,7 @@ pub struct DataplaneInfo {
     pub vni: u32,
     pub data_port: u16,
     pub offloads: Offloads,
+    pub steering: Steering,
     /// Gateway addresses the configuration has the service thread answer.
     pub gateways: Vec<IpAddr>,
 }
@@ -195,6 +197,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
             "workers": s.workers.len(),
             "generation": published.load().generation,
             "offloads": d.offloads,
+            "steering": d.steering,
         },
         "total": {
             "counters": total.counters,

@@ -109,6 +109,79 @@ pub fn create_tun(d: &Settings, queues: usize) -> Result<Tun, DeviceError> {
     })
 }
 
+/// How packets find their worker, as set up.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Steering {
+    /// The TUN device's choice of queue for a packet the host sends: `cpu` (the
+    /// queue of the CPU that sends it), `hash` (the kernel's flow hash) or `single`
+    /// (one queue).
+    pub tun: &'static str,
+    /// The data sockets' choice of socket for a datagram: `cpu` (the socket of the
+    /// CPU that received it), `hash` (the outer 4-tuple's hash) or `single`.
+    pub socket: &'static str,
+    /// Why a choice is `hash` where `cpu` was configured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Whether worker `i`, pinned to `cpus[i % cpus.len()]`, is the one `cpu % workers`
+/// names for every worker: the condition for steering by CPU to keep a packet on
+/// the CPU it arrived on.
+pub fn cpus_map_to_workers(workers: usize, pinned: bool, cpus: &[usize]) -> Result<(), String> {
+    if !pinned {
+        return Err("workers are not pinned (dataplane.pin_workers = false)".into());
+    }
+    if cpus.is_empty() {
+        return Err("no CPUs to pin workers to".into());
+    }
+    match (0..workers).find(|&i| cpus[i % cpus.len()] % workers != i) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "worker {i} runs on CPU {}, not on one whose number modulo {workers} is {i} (set dataplane.cpus so that worker i gets such a CPU)",
+            cpus[i % cpus.len()]
+        )),
+    }
+}
+
+/// Attaches the steering programs when `by_cpu` and there are several workers;
+/// whatever the kernel refuses stays on hashing, and the result says why.
+/// `rx` is a socket of the data port's reuseport group of `sockets`.
+pub fn steer(d: &Settings, tun: &Tun, rx: &UdpSocket, sockets: usize) -> Steering {
+    let n = tun.queues.len();
+    if n <= 1 {
+        return Steering {
+            tun: "single",
+            socket: "single",
+            notes: Vec::new(),
+        };
+    }
+    let mut s = Steering {
+        tun: "hash",
+        socket: "hash",
+        notes: Vec::new(),
+    };
+    if !d.steer_by_cpu {
+        return s;
+    }
+    if let Err(why) = cpus_map_to_workers(n, d.pin_workers, &d.cpus) {
+        s.notes.push(why);
+        return s;
+    }
+    match sys::steer_tun_by_cpu(&tun.queues[0]) {
+        Ok(()) => s.tun = "cpu",
+        Err(e) => s.notes.push(format!(
+            "the kernel refused the TUN steering program ({e}); queues picked by flow hash"
+        )),
+    }
+    match sys::steer_reuseport_by_cpu(rx, sockets as u32) {
+        Ok(()) => s.socket = "cpu",
+        Err(e) => s.notes.push(format!(
+            "the kernel refused the reuseport program ({e}); sockets picked by flow hash"
+        )),
+    }
+    s
+}
+
 /// Opens a non-blocking UDP socket bound to `addr`, in a SO_REUSEPORT group when
 /// `reuse_port`, with large buffers and outer fragmentation allowed.
 pub fn udp_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
@@ -122,4 +195,25 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Resu
     sys::set_buffers(&sock, buffer)?;
     sys::allow_fragmentation(&sock, addr.is_ipv6())?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus_map_to_workers;
+
+    #[test]
+    fn steering_needs_worker_i_on_a_cpu_congruent_to_i() {
+        assert_eq!(cpus_map_to_workers(2, true, &[0, 1]), Ok(()));
+        assert_eq!(cpus_map_to_workers(2, true, &[2, 3]), Ok(()));
+        assert_eq!(cpus_map_to_workers(4, true, &[0, 1, 2, 3]), Ok(()));
+        // Two workers on CPUs 1 and 2: CPU 1's packets would go to worker 1 on CPU 2.
+        let e = cpus_map_to_workers(2, true, &[1, 2]).unwrap_err();
+        assert!(e.contains("worker 0 runs on CPU 1"), "{e}");
+        // Fewer CPUs than workers: worker 1 shares CPU 0.
+        assert!(cpus_map_to_workers(2, true, &[0]).is_err());
+        assert!(cpus_map_to_workers(2, false, &[0, 1])
+            .unwrap_err()
+            .contains("pin_workers"));
+        assert!(cpus_map_to_workers(2, true, &[]).is_err());
+    }
 }

@@ -60,6 +60,17 @@ pub struct Settings {
     pub socket_buffer: usize,
     pub tun_txqueuelen: u32,
     pub busy_poll: Duration,
+    /// Packet bytes read from the TUN before the TX batch is sent: what a worker
+    /// keeps hot in its cache between reading a packet and sending it.
+    pub flush_bytes: usize,
+    /// Attach the programs that keep a packet on the CPU it arrived on
+    /// ([`device::steer`]).
+    pub steer_by_cpu: bool,
+    /// The longest spin after a batch before a worker sleeps (zero: none).
+    pub adaptive_poll: Duration,
+    /// Join received UDP datagrams of one flow into USO superpackets on the TUN
+    /// write, where the device takes USO.
+    pub coalesce_udp: bool,
     /// Routes into the TUN device.
     pub routes: Vec<IpNet>,
     /// Addresses put on the TUN device when it is created.

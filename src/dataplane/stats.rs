@@ -34,6 +34,8 @@ counted_enum! {
         UdpRecvCalls => "udp_recv_calls", "recvmmsg calls that returned data.";
         UdpSendCalls => "udp_send_calls", "sendmmsg calls.";
         GsoTrains => "gso_trains", "UDP sends carrying more than one segment (UDP_SEGMENT).";
+        SpinHits => "spin_hits", "Adaptive spins after a batch that found more work (a wake-up saved).";
+        SpinMisses => "spin_misses", "Adaptive spins that found nothing before the worker slept.";
     }
 }
 

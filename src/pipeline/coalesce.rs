@@ -1,5 +1,5 @@
-//! Coalescing decapsulated TCP segments into superpackets for the TUN device (GRO),
-//! without copying their payloads.
+//! Coalescing decapsulated TCP segments and UDP datagrams into superpackets for the
+//! TUN device (GRO), without copying their payloads.
 //!
 //! Segments arrive in receive buffers, in order. A run of segments of one TCP flow
 //! with contiguous sequence numbers and identical headers otherwise (the rules of
@@ -7,7 +7,11 @@
 //! up to describe the whole run (lengths, IPv4 header checksum, the TCP checksum
 //! left partial), then every segment's payload. The worker writes a train as one
 //! `writev` — virtio-net header, head segment, later payloads — and the kernel sees
-//! one large TCP packet. Anything else goes out as a train of one, unchanged.
+//! one large TCP packet. With UDP segmentation offload on the device (USO, Linux ≥
+//! 6.2), a run of equal-sized datagrams of one UDP flow (the last may be shorter)
+//! becomes one `GSO_UDP_L4` packet the same way; the kernel hands it whole to a socket
+//! with UDP_GRO and splits it for any other. Anything else goes out as a train of
+//! one, unchanged.
 
 use crate::wire::{checksum, virtio};
 
@@ -45,6 +49,8 @@ struct Open {
     next_seq: u32,
     total: usize,
     closed: bool,
+    /// A UDP train (else TCP).
+    udp: bool,
 }
 
 const FIN: u8 = 0x01;
@@ -64,6 +70,7 @@ pub struct Coalescer {
     pub parts: Vec<Range>,
     open: Option<Open>,
     enabled: bool,
+    udp: bool,
 }
 
 /// TCP header facts of a segment that may coalesce.
@@ -107,13 +114,44 @@ fn tcp_segment(p: &[u8]) -> Option<Seg> {
     })
 }
 
+/// UDP header facts of a datagram that may coalesce: an unfragmented IPv4 datagram
+/// without options, or IPv6 without extension headers, whose UDP length matches.
+fn udp_datagram(p: &[u8]) -> Option<Seg> {
+    let (v6, l3) = match p.first()? >> 4 {
+        4 if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let frag = u16::from_be_bytes([p[6], p[7]]) & 0x3fff;
+            if ihl != 20 || p[9] != 17 || frag != 0 {
+                return None;
+            }
+            (false, 20)
+        }
+        6 if p.len() >= 40 && p[6] == 17 => (true, 40),
+        _ => return None,
+    };
+    let u = p.get(l3..l3 + 8)?;
+    if usize::from(u16::from_be_bytes([u[4], u[5]])) != p.len() - l3 {
+        return None;
+    }
+    Some(Seg {
+        v6,
+        l3,
+        l4: 8,
+        seq: 0,
+        flags: 0,
+        payload: p.len() - l3 - 8,
+    })
+}
+
 impl Coalescer {
-    pub fn new(max_trains: usize, max_parts: usize, enabled: bool) -> Coalescer {
+    /// `enabled` coalesces TCP; `udp` (the device took USO) UDP as well.
+    pub fn new(max_trains: usize, max_parts: usize, enabled: bool, udp: bool) -> Coalescer {
         Coalescer {
             trains: Vec::with_capacity(max_trains),
             parts: Vec::with_capacity(max_parts),
             open: None,
             enabled,
+            udp: enabled && udp,
         }
     }
 
@@ -133,23 +171,18 @@ impl Coalescer {
     pub fn push(&mut self, r: Range, pkt: &[u8], bufs: &[impl AsRef<[u8]>]) -> bool {
         if let (Some(o), Some(t)) = (self.open, self.trains.last()) {
             if !o.closed && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {
-                if let Some(s) = tcp_segment(pkt) {
+                if o.udp {
+                    if let Some(s) = udp_datagram(pkt) {
+                        let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + 8)];
+                        if udp_continues(&o, head, pkt, &s) {
+                            self.add_part(r, &s);
+                            return true;
+                        }
+                    }
+                } else if let Some(s) = tcp_segment(pkt) {
                     let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + o.l4)];
                     if continues(&o, head, pkt, &s) {
-                        let off = (s.l3 + s.l4) as u32;
-                        self.parts.push(Range {
-                            buf: r.buf,
-                            start: r.start + off,
-                            len: r.len - off,
-                        });
-                        let t = self.trains.last_mut().expect("open train exists");
-                        t.count += 1;
-                        t.len += s.payload;
-                        t.tail_flags |= s.flags & (PSH | FIN);
-                        let o = self.open.as_mut().expect("checked above");
-                        o.next_seq = o.next_seq.wrapping_add(s.payload as u32);
-                        o.total += s.payload;
-                        o.closed = s.payload < o.size || s.flags & (PSH | FIN) != 0;
+                        self.add_part(r, &s);
                         return true;
                     }
                 }
@@ -175,10 +208,41 @@ impl Coalescer {
                 next_seq: s.seq.wrapping_add(s.payload as u32),
                 total: pkt.len(),
                 closed: s.flags & (FIN | SYN | RST | PSH | URG) != 0,
+                udp: false,
             }),
-            _ => None,
+            _ => match (self.udp, udp_datagram(pkt)) {
+                (true, Some(s)) if s.payload > 0 => Some(Open {
+                    v6: s.v6,
+                    l3: s.l3,
+                    l4: 8,
+                    size: s.payload,
+                    next_seq: 0,
+                    total: pkt.len(),
+                    closed: false,
+                    udp: true,
+                }),
+                _ => None,
+            },
         };
         true
+    }
+
+    /// Adds the payload of segment or datagram `s` at `r` to the open train.
+    fn add_part(&mut self, r: Range, s: &Seg) {
+        let off = (s.l3 + s.l4) as u32;
+        self.parts.push(Range {
+            buf: r.buf,
+            start: r.start + off,
+            len: r.len - off,
+        });
+        let t = self.trains.last_mut().expect("open train exists");
+        t.count += 1;
+        t.len += s.payload;
+        t.tail_flags |= s.flags & (PSH | FIN);
+        let o = self.open.as_mut().expect("an open train");
+        o.next_seq = o.next_seq.wrapping_add(s.payload as u32);
+        o.total += s.payload;
+        o.closed = s.payload < o.size || s.flags & (PSH | FIN) != 0;
     }
 
     /// Rewrites the head of every train of two or more segments to describe the
@@ -194,7 +258,13 @@ impl Coalescer {
             else {
                 continue;
             };
-            let Some(s) = tcp_segment(p) else { continue };
+            let (s, udp) = match tcp_segment(p) {
+                Some(s) => (s, false),
+                None => match udp_datagram(p) {
+                    Some(s) => (s, true),
+                    None => continue,
+                },
+            };
             let l4_total = t.len - s.l3;
             if s.v6 {
                 p[4..6].copy_from_slice(&(l4_total as u16).to_be_bytes());
@@ -204,24 +274,61 @@ impl Coalescer {
                 let c = checksum::of(&p[..20]);
                 p[10..12].copy_from_slice(&c.to_be_bytes());
             }
-            p[s.l3 + 13] |= t.tail_flags;
-            let partial = checksum::fold(checksum::pseudo_header(p, 6, l4_total));
-            p[s.l3 + 16..s.l3 + 18].copy_from_slice(&partial.to_be_bytes());
-            t.vnet = virtio::Repr {
-                needs_csum: true,
-                gso_type: if s.v6 {
+            // The L4 checksum is left partial (pseudo-header only): the kernel
+            // completes it per segment, or trusts it as offloaded.
+            let (proto, csum_at, gso_type) = if udp {
+                p[s.l3 + 4..s.l3 + 6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+                (17, 6, virtio::GsoType::UdpL4)
+            } else {
+                p[s.l3 + 13] |= t.tail_flags;
+                let g = if s.v6 {
                     virtio::GsoType::TcpV6
                 } else {
                     virtio::GsoType::TcpV4
-                },
+                };
+                (6, 16, g)
+            };
+            let partial = checksum::fold(checksum::pseudo_header(p, proto, l4_total));
+            p[s.l3 + csum_at..s.l3 + csum_at + 2].copy_from_slice(&partial.to_be_bytes());
+            t.vnet = virtio::Repr {
+                needs_csum: true,
+                gso_type,
                 hdr_len: (s.l3 + s.l4) as u16,
                 gso_size: s.payload as u16,
                 csum_start: s.l3 as u16,
-                csum_offset: 16,
+                csum_offset: csum_at as u16,
             }
             .to_bytes();
         }
     }
+}
+
+/// Whether the IP headers of `head` and `p` (of `l3` bytes) are the same but for
+/// what differs between packets of one flow (lengths, IPv4 id and checksum).
+fn same_ip(v6: bool, l3: usize, head: &[u8], p: &[u8]) -> bool {
+    let (h_ip, p_ip) = (&head[..l3], &p[..l3]);
+    if v6 {
+        // Version, traffic class, flow label; next header, hop limit; addresses.
+        h_ip[..4] == p_ip[..4] && h_ip[6..40] == p_ip[6..40]
+    } else {
+        // Version/IHL, TOS; flags (DF); TTL, protocol; addresses.
+        h_ip[..2] == p_ip[..2]
+            && h_ip[6] & 0xe0 == p_ip[6] & 0xe0
+            && h_ip[8..10] == p_ip[8..10]
+            && h_ip[12..20] == p_ip[12..20]
+    }
+}
+
+/// Whether datagram `p` continues the UDP train whose head headers are `head`:
+/// same flow, and no longer than the train's datagram size.
+fn udp_continues(o: &Open, head: &[u8], p: &[u8], s: &Seg) -> bool {
+    s.v6 == o.v6
+        && s.l3 == o.l3
+        && s.payload > 0
+        && s.payload <= o.size
+        && o.total + s.payload <= MAX_TOTAL
+        && same_ip(o.v6, o.l3, head, p)
+        && head[o.l3..o.l3 + 4] == p[o.l3..o.l3 + 4]
 }
 
 /// Whether segment `p` continues the train whose head headers are `head`.
@@ -235,18 +342,7 @@ fn continues(o: &Open, head: &[u8], p: &[u8], s: &Seg) -> bool {
     if s.flags & (SYN | RST | URG | CWR) != 0 {
         return false;
     }
-    let (h_ip, p_ip) = (&head[..o.l3], &p[..o.l3]);
-    let same_ip = if o.v6 {
-        // Version, traffic class, flow label; next header, hop limit; addresses.
-        h_ip[..4] == p_ip[..4] && h_ip[6..40] == p_ip[6..40]
-    } else {
-        // Version/IHL, TOS; flags (DF); TTL, protocol; addresses.
-        h_ip[..2] == p_ip[..2]
-            && h_ip[6] & 0xe0 == p_ip[6] & 0xe0
-            && h_ip[8..10] == p_ip[8..10]
-            && h_ip[12..20] == p_ip[12..20]
-    };
-    if !same_ip {
+    if !same_ip(o.v6, o.l3, head, p) {
         return false;
     }
     let (h, t) = (&head[o.l3..o.l3 + o.l4], &p[o.l3..o.l3 + o.l4]);
@@ -278,7 +374,7 @@ mod tests {
     fn run(pkts: &[Vec<u8>], enabled: bool) -> (Coalescer, Vec<Vec<u8>>) {
         let (buf, ranges) = crate::testkit::laid_out(pkts, 0);
         let mut bufs = vec![buf];
-        let mut c = Coalescer::new(16, 64, enabled);
+        let mut c = Coalescer::new(16, 64, enabled, enabled);
         for (r, p) in ranges.iter().zip(pkts) {
             assert!(c.push(*r, p, &bufs));
         }
@@ -361,10 +457,75 @@ mod tests {
         assert_eq!(c.trains.len(), 1);
     }
 
+    fn dgram(src_port: u16, payload: usize, fill: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ipv4([198, 19, 1, 1], [198, 19, 2, 1], 63)
+            .udp(src_port, 5201)
+            .write(&mut v, &vec![fill; payload])
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn datagrams_of_one_flow_become_one_udp_superpacket() {
+        let pkts = [dgram(4000, 1000, 1), dgram(4000, 1000, 2), dgram(4000, 300, 3)];
+        let (c, bufs) = run(&pkts, true);
+        assert_eq!(c.trains.len(), 1);
+        let t = c.trains[0];
+        assert_eq!((t.count, t.len), (2, 28 + 2300));
+        let v = virtio::Repr::parse(&t.vnet).unwrap();
+        assert_eq!(
+            v,
+            virtio::Repr {
+                needs_csum: true,
+                gso_type: virtio::GsoType::UdpL4,
+                hdr_len: 28,
+                gso_size: 1000,
+                csum_start: 20,
+                csum_offset: 6
+            }
+        );
+        let mut whole = assemble(&c, &bufs, &t);
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&whole).unwrap();
+        assert_eq!(usize::from(ip.total_len()), whole.len());
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+        crate::pipeline::segment::complete_checksum(&mut whole, 20, 6).unwrap();
+        let udp = etherparse::UdpSlice::from_slice(&whole[20..]).unwrap();
+        assert_eq!(usize::from(udp.length()), 2308);
+        let payload: Vec<u8> = pkts.iter().flat_map(|p| p[28..].to_vec()).collect();
+        assert_eq!(udp.payload(), &payload[..]);
+        let hdr = udp.to_header();
+        let want = hdr
+            .calc_checksum_ipv4_raw([198, 19, 1, 1], [198, 19, 2, 1], udp.payload())
+            .unwrap();
+        assert_eq!(udp.checksum(), want);
+    }
+
+    #[test]
+    fn other_udp_flows_longer_datagrams_and_a_short_one_end_a_train() {
+        let pkts = [
+            dgram(4000, 500, 1),
+            dgram(4001, 500, 1), // other flow
+            dgram(4001, 800, 1), // longer than the train's size
+            dgram(4001, 100, 1), // shorter: joins, and closes
+            dgram(4001, 100, 1), // after a short one: new train
+        ];
+        let (c, _) = run(&pkts, true);
+        let counts: Vec<usize> = c.trains.iter().map(|t| t.count).collect();
+        assert_eq!(counts, [0, 0, 1, 0]);
+        // Without USO nothing joins; a lying UDP length never does.
+        let (c, _) = run(&[dgram(1, 500, 1), dgram(1, 500, 1)], false);
+        assert_eq!(c.trains.len(), 2);
+        let mut liar = dgram(1, 500, 1);
+        liar[25] ^= 1;
+        let (c, _) = run(&[dgram(1, 500, 1), liar], true);
+        assert_eq!(c.trains.len(), 2);
+    }
+
     #[test]
     fn full_coalescer_refuses() {
         let bufs = vec![seg(0, 10, false)];
-        let mut c = Coalescer::new(1, 1, true);
+        let mut c = Coalescer::new(1, 1, true, true);
         let r = Range {
             buf: 0,
             start: 0,

@@ -13,7 +13,7 @@ pub mod netlink;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 /// The largest UDP payload one GSO send may carry (65535 - IPv4 and UDP headers).
 pub const MAX_GSO_PAYLOAD: usize = 65_507;
@@ -104,6 +104,148 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pid 0 is the calling thread; the set pointer and size describe `set`.
     cvt(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
+}
+
+/// Yields the CPU to any other runnable thread (a worker's adaptive polling).
+pub fn yield_cpu() {
+    // SAFETY: sched_yield has no arguments or preconditions; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
+/// `_IOR('T', 224, int)`: attach an eBPF program that picks a multi-queue TUN
+/// device's transmit queue (Linux ≥ 4.16).
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BpfInsn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD; the kernel requires every byte
+/// past the fields it knows to be zero, which the zeroed tail gives.
+#[repr(C)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    tail: [u64; 10],
+}
+
+/// Makes the TUN device that `queue` belongs to send each packet to the queue of
+/// the CPU that transmits it (`cpu % queues`, the kernel taking the remainder), so
+/// the worker pinned to that CPU reads it. Needs CAP_BPF or CAP_SYS_ADMIN to load
+/// the program; the device keeps its own reference to it.
+pub fn steer_tun_by_cpu(queue: &impl AsRawFd) -> io::Result<()> {
+    // r0 = bpf_get_smp_processor_id(); return r0
+    let prog = [
+        BpfInsn {
+            code: 0x85, // BPF_JMP | BPF_CALL
+            regs: 0,
+            off: 0,
+            imm: BPF_FUNC_GET_SMP_PROCESSOR_ID,
+        },
+        BpfInsn {
+            code: 0x95, // BPF_JMP | BPF_EXIT
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"Apache-2.0";
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: prog.len() as u32,
+        insns: prog.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        tail: [0; 10],
+    };
+    // SAFETY: `attr` is a BPF_PROG_LOAD attribute block whose pointers (the two
+    // instructions and the license string) are live for the call; its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            size_of::<BpfProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let prog_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+    let raw: libc::c_int = prog_fd.as_raw_fd();
+    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program's descriptor) from the
+    // pointer, which points at a live c_int.
+    cvt(unsafe { libc::ioctl(queue.as_raw_fd(), TUNSETSTEERINGEBPF, &raw as *const libc::c_int) }).map(drop)
+}
+
+/// Makes the SO_REUSEPORT group `sock` belongs to hand each datagram to its socket
+/// number `cpu % sockets` (sockets are numbered in the order they were bound), the
+/// CPU being the one that received the datagram: a classic BPF program reading the
+/// CPU ancillary field, as the kernel's reuseport_bpf_cpu selftest does.
+pub fn steer_reuseport_by_cpu(sock: &impl AsRawFd, sockets: u32) -> io::Result<()> {
+    if sockets == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty group"));
+    }
+    let code = [
+        // A = the current CPU (SKF_AD_OFF + SKF_AD_CPU)
+        libc::sock_filter {
+            code: 0x20, // BPF_LD | BPF_W | BPF_ABS
+            jt: 0,
+            jf: 0,
+            k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        },
+        // A %= sockets
+        libc::sock_filter {
+            code: 0x94, // BPF_ALU | BPF_MOD | BPF_K
+            jt: 0,
+            jf: 0,
+            k: sockets,
+        },
+        // return A
+        libc::sock_filter {
+            code: 0x16, // BPF_RET | BPF_A
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` describes `code`, both live for the call, and its size is
+    // passed; the kernel copies the program.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// The CPUs this process may run on, in order.
