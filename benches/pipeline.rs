@@ -118,6 +118,32 @@ fn bench_coalesce(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // 46 datagrams of 1400 bytes of one UDP flow (what `iperf3 -u -l 1400` sends):
+    // one GSO_UDP_L4 write with USO, 46 writes of one without.
+    let dgrams: Vec<Vec<u8>> = (0..46)
+        .map(|_| udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1400))
+        .collect();
+    let (buf, ranges) = laid_out(&dgrams, ENCAP_LEN);
+    let pristine = vec![buf];
+    g.throughput(Throughput::Elements(ranges.len() as u64));
+    for (name, uso) in [("udp_46x1400", true), ("udp_46x1400_uso_off", false)] {
+        let mut co = Coalescer::new(64, 128, true, uso);
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || pristine.clone(),
+                |bufs| {
+                    co.clear();
+                    for r in &ranges {
+                        let p = &bufs[0][r.start as usize..(r.start + r.len) as usize];
+                        assert!(co.push(*r, p, bufs), "46 datagrams fit");
+                    }
+                    co.finish(bufs);
+                    black_box(co.trains.len())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

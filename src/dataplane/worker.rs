@@ -88,29 +88,42 @@ pub struct WorkerSetup {
 /// the CPU between checks, for up to `cur` before it sleeps in epoll. A packet found
 /// that way costs no wake-up (on a VM an interrupt and a VM exit each), and yielding
 /// lets the threads it waits for — the sender on the same core — run meanwhile.
-/// The spin doubles when it found work and halves when it did not, between `MIN`
-/// and `max`; a worker with no traffic is never woken, so it never spins.
+///
+/// `cur` follows the gaps between the end of a batch that left nothing to do and
+/// the next work, found spinning or after sleeping: a gap up to `max` grows it to
+/// half as much again as that gap (a request's answer that comes back in 100 µs is
+/// then caught), and `PATIENCE` gaps in a row longer than `max` halve it, down to
+/// `MIN` (traffic that comes in bursts far apart is not worth spinning for). A
+/// worker with no traffic is never woken, so it never spins.
 struct Spin {
     cur: Duration,
     max: Duration,
+    long_gaps: u32,
 }
 
 impl Spin {
     const MIN: Duration = Duration::from_micros(4);
+    const PATIENCE: u32 = 4;
 
     fn new(max: Duration) -> Spin {
         Spin {
-            cur: max.min(Spin::MIN * 4),
+            cur: Spin::MIN.min(max),
             max,
+            long_gaps: 0,
         }
     }
 
-    fn adapt(&mut self, found: bool) {
-        self.cur = if found {
-            (self.cur * 2).min(self.max)
+    fn observe(&mut self, gap: Duration) {
+        if gap <= self.max {
+            self.long_gaps = 0;
+            self.cur = self.cur.max(gap + gap / 2).min(self.max);
         } else {
-            (self.cur / 2).max(Spin::MIN.min(self.max))
-        };
+            self.long_gaps += 1;
+            if self.long_gaps >= Spin::PATIENCE {
+                self.long_gaps = 0;
+                self.cur = (self.cur / 2).max(Spin::MIN.min(self.max));
+            }
+        }
     }
 }
 
@@ -199,6 +212,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let (mut tun_ready, mut udp_ready) = (true, true);
     // The waker fired during an adaptive spin: service replies wait.
     let mut woken = false;
+    // The end of the last batch after which no source was ready (adaptive polling).
+    let mut idle_since: Option<Instant> = None;
     while !setup.shutdown.load(Ordering::Relaxed) {
         // Sleeping costs a wake-up when the next packet comes; with busy polling
         // configured, poll without sleeping for a while after traffic.
@@ -227,6 +242,9 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         woken = false;
         if tun_ready || udp_ready {
             let t0 = Instant::now();
+            if let (Some(spin), Some(since)) = (adaptive.as_mut(), idle_since.take()) {
+                spin.observe(t0.duration_since(since));
+            }
             if tun_ready {
                 tun_ready = w.inside(&snap)?;
             }
@@ -243,9 +261,9 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 last_hist = t1;
             }
             if let Some(spin) = adaptive.as_mut().filter(|_| !tun_ready && !udp_ready) {
+                idle_since = Some(t1);
                 let ready = [&mut tun_ready, &mut udp_ready, &mut woken];
                 let found = spin_for_work(&mut poll, &mut events, spin.cur, ready)?;
-                spin.adapt(found);
                 w.tally
                     .add(if found { Counter::SpinHits } else { Counter::SpinMisses }, 1);
             }
@@ -676,25 +694,35 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn the_spin_grows_on_work_and_shrinks_without_leaving_its_bounds() {
-        let max = Duration::from_micros(100);
-        let mut s = Spin::new(max);
-        assert_eq!(s.cur, Duration::from_micros(16));
+    fn the_spin_follows_short_gaps_and_shrinks_after_long_ones() {
+        let us = Duration::from_micros;
+        let mut s = Spin::new(us(200));
+        assert_eq!(s.cur, Spin::MIN);
+        // An answer 100 µs after each request: the spin grows to catch it.
+        s.observe(us(100));
+        assert_eq!(s.cur, us(150));
+        // Shorter gaps do not shrink it, nor do long ones between short ones (a
+        // ping's reply, then the wait for the next ping).
         for _ in 0..10 {
-            s.adapt(true);
+            s.observe(us(20));
+            s.observe(us(5000));
         }
-        assert_eq!(s.cur, max);
-        s.adapt(false);
-        assert_eq!(s.cur, Duration::from_micros(50));
-        for _ in 0..10 {
-            s.adapt(false);
+        assert_eq!(s.cur, us(150));
+        // Never past the maximum.
+        s.observe(us(190));
+        assert_eq!(s.cur, us(200));
+        // Four long gaps in a row halve it, down to the floor.
+        for _ in 0..4 {
+            s.observe(us(5000));
+        }
+        assert_eq!(s.cur, us(100));
+        for _ in 0..100 {
+            s.observe(us(5000));
         }
         assert_eq!(s.cur, Spin::MIN);
-        s.adapt(true);
-        assert_eq!(s.cur, Spin::MIN * 2);
         // A maximum below the floor is the floor.
-        let mut tiny = Spin::new(Duration::from_micros(2));
-        tiny.adapt(false);
-        assert_eq!(tiny.cur, Duration::from_micros(2));
+        let mut tiny = Spin::new(us(2));
+        tiny.observe(us(1));
+        assert_eq!(tiny.cur, us(2));
     }
 }
