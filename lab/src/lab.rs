@@ -220,7 +220,8 @@ fn gbps(hosts: &TwoHosts, dst: &str, secs: u32, parallel: u32, reverse: bool) ->
 /// fixes at 100 for what it shows userspace.
 const TICKS: f64 = 100.0;
 
-/// Busy ticks of the whole machine so far (all but idle and iowait).
+/// Busy ticks of the whole machine so far: user, nice, system, irq and softirq (not
+/// idle, iowait, or steal — time the hypervisor gave to others).
 fn machine_busy_ticks() -> u64 {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = text
@@ -231,8 +232,10 @@ fn machine_busy_ticks() -> u64 {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    fields.iter().take(8).sum::<u64>().saturating_sub(idle)
+    [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied().unwrap_or(0))
+        .sum()
 }
 
 /// User plus system ticks of process `pid` (all its threads) so far.
@@ -248,12 +251,16 @@ fn process_ticks(pid: Option<u32>) -> u64 {
 
 /// A single-stream TCP run with ping beside it, and the CPU time spent during it.
 fn loaded(hosts: &TwoHosts, dst: &str, secs: u32) -> Result<Loaded, LabError> {
-    // 100 pings a second, ending before iperf3 does.
-    let pings = (secs * 100).saturating_sub(50).max(10);
+    // 100 pings a second, from 0.3 s after iperf3 starts (connected and sending) to
+    // about 0.5 s before it ends.
+    let pings = (secs * 100).saturating_sub(80).max(10);
     let daemons = || process_ticks(hosts.pid(0)) + process_ticks(hosts.pid(1));
     let (m0, d0) = (machine_busy_ticks(), daemons());
     let (run, rtt) = std::thread::scope(|s| {
-        let pinger = s.spawn(|| hosts.ping(0, dst, pings, "0.01"));
+        let pinger = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            hosts.ping(0, dst, pings, "0.01")
+        });
         let run = hosts.iperf(0, dst, secs, 1, false);
         (run, pinger.join())
     });

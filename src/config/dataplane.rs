@@ -61,7 +61,7 @@ impl Default for DataplaneSection {
             tun_txqueuelen: 1000,
             busy_poll_us: 0,
             flush_bytes: 256 << 10,
-            steering: "cpu".into(),
+            steering: "hash".into(),
             adaptive_poll_us: 0,
             coalesce_udp: true,
         }

@@ -409,10 +409,10 @@ mod tests {
     #[test]
     fn the_dataplane_tuning_keys_are_checked() {
         let d = Config::parse_in("", Path::new("t.toml"), &Fake).unwrap().dataplane;
-        assert!(d.steer_by_cpu);
-        let text = "[dataplane]\nsteering = \"hash\"\nadaptive_poll_us = 50\nflush_bytes = 65536\n";
+        assert!(!d.steer_by_cpu && d.adaptive_poll.is_zero() && d.coalesce_udp);
+        let text = "[dataplane]\nsteering = \"cpu\"\nadaptive_poll_us = 50\nflush_bytes = 65536\n";
         let d = Config::parse_in(text, Path::new("t.toml"), &Fake).unwrap().dataplane;
-        assert!(!d.steer_by_cpu);
+        assert!(d.steer_by_cpu);
         assert_eq!((d.adaptive_poll.as_micros(), d.flush_bytes), (50, 65536));
         for (line, key) in [
             ("steering = \"rss\"", "dataplane.steering"),

@@ -331,11 +331,11 @@ impl Worker {
                 Err(e) => return Err(e),
             };
             self.tally.add(Counter::TunReads, 1);
-            let len = n - (pkt_at - read_at);
             if n < pkt_at - read_at {
                 self.tally.drop(DropReason::Malformed, 1);
                 continue;
             }
+            let len = n - (pkt_at - read_at);
             // Reserve the bytes: segments and in-place datagrams point into them
             // until the next flush.
             self.read_used = (pkt_at + len + 63) & !63;

@@ -12,6 +12,10 @@
 //! becomes one `GSO_UDP_L4` packet the same way; the kernel hands it whole to a socket
 //! with UDP_GRO and splits it for any other. Anything else goes out as a train of
 //! one, unchanged.
+//!
+//! A train's checksum is left partial, which the kernel trusts, so every segment's
+//! own TCP or UDP checksum is verified before it joins or starts one (as the kernel's
+//! GRO does); one that fails goes out alone and unchanged, for the kernel to drop.
 
 use crate::wire::{checksum, virtio};
 
@@ -172,14 +176,14 @@ impl Coalescer {
         if let (Some(o), Some(t)) = (self.open, self.trains.last()) {
             if !o.closed && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {
                 if o.udp {
-                    if let Some(s) = udp_datagram(pkt) {
+                    if let Some(s) = udp_datagram(pkt).filter(|s| checksum_ok(pkt, s, 17)) {
                         let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + 8)];
                         if udp_continues(&o, head, pkt, &s) {
                             self.add_part(r, &s);
                             return true;
                         }
                     }
-                } else if let Some(s) = tcp_segment(pkt) {
+                } else if let Some(s) = tcp_segment(pkt).filter(|s| checksum_ok(pkt, s, 6)) {
                     let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + o.l4)];
                     if continues(&o, head, pkt, &s) {
                         self.add_part(r, &s);
@@ -200,7 +204,7 @@ impl Coalescer {
             tail_flags: 0,
         });
         self.open = match (self.enabled, tcp_segment(pkt)) {
-            (true, Some(s)) if s.payload > 0 => Some(Open {
+            (true, Some(s)) if s.payload > 0 && checksum_ok(pkt, &s, 6) => Some(Open {
                 v6: s.v6,
                 l3: s.l3,
                 l4: s.l4,
@@ -211,7 +215,7 @@ impl Coalescer {
                 udp: false,
             }),
             _ => match (self.udp, udp_datagram(pkt)) {
-                (true, Some(s)) if s.payload > 0 => Some(Open {
+                (true, Some(s)) if s.payload > 0 && checksum_ok(pkt, &s, 17) => Some(Open {
                     v6: s.v6,
                     l3: s.l3,
                     l4: 8,
@@ -301,6 +305,16 @@ impl Coalescer {
             .to_bytes();
         }
     }
+}
+
+/// Whether the TCP or UDP checksum of packet `p` (transport header at `s.l3`) is
+/// right. An IPv4 UDP datagram without one (0) passes: the train gets one.
+fn checksum_ok(p: &[u8], s: &Seg, proto: u8) -> bool {
+    let l4 = &p[s.l3..];
+    if proto == 17 && !s.v6 && l4[6..8] == [0, 0] {
+        return true;
+    }
+    checksum::fold(checksum::pseudo_header(p, proto, l4.len()) + checksum::sum(l4)) == 0xffff
 }
 
 /// Whether the IP headers of `head` and `p` (of `l3` bytes) are the same but for
@@ -520,6 +534,32 @@ mod tests {
         liar[25] ^= 1;
         let (c, _) = run(&[dgram(1, 500, 1), liar], true);
         assert_eq!(c.trains.len(), 2);
+    }
+
+    #[test]
+    fn a_segment_with_a_wrong_checksum_goes_out_alone_and_unchanged() {
+        let mut bad_udp = dgram(1, 500, 1);
+        bad_udp[40] ^= 0xff; // payload byte: the checksum no longer matches
+        let mut bad_tcp = seg(2000, 1000, false);
+        bad_tcp[100] ^= 0xff;
+        for pkts in [
+            vec![dgram(1, 500, 1), bad_udp.clone(), dgram(1, 500, 1)],
+            vec![bad_udp.clone(), dgram(1, 500, 1)],
+            vec![seg(1000, 1000, false), bad_tcp.clone(), seg(3000, 1000, false)],
+        ] {
+            let (c, bufs) = run(&pkts, true);
+            let bad = c
+                .trains
+                .iter()
+                .find(|t| assemble(&c, &bufs, t) == bad_udp || assemble(&c, &bufs, t) == bad_tcp)
+                .expect("the bad one is written as it came");
+            assert_eq!((bad.count, bad.vnet), (0, [0; 10]));
+        }
+        // An IPv4 datagram without a checksum (0) joins; the train gets one.
+        let mut none = dgram(1, 500, 1);
+        none[26..28].copy_from_slice(&[0, 0]);
+        let (c, _) = run(&[dgram(1, 500, 1), none], true);
+        assert_eq!(c.trains.len(), 1);
     }
 
     #[test]
