@@ -184,11 +184,12 @@ pub fn outside(data: &[u8]) {
         if t.count > 0 {
             assert_ip(&whole, "a coalesced superpacket");
             let l3 = usize::from(vh.csum_start);
+            let proto = if vh.gso_type == virtio::GsoType::UdpL4 { 17 } else { 6 };
             // The partial checksum completes to a valid one over the whole train.
             let mut full = whole.clone();
-            segment::complete_checksum(&mut full, l3, 16).expect("checksum field inside");
-            let sum = checksum::pseudo_header(&full, 6, full.len() - l3) + checksum::sum(&full[l3..]);
-            assert_eq!(checksum::fold(sum), 0xffff, "coalesced TCP checksum");
+            segment::complete_checksum(&mut full, l3, usize::from(vh.csum_offset)).expect("checksum field inside");
+            let sum = checksum::pseudo_header(&full, proto, full.len() - l3) + checksum::sum(&full[l3..]);
+            assert_eq!(checksum::fold(sum), 0xffff, "coalesced TCP or UDP checksum");
         } else {
             assert_eq!(vh, virtio::Repr::NONE);
         }

@@ -153,16 +153,17 @@ struct Worker {
 /// Runs a worker until `shutdown` is set. Returns an error only for a failure that
 /// stops the worker (a TUN queue or socket that can no longer be used).
 pub fn run(setup: WorkerSetup) -> io::Result<()> {
+    // The CPU the worker runs on, or -1 when it is not pinned (the stats show it;
+    // steering by CPU assumes it).
+    let mut pinned = -1;
     if let Some(cpu) = setup.cpu {
-        if let Err(e) = sys::pin_to_cpu(cpu) {
-            log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", setup.id);
+        match sys::pin_to_cpu(cpu) {
+            Ok(()) => pinned = cpu as i32,
+            Err(e) => log::warn!("worker {}: cannot pin to CPU {cpu}: {e}", setup.id),
         }
     }
     setup.stats.tid.store(sys::thread_id(), Ordering::Relaxed);
-    setup
-        .stats
-        .cpu
-        .store(setup.cpu.map_or(-1, |c| c as i32), Ordering::Relaxed);
+    setup.stats.cpu.store(pinned, Ordering::Relaxed);
     if setup.udp_gro {
         if let Err(e) = sys::enable_udp_gro(&setup.rx) {
             log::warn!(
@@ -599,6 +600,7 @@ impl Worker {
         self.gro.finish(self.rxb.buffers_mut());
         let bufs = self.rxb.buffers();
         let mut iov = [IoSlice::new(&[]); crate::pipeline::coalesce::MAX_SEGMENTS + 1];
+        let mut udp_refused = false;
         for t in &self.gro.trains {
             let slice = |r: &Range| &bufs[r.buf as usize][r.start as usize..(r.start + r.len) as usize];
             let mut k = 0;
@@ -620,11 +622,25 @@ impl Worker {
                 }
                 Err(e) => {
                     self.tally.drop(DropReason::TunWrite, 1 + t.count as u64);
-                    log::debug!("worker {}: TUN write failed: {e}", self.id);
+                    // A kernel that took USO on the device but refuses the packets:
+                    // stop making them, as the send side does for UDP GSO.
+                    let udp_train = virtio::Repr::parse(&t.vnet).is_ok_and(|r| r.gso_type == GsoType::UdpL4);
+                    if udp_train && e.raw_os_error() == Some(libc::EINVAL) {
+                        log::warn!(
+                            "worker {}: the TUN device refused a UDP superpacket ({e}); coalescing UDP turned off",
+                            self.id
+                        );
+                        udp_refused = true;
+                    } else {
+                        log::debug!("worker {}: TUN write failed: {e}", self.id);
+                    }
                 }
             }
         }
         self.gro.clear();
+        if udp_refused {
+            self.gro.disable_udp();
+        }
     }
 }
 

@@ -316,6 +316,15 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
     }));
     // A full GRO buffer: 45 MTU-sized segments of one flow, about 64 KB.
     let full = tcp_run(|| v4(a, b), 45, 1398);
+    // Datagrams of one UDP flow, the last one shorter: one USO train.
+    let udp_run = |ip: &dyn Fn() -> etherparse::PacketBuilderStep<etherparse::IpHeaders>| {
+        [1000usize, 1000, 400]
+            .iter()
+            .map(|&n| from_a(&build(|v| ip().udp(5000, 443).write(v, &vec![n as u8; n]).unwrap())))
+            .collect::<Vec<_>>()
+    };
+    let udps = udp_run(&|| v4(a, b));
+    let udps6 = udp_run(&|| v6(A6, B6));
     vec![
         ("udp", framed(std::slice::from_ref(&udp))),
         ("tcp-run-coalesces", framed(&segs)),
@@ -336,6 +345,8 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
         ("tcp-syn", framed(&[syn])),
         ("icmp-echo", framed(&[echo])),
         ("gro-buffer-max", framed(&full)),
+        ("udp-run-coalesces", framed(&udps)),
+        ("ipv6-udp-run-coalesces", framed(&udps6)),
         ("unknown-peer", framed_from_stranger(&udp)),
     ]
 }

@@ -159,6 +159,11 @@ impl Coalescer {
         }
     }
 
+    /// Stops coalescing UDP (the device refused a UDP superpacket).
+    pub fn disable_udp(&mut self) {
+        self.udp = false;
+    }
+
     pub fn is_full(&self) -> bool {
         self.trains.len() == self.trains.capacity() || self.parts.len() == self.parts.capacity()
     }
