@@ -147,6 +147,8 @@ struct Worker {
     rxb: RecvBatch,
     gro: Coalescer,
     memo: outside::Memo,
+    /// The data socket's drop count last reported (SO_RXQ_OVFL).
+    rx_dropped: u32,
     service: Option<Arc<ServiceQueues>>,
 }
 
@@ -171,6 +173,12 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 setup.id
             );
         }
+    }
+    if let Err(e) = sys::enable_rxq_ovfl(&setup.rx) {
+        log::warn!(
+            "worker {}: SO_RXQ_OVFL unavailable ({e}); receive-buffer drops go uncounted",
+            setup.id
+        );
     }
     let mut poll = Poll::new()?;
     poll.registry()
@@ -200,6 +208,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         rxb: RecvBatch::new(RX_MSGS, 65_536),
         gro: Coalescer::new(MAX_TRAINS, MAX_PARTS, setup.vnet, setup.coalesce_udp),
         memo: outside::Memo::default(),
+        rx_dropped: 0,
         service: setup.service,
     };
     let published = setup.published;
@@ -551,6 +560,11 @@ impl Worker {
             self.tally.add(Counter::UdpRecvCalls, 1);
             for m in 0..n {
                 let meta = self.rxb.get(m).1;
+                if let Some(d) = meta.dropped.filter(|d| *d != self.rx_dropped) {
+                    self.tally
+                        .drop(DropReason::RxBufferFull, u64::from(d.wrapping_sub(self.rx_dropped)));
+                    self.rx_dropped = d;
+                }
                 if meta.truncated {
                     self.tally.drop(DropReason::RxTruncated, 1);
                     continue;

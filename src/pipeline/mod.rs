@@ -70,6 +70,7 @@ crate::telemetry::counted_enum! {
         TunWrite => "tun_write", "I/O: the TUN device refused the write.";
         UdpSend => "udp_send", "I/O: the UDP send failed (no buffer space, unreachable peer).";
         RxTruncated => "rx_truncated", "I/O: a datagram larger than the receive buffer.";
+        RxBufferFull => "rx_buffer_full", "I/O: datagrams the kernel dropped because a data socket's receive buffer was full (SO_RXQ_OVFL).";
         ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
         TooManySegments => "too_many_segments", "Inside: a superpacket would split into more segments than a batch holds (segment size under 256 bytes).";
         BatchFull => "batch_full", "I/O: a batch had no room left for a packet (a bug, counted not crashed).";
