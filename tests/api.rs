@@ -71,10 +71,63 @@ fn management_api_answers_and_errors_in_json() {
     assert_eq!(get("/health").unwrap().0, 200);
 }
 
+/// `GET /metrics` on the metrics listener: the text format promtool accepts, the same
+/// figures as the stats document, every family there.
+fn prometheus_metrics_match_the_stats_and_pass_promtool() {
+    let mut h = OneHost::create("metrics", &common::exe(), "[node]\nname = \"metrics-node\"\n").unwrap();
+    h.start().unwrap();
+    let ns = &h.ns;
+    let (status, body) = api_request(&ns.name, 6782, "GET", "/metrics", None, &[]).unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    for line in [
+        "# TYPE tunloom_dataplane_inside_packets_total counter",
+        "# TYPE tunloom_dataplane_drops_total counter",
+        "# TYPE tunloom_dataplane_batch_duration_seconds histogram",
+        "tunloom_dataplane_batch_duration_seconds_bucket{le=\"+Inf\"}",
+        "# TYPE tunloom_control_tx_messages_total counter",
+        "tunloom_peers{state=\"up\"} 0",
+        "tunloom_store_failed 0",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    assert!(text.contains("tunloom_dataplane_drops_total{reason=\"spoofed\",worker=\"0\"} 0"));
+    let (_, stats) = api_request(&ns.name, 6786, "GET", "/api/v1/stats", None, &[]).unwrap();
+    let range = json(&stats)["ipam"]["range_num_ips"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("tunloom_ipam_range_addresses {range}\n")),
+        "{text}"
+    );
+    // promtool (Debian's prometheus package) parses and lints the exposition.
+    use std::io::Write;
+    let mut p = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = tunloom_lab::netns::wait_limited(p, std::time::Duration::from_secs(30)).unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn main() -> std::process::ExitCode {
-    common::main(&[(
-        "management_api_answers_and_errors_in_json",
-        Needs::Netns,
-        management_api_answers_and_errors_in_json,
-    )])
+    common::main(&[
+        (
+            "management_api_answers_and_errors_in_json",
+            Needs::Netns,
+            management_api_answers_and_errors_in_json,
+        ),
+        (
+            "prometheus_metrics_match_the_stats_and_pass_promtool",
+            Needs::NetnsWith(&["promtool"]),
+            prometheus_metrics_match_the_stats_and_pass_promtool,
+        ),
+    ])
 }

@@ -172,7 +172,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         &ns,
         &dir,
         "fourth",
-        "[control]\nport = 7004\n[api]\nlisten = \"127.0.0.1:7005\"\nweave_listen = \"127.0.0.1:7006\"\n[dataplane]\ntun_name = \"tl3\"\n",
+        "[control]\nport = 7004\n[api]\nlisten = \"127.0.0.1:7005\"\nweave_listen = \"127.0.0.1:7006\"\nmetrics_listen = \"127.0.0.1:7007\"\n[dataplane]\ntun_name = \"tl3\"\n",
         "state4",
     );
     assert_eq!(exit_code(fourth), Some(1));
@@ -194,7 +194,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         let cfg = dir.0.join("nobody.toml");
         std::fs::write(
             &cfg,
-            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\n[dataplane]\ntun_name = \"tl2\"\ndata_port = 4801\n",
+            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\nmetrics_listen = \"127.0.0.1:7008\"\n[dataplane]\ntun_name = \"tl2\"\ndata_port = 4801\n",
         )
         .unwrap();
         let state = dir.0.join("state-nobody");

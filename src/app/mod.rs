@@ -11,7 +11,7 @@
 pub mod state;
 
 use crate::config::Settings;
-use crate::control::{self, management, weave};
+use crate::control::{self, management, metrics, weave};
 use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::stats::WorkerStats;
 use crate::dataplane::worker::{self, WorkerSetup};
@@ -121,6 +121,8 @@ impl Daemon {
         let api = TcpListener::bind(settings.api.listen).map_err(bind_err("API address", settings.api.listen))?;
         let weave_listen = settings.api.weave_listen;
         let weave_api = TcpListener::bind(weave_listen).map_err(bind_err("Weave API address", weave_listen))?;
+        let metrics_listen = settings.api.metrics_listen;
+        let metrics_api = TcpListener::bind(metrics_listen).map_err(bind_err("metrics address", metrics_listen))?;
         // The data sockets form a SO_REUSEPORT group, which any other socket with
         // SO_REUSEPORT could join and silently take a share of the traffic: so check
         // first, with a plain bind, that no one holds the data port.
@@ -276,9 +278,17 @@ impl Daemon {
             },
             started: Instant::now(),
         };
+        // The metrics face reads what the management face shows, from the same state.
+        let face = Arc::new(face);
+        let (sd, limits, shared) = (shutdown.clone(), settings.api.limits, face.clone());
+        others.push(spawn("tl-metrics", move || {
+            if let Err(e) = control::serve("metrics", metrics_api, metrics::router(), shared, limits, sd) {
+                log::error!("metrics listener stopped: {e}");
+            }
+        })?);
         let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-api", move || {
-            if let Err(e) = control::serve("api", api, management::router(), Arc::new(face), limits, sd) {
+            if let Err(e) = control::serve("api", api, management::router(), face, limits, sd) {
                 log::error!("management API stopped: {e}");
             }
         })?);
@@ -297,7 +307,7 @@ impl Daemon {
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, metrics http://{metrics_listen}/metrics; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
             settings.node.name,
             settings.node.nickname,
             tun.name,

@@ -12,6 +12,8 @@ pub struct ApiSection {
     pub listen: SocketAddr,
     /// The Weave Net API (no authentication: loopback only).
     pub weave_listen: SocketAddr,
+    /// Prometheus metrics (read-only counters).
+    pub metrics_listen: SocketAddr,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub header_timeout_ms: u64,
@@ -30,6 +32,7 @@ impl Default for ApiSection {
         ApiSection {
             listen: "127.0.0.1:6786".parse().expect("static address"),
             weave_listen: "127.0.0.1:6784".parse().expect("static address"),
+            metrics_listen: "127.0.0.1:6782".parse().expect("static address"),
             max_connections: l.max_connections,
             max_connections_per_client: l.max_per_client,
             header_timeout_ms: ms(l.head_timeout),
@@ -48,6 +51,7 @@ impl Default for ApiSection {
 pub struct Api {
     pub listen: SocketAddr,
     pub weave_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub limits: Limits,
 }
 
@@ -65,11 +69,18 @@ impl ApiSection {
         if self.weave_listen == self.listen {
             return Err(Invalid::new("api.weave_listen", "must differ from api.listen".into()));
         }
+        if self.metrics_listen == self.listen || self.metrics_listen == self.weave_listen {
+            return Err(Invalid::new(
+                "api.metrics_listen",
+                "must differ from api.listen and api.weave_listen".into(),
+            ));
+        }
         let within = Invalid::within::<u64>;
         let ms = |key, v| within(key, v, 100, 3_600_000).map(Duration::from_millis);
         Ok(Api {
             listen: self.listen,
             weave_listen: self.weave_listen,
+            metrics_listen: self.metrics_listen,
             limits: Limits {
                 max_connections: within("api.max_connections", self.max_connections as u64, 1, 65_536)? as usize,
                 max_per_client: within(

@@ -7,6 +7,8 @@
 //!   every client (sizes, deadlines, connections), handler pools, the request log.
 //! - [`weave`]: the Weave Net local API, parsed into calls on the [`crate::model`].
 //! - [`management`]: `/health`, `/api/v1/stats`, `/api/v1/openapi.json`.
+//! - [`metrics`]: `/metrics` for Prometheus, on a listener of its own, from the
+//!   same sources as the stats.
 //!
 //! Each face is a thin adapter with its own small state type (the model it calls and
 //! the few settings it shows), so it can be built, tested and fuzzed from a model
@@ -15,6 +17,7 @@
 
 pub mod http;
 pub mod management;
+pub mod metrics;
 pub mod router;
 pub mod weave;
 

@@ -7,8 +7,8 @@
 //!   per batch, so counting costs no shared-cache traffic per packet (the dataplane's
 //!   worker stats keep both arrays inline, in one cache-padded struct per worker).
 //! - [`Registry`] gathers named sections of counters (peer control, store, service;
-//!   the dataplane's per-worker stats are read beside it) and renders them as JSON
-//!   today; Prometheus text is a second rendering of the same registry.
+//!   the dataplane's per-worker stats are read beside it); the stats document renders
+//!   them as JSON and the metrics face as Prometheus text, both from here.
 //!
 //! A leaf module: it depends on nothing else in the crate, so the pipeline, the
 //! peers, the store and the service can all declare their events with it.
@@ -26,6 +26,8 @@ pub trait Counted: Copy + Send + Sync + 'static {
     const ALL: &'static [Self];
     fn index(self) -> usize;
     fn name(self) -> &'static str;
+    /// What the counter counts, one sentence (Prometheus HELP).
+    fn help(self) -> &'static str;
 }
 
 /// Declares an enum whose variants index a counter array and have snake_case names
@@ -44,6 +46,10 @@ macro_rules! counted_enum {
             pub const fn name(self) -> &'static str {
                 match self { $($enum::$name => $text,)* }
             }
+            /// What the counter counts.
+            pub const fn help(self) -> &'static str {
+                match self { $($enum::$name => $doc,)* }
+            }
         }
 
         impl $crate::telemetry::Counted for $enum {
@@ -54,6 +60,9 @@ macro_rules! counted_enum {
             }
             fn name(self) -> &'static str {
                 $enum::name(self)
+            }
+            fn help(self) -> &'static str {
+                $enum::help(self)
             }
         }
     };
@@ -119,14 +128,14 @@ pub fn named<E: Counted>(values: &[AtomicU64]) -> BTreeMap<&'static str, u64> {
 
 /// Something the registry can read counters from.
 pub trait Source: Send + Sync {
-    /// Calls `f` with each counter's name and value.
-    fn visit(&self, f: &mut dyn FnMut(&'static str, u64));
+    /// Calls `f` with each counter's name, help text and value.
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64));
 }
 
 impl<E: Counted> Source for Counters<E> {
-    fn visit(&self, f: &mut dyn FnMut(&'static str, u64)) {
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         for e in E::ALL {
-            f(e.name(), self.get(*e));
+            f(e.name(), e.help(), self.get(*e));
         }
     }
 }
@@ -144,13 +153,33 @@ impl Registry {
 
     /// The counters of `section` by name (empty when no such section).
     pub fn section(&self, section: &str) -> BTreeMap<&'static str, u64> {
-        let mut out = BTreeMap::new();
+        self.section_with_help(section)
+            .into_iter()
+            .map(|(k, (_, v))| (k, v))
+            .collect()
+    }
+
+    /// The counters of `section` by name, with their help texts.
+    pub fn section_with_help(&self, section: &str) -> BTreeMap<&'static str, (&'static str, u64)> {
+        let mut out: BTreeMap<&'static str, (&'static str, u64)> = BTreeMap::new();
         for (_, s) in self.sections.iter().filter(|(name, _)| *name == section) {
-            s.visit(&mut |k, v| {
-                *out.entry(k).or_default() += v;
+            s.visit(&mut |k, help, v| {
+                let e = out.entry(k).or_insert((help, 0));
+                e.1 += v;
             });
         }
         out
+    }
+
+    /// The section names, each once, in registration order.
+    pub fn section_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for (name, _) in &self.sections {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     /// Every section as one JSON object of objects.
