@@ -31,6 +31,25 @@ fn management_api_answers_and_errors_in_json() {
         (Some("ok"), Some("api-node"))
     );
 
+    // Ready: the store is open, the workers are on the latest snapshot, no peers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let ready = loop {
+        let (status, body) = get("/ready").unwrap();
+        if status == 200 || std::time::Instant::now() > deadline {
+            break (status, json(&body));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert_eq!(ready.1["ready"], true);
+    let names: Vec<&str> = ready.1["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["store", "dataplane", "peers"]);
+
     let (status, body) = get("/api/v1/stats").unwrap();
     assert_eq!(status, 200);
     let s = json(&body);
@@ -69,6 +88,24 @@ fn management_api_answers_and_errors_in_json() {
     assert!(doc["paths"]["/ip/{containerId}/{subnet}"]["put"].is_object());
     // Still serving.
     assert_eq!(get("/health").unwrap().0, 200);
+}
+
+/// A configured peer that never answers: `/ready` is 503 and names it.
+fn ready_is_503_while_a_peer_is_not_in_sync() {
+    let config = "[node]\nname = \"lonely\"\n[[peers]]\naddress = \"198.18.0.99\"\n";
+    let mut h = OneHost::create("ready", &common::exe(), config).unwrap();
+    h.start().unwrap();
+    let (status, body) = api_request(&h.ns.name, 6786, "GET", "/ready", None, &[]).unwrap();
+    assert_eq!(status, 503);
+    let r = json(&body);
+    assert_eq!(r["ready"], false);
+    let peers = &r["checks"][2];
+    assert_eq!(
+        (peers["name"].as_str(), peers["ok"].as_bool()),
+        (Some("peers"), Some(false))
+    );
+    assert!(peers["detail"].as_str().unwrap().contains("198.18.0.99"), "{r}");
+    assert_eq!(r["checks"][0]["ok"], true, "{r}");
 }
 
 /// `GET /metrics` on the metrics listener: the text format promtool accepts, the same
@@ -123,6 +160,11 @@ fn main() -> std::process::ExitCode {
             "management_api_answers_and_errors_in_json",
             Needs::Netns,
             management_api_answers_and_errors_in_json,
+        ),
+        (
+            "ready_is_503_while_a_peer_is_not_in_sync",
+            Needs::Netns,
+            ready_is_503_while_a_peer_is_not_in_sync,
         ),
         (
             "prometheus_metrics_match_the_stats_and_pass_promtool",

@@ -56,6 +56,7 @@ pub fn router() -> Router<Management> {
     // issue puts its token gate here; /health and the document stay public.
     let mut r = Router::new(ErrorStyle::Json, open_gate());
     r.add_public("GET", "/health", health)
+        .add_public("GET", "/ready", ready)
         .add("GET", "/api/v1/stats", stats_handler)
         .add("GET", "/api/v1/state/backup", backup)
         .add("GET", "/api/v1/dns-cache", dns_cache)
@@ -85,6 +86,83 @@ fn health(s: &Management, _: &Ctx) -> Response {
             "uptime_s": s.started.elapsed().as_secs(),
         }),
     )
+}
+
+/// One readiness check.
+#[derive(Debug, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What must hold for this node to carry traffic as configured: the store takes
+/// writes, every worker runs on the latest snapshot, and every peer is up and has
+/// exchanged state with this node.
+pub fn readiness(s: &Management) -> Vec<Check> {
+    let store_ok = !s.model.store_failed();
+    let published = s.model.published();
+    let latest = published.load().generation;
+    let behind: Vec<String> = (0..s.workers.len())
+        .filter(|&i| published.seen(i) < latest)
+        .map(|i| format!("worker {i} at generation {}", published.seen(i)))
+        .collect();
+    let (mine, peers) = s.model.peers().read(|t| {
+        let mine = t.state();
+        let peers: Vec<(String, &'static str, bool)> = t
+            .peers()
+            .iter()
+            .map(|p| {
+                let name = if p.name.is_empty() {
+                    p.control_addr.to_string()
+                } else {
+                    p.name.clone()
+                };
+                (name, p.state_name(), p.settled(mine))
+            })
+            .collect();
+        (mine, peers)
+    });
+    let unsynced: Vec<String> = peers
+        .iter()
+        .filter(|(_, _, settled)| !settled)
+        .map(|(name, state, _)| format!("{name} ({state})"))
+        .collect();
+    vec![
+        Check {
+            name: "store",
+            ok: store_ok,
+            detail: if store_ok {
+                "open, taking writes".into()
+            } else {
+                "a commit failed; writes are refused until restart".into()
+            },
+        },
+        Check {
+            name: "dataplane",
+            ok: behind.is_empty(),
+            detail: if behind.is_empty() {
+                format!("{} workers on generation {latest}", s.workers.len())
+            } else {
+                format!("latest generation {latest}; {}", behind.join(", "))
+            },
+        },
+        Check {
+            name: "peers",
+            ok: unsynced.is_empty(),
+            detail: if unsynced.is_empty() {
+                format!("{} peers up and in sync (state {mine})", peers.len())
+            } else {
+                format!("not in sync: {}", unsynced.join(", "))
+            },
+        },
+    ]
+}
+
+fn ready(s: &Management, _: &Ctx) -> Response {
+    let checks = readiness(s);
+    let ok = checks.iter().all(|c| c.ok);
+    Response::json(if ok { 200 } else { 503 }, &json!({ "ready": ok, "checks": checks }))
 }
 
 /// A consistent copy of the stored state, for `tunloom state backup`.
