@@ -96,9 +96,46 @@ pub struct Check {
     pub detail: String,
 }
 
+/// A peer as the readiness check sees it.
+pub struct PeerView {
+    pub name: String,
+    /// "up", "down" or "unknown".
+    pub state: &'static str,
+    /// Its latest announcements are applied here.
+    pub applied: bool,
+}
+
+/// The peers check: failing only while a peer that is up has announcements not yet
+/// applied here. Peers that are down or were never heard from are named in the
+/// detail but do not fail it — one dead host must not take every other one out of
+/// service, nor a rolling restart the whole cluster.
+pub fn peers_check(peers: &[PeerView]) -> Check {
+    let named = |f: &dyn Fn(&PeerView) -> bool| -> Vec<&str> {
+        peers.iter().filter(|p| f(p)).map(|p| p.name.as_str()).collect()
+    };
+    let behind = named(&|p| p.state == "up" && !p.applied);
+    let up = peers.iter().filter(|p| p.state == "up").count();
+    let mut detail = if behind.is_empty() {
+        format!("{up} peers up and in sync")
+    } else {
+        format!("announcements not yet applied from {}", behind.join(", "))
+    };
+    for state in ["down", "unknown"] {
+        let these = named(&|p| p.state == state);
+        if !these.is_empty() {
+            detail.push_str(&format!("; {state}: {}", these.join(", ")));
+        }
+    }
+    Check {
+        name: "peers",
+        ok: behind.is_empty(),
+        detail,
+    }
+}
+
 /// What must hold for this node to carry traffic as configured: the store takes
-/// writes, every worker runs on the latest snapshot, and every peer is up and has
-/// exchanged state with this node.
+/// writes, every worker runs on the latest snapshot, and every peer that is up has
+/// its announcements applied here.
 pub fn readiness(s: &Management) -> Vec<Check> {
     let store_ok = !s.model.store_failed();
     let published = s.model.published();
@@ -107,27 +144,22 @@ pub fn readiness(s: &Management) -> Vec<Check> {
         .filter(|&i| published.seen(i) < latest)
         .map(|i| format!("worker {i} at generation {}", published.seen(i)))
         .collect();
-    let (mine, peers) = s.model.peers().read(|t| {
-        let mine = t.state();
-        let peers: Vec<(String, &'static str, bool)> = t
-            .peers()
+    let peers: Vec<PeerView> = s.model.peers().read(|t| {
+        t.peers()
             .iter()
-            .map(|p| {
-                let name = if p.name.is_empty() {
+            .map(|p| PeerView {
+                name: if p.name.is_empty() {
                     p.control_addr.to_string()
                 } else {
                     p.name.clone()
-                };
-                (name, p.state_name(), p.settled(mine))
+                },
+                state: p.state_name(),
+                // Up, and what it sent is applied (whatever it has acknowledged of
+                // ours: that is its readiness, not this node's).
+                applied: p.settled(0),
             })
-            .collect();
-        (mine, peers)
+            .collect()
     });
-    let unsynced: Vec<String> = peers
-        .iter()
-        .filter(|(_, _, settled)| !settled)
-        .map(|(name, state, _)| format!("{name} ({state})"))
-        .collect();
     vec![
         Check {
             name: "store",
@@ -147,15 +179,7 @@ pub fn readiness(s: &Management) -> Vec<Check> {
                 format!("latest generation {latest}; {}", behind.join(", "))
             },
         },
-        Check {
-            name: "peers",
-            ok: unsynced.is_empty(),
-            detail: if unsynced.is_empty() {
-                format!("{} peers up and in sync (state {mine})", peers.len())
-            } else {
-                format!("not in sync: {}", unsynced.join(", "))
-            },
-        },
+        peers_check(&peers),
     ]
 }
 
@@ -308,6 +332,22 @@ mod tests {
             .map(|s| if s.starts_with('{') { "{}" } else { s })
             .collect::<Vec<_>>()
             .join("/")
+    }
+
+    #[test]
+    fn only_an_up_peer_not_yet_applied_fails_readiness() {
+        let p = |name: &str, state, applied| PeerView {
+            name: name.into(),
+            state,
+            applied,
+        };
+        let c = peers_check(&[p("a", "up", true), p("b", "down", false), p("c", "unknown", false)]);
+        assert!(c.ok, "{}", c.detail);
+        assert_eq!(c.detail, "1 peers up and in sync; down: b; unknown: c");
+        let c = peers_check(&[p("a", "up", false), p("b", "up", true)]);
+        assert!(!c.ok);
+        assert_eq!(c.detail, "announcements not yet applied from a");
+        assert!(peers_check(&[]).ok);
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn families(m: &Management) -> Vec<MetricFamily> {
         }
     }
     let st = m.model.status();
-    let mut states: BTreeMap<&str, u64> = ["up", "down"].into_iter().map(|s| (s, 0)).collect();
+    let mut states: BTreeMap<&str, u64> = ["up", "down", "unknown"].into_iter().map(|s| (s, 0)).collect();
     for p in &st.peers {
         *states.entry(p.state_name()).or_default() += 1;
     }

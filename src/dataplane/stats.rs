@@ -19,13 +19,13 @@ counted_enum! {
     /// A dataplane event counted per worker.
     Counter {
         InsidePackets => "inside_packets", "Packets read from the TUN device (after splitting superpackets).";
-        InsideBytes => "inside_bytes", "Bytes of those packets.";
+        InsideBytes => "inside_bytes", "Bytes of the packets read from the TUN device.";
         ForwardedPackets => "forwarded_packets", "VXLAN datagrams sent to peers.";
-        ForwardedBytes => "forwarded_bytes", "Inner bytes of those datagrams.";
+        ForwardedBytes => "forwarded_bytes", "Inner bytes of the VXLAN datagrams sent to peers.";
         OutsidePackets => "outside_packets", "Datagrams received on the data port (after splitting GRO trains).";
-        OutsideBytes => "outside_bytes", "Bytes of those datagrams.";
+        OutsideBytes => "outside_bytes", "Bytes of the datagrams received on the data port.";
         DeliveredPackets => "delivered_packets", "Inner packets written to the TUN device.";
-        DeliveredBytes => "delivered_bytes", "Bytes of those packets.";
+        DeliveredBytes => "delivered_bytes", "Bytes of the inner packets written to the TUN device.";
         IcmpErrors => "icmp_errors", "ICMP errors sent back to local senders.";
         ServicePackets => "service_packets", "Packets for gateway addresses handed to the service thread.";
         Batches => "batches", "Batches processed.";

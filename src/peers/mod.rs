@@ -44,7 +44,7 @@ counted_enum! {
         Unauthenticated => "dropped_unauthenticated", "Messages without the right cluster-secret signature.";
         Replayed => "dropped_replayed", "Messages older than one already applied.";
         FromSelf => "dropped_from_self", "This node's own messages, reflected back.";
-        SendErrors => "send_errors", "Sends the kernel refused.";
+        SendErrors => "send_errors", "Control datagrams the kernel refused to send.";
         PeerUp => "peer_up_events", "Peers that came up.";
         PeerDown => "peer_down_events", "Peers that went down.";
         BadAddress => "dropped_bad_address", "Hellos naming a data address inside the overlay (it would route the tunnel into itself).";

@@ -12,7 +12,7 @@ counted_enum! {
     /// What the service thread counts.
     ServiceEvent {
         Handled => "handled", "Packets for gateway addresses the service thread took.";
-        Replies => "replies", "Replies it handed back to workers.";
+        Replies => "replies", "Replies the service thread handed back to workers.";
         RepliesDropped => "replies_dropped", "Immediate replies (ICMP echo) that found their worker's queue full.";
     }
 }
