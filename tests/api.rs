@@ -110,6 +110,19 @@ fn ready_names_a_peer_that_never_answered_without_failing() {
     );
 }
 
+/// The Weave face beyond loopback, opted in: it serves, and the log says loudly that
+/// it has no authentication. (Without the opt-in the configuration is refused:
+/// tests/cli.rs.)
+fn the_weave_face_beyond_loopback_needs_the_opt_in_and_says_so() {
+    let config = "[api]\nweave_listen = \"0.0.0.0:6784\"\nallow_unauthenticated = true\n";
+    let mut h = OneHost::create("unauth", &common::exe(), config).unwrap();
+    h.start().unwrap();
+    let (status, _) = h.weave("GET", "/status", None).unwrap();
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(h.dir.0.join("tunloom.log")).unwrap();
+    assert!(log.contains("HAS NO AUTHENTICATION"), "{log}");
+}
+
 /// `GET /metrics` on the metrics listener: the text format promtool accepts, the same
 /// figures as the stats document, every family there.
 fn prometheus_metrics_match_the_stats_and_pass_promtool() {
@@ -167,6 +180,11 @@ fn main() -> std::process::ExitCode {
             "ready_names_a_peer_that_never_answered_without_failing",
             Needs::Netns,
             ready_names_a_peer_that_never_answered_without_failing,
+        ),
+        (
+            "the_weave_face_beyond_loopback_needs_the_opt_in_and_says_so",
+            Needs::Netns,
+            the_weave_face_beyond_loopback_needs_the_opt_in_and_says_so,
         ),
         (
             "prometheus_metrics_match_the_stats_and_pass_promtool",

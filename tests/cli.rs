@@ -98,6 +98,9 @@ fn configuration_promises_are_kept() {
         ("[control]\nmax_peers = 0\n", "control.max_peers"),
         ("[api]\nheader_timeout_ms = 0\n", "api.header_timeout_ms"),
         ("[api]\nmax_connections = 0\n", "api.max_connections"),
+        // The Weave face has no authentication: loopback only, unless opted in.
+        ("[api]\nweave_listen = \"0.0.0.0:6784\"\n", "api.allow_unauthenticated"),
+        ("[api]\nmetrics_listen = \"127.0.0.1:6786\"\n", "api.metrics_listen"),
     ];
     for (text, key) in cases {
         std::fs::write(&bad, text).unwrap();

@@ -120,6 +120,11 @@ impl Daemon {
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
         let api = TcpListener::bind(settings.api.listen).map_err(bind_err("API address", settings.api.listen))?;
         let weave_listen = settings.api.weave_listen;
+        if settings.api.unauthenticated_exposed {
+            log::warn!(
+                "THE WEAVE API ON {weave_listen} HAS NO AUTHENTICATION and listens beyond loopback (api.allow_unauthenticated = true): anyone who reaches it can allocate addresses, expose the host and connect peers"
+            );
+        }
         let weave_api = TcpListener::bind(weave_listen).map_err(bind_err("Weave API address", weave_listen))?;
         let metrics_listen = settings.api.metrics_listen;
         let metrics_api = TcpListener::bind(metrics_listen).map_err(bind_err("metrics address", metrics_listen))?;

@@ -14,6 +14,9 @@ pub struct ApiSection {
     pub weave_listen: SocketAddr,
     /// Prometheus metrics (read-only counters).
     pub metrics_listen: SocketAddr,
+    /// Let the Weave API listen on a non-loopback address although it has no
+    /// authentication (its original has none either).
+    pub allow_unauthenticated: bool,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub header_timeout_ms: u64,
@@ -33,6 +36,7 @@ impl Default for ApiSection {
             listen: "127.0.0.1:6786".parse().expect("static address"),
             weave_listen: "127.0.0.1:6784".parse().expect("static address"),
             metrics_listen: "127.0.0.1:6782".parse().expect("static address"),
+            allow_unauthenticated: false,
             max_connections: l.max_connections,
             max_connections_per_client: l.max_per_client,
             header_timeout_ms: ms(l.head_timeout),
@@ -52,16 +56,19 @@ pub struct Api {
     pub listen: SocketAddr,
     pub weave_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// The Weave API listens beyond loopback, by `api.allow_unauthenticated`.
+    pub unauthenticated_exposed: bool,
     pub limits: Limits,
 }
 
 impl ApiSection {
     pub fn validate(&self) -> Result<Api, Invalid> {
-        if !self.weave_listen.ip().is_loopback() {
+        let exposed = !self.weave_listen.ip().is_loopback();
+        if exposed && !self.allow_unauthenticated {
             return Err(Invalid::new(
                 "api.weave_listen",
                 format!(
-                    "{} is not a loopback address; the Weave API has no authentication",
+                    "{} is not a loopback address; the Weave API has no authentication (set api.allow_unauthenticated = true to expose it anyway)",
                     self.weave_listen
                 ),
             ));
@@ -81,6 +88,7 @@ impl ApiSection {
             listen: self.listen,
             weave_listen: self.weave_listen,
             metrics_listen: self.metrics_listen,
+            unauthenticated_exposed: exposed,
             limits: Limits {
                 max_connections: within("api.max_connections", self.max_connections as u64, 1, 65_536)? as usize,
                 max_per_client: within(

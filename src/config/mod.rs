@@ -407,6 +407,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unauthenticated_face_beyond_loopback_needs_the_opt_in() {
+        let text = "[api]\nweave_listen = \"0.0.0.0:6784\"\n";
+        let e = Config::parse_in(text, Path::new("t.toml"), &Fake).unwrap_err();
+        assert!(e.to_string().contains("api.allow_unauthenticated = true"), "{e}");
+        let text = "[api]\nweave_listen = \"0.0.0.0:6784\"\nallow_unauthenticated = true\n";
+        let api = Config::parse_in(text, Path::new("t.toml"), &Fake).unwrap().api;
+        assert!(api.unauthenticated_exposed);
+        let api = Config::parse_in("", Path::new("t.toml"), &Fake).unwrap().api;
+        assert!(!api.unauthenticated_exposed);
+    }
+
+    #[test]
     fn the_dataplane_tuning_keys_are_checked() {
         let d = Config::parse_in("", Path::new("t.toml"), &Fake).unwrap().dataplane;
         assert!(!d.steer_by_cpu && d.adaptive_poll.is_zero() && d.coalesce_udp);
