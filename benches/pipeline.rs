@@ -95,39 +95,24 @@ fn bench_segment(c: &mut Criterion) {
 }
 
 fn bench_coalesce(c: &mut Criterion) {
+    let mut g = c.benchmark_group("coalesce");
     // 43 consecutive 1398-byte segments of one flow, laid out as a GRO receive
     // buffer lays them out (each behind its 22 bytes of VXLAN + Ethernet).
     let segs: Vec<Vec<u8>> = (0..43u32).map(|i| tcp4(1 + i * 1398, 1398)).collect();
-    let (buf, ranges) = laid_out(&segs, ENCAP_LEN);
-    let pristine = vec![buf];
-    let mut g = c.benchmark_group("coalesce");
-    g.throughput(Throughput::Elements(ranges.len() as u64));
-    let mut co = Coalescer::new(64, 128, true, true);
-    g.bench_function("43x1398", |b| {
-        b.iter_batched_ref(
-            || pristine.clone(),
-            |bufs| {
-                co.clear();
-                for r in &ranges {
-                    let p = &bufs[0][r.start as usize..(r.start + r.len) as usize];
-                    assert!(co.push(*r, p, bufs), "43 segments fit");
-                }
-                co.finish(bufs);
-                black_box(co.trains.len())
-            },
-            BatchSize::SmallInput,
-        )
-    });
     // 46 datagrams of 1400 bytes of one UDP flow (what `iperf3 -u -l 1400` sends):
     // one GSO_UDP_L4 write with USO, 46 writes of one without.
     let dgrams: Vec<Vec<u8>> = (0..46)
         .map(|_| udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1400))
         .collect();
-    let (buf, ranges) = laid_out(&dgrams, ENCAP_LEN);
-    let pristine = vec![buf];
-    g.throughput(Throughput::Elements(ranges.len() as u64));
-    for (name, uso) in [("udp_46x1400", true), ("udp_46x1400_uso_off", false)] {
+    for (name, pkts, uso) in [
+        ("43x1398", &segs, true),
+        ("udp_46x1400", &dgrams, true),
+        ("udp_46x1400_uso_off", &dgrams, false),
+    ] {
+        let (buf, ranges) = laid_out(pkts, ENCAP_LEN);
+        let pristine = vec![buf];
         let mut co = Coalescer::new(64, 128, true, uso);
+        g.throughput(Throughput::Elements(ranges.len() as u64));
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || pristine.clone(),
@@ -135,7 +120,7 @@ fn bench_coalesce(c: &mut Criterion) {
                     co.clear();
                     for r in &ranges {
                         let p = &bufs[0][r.start as usize..(r.start + r.len) as usize];
-                        assert!(co.push(*r, p, bufs), "46 datagrams fit");
+                        assert!(co.push(*r, p, bufs), "every packet fits");
                     }
                     co.finish(bufs);
                     black_box(co.trains.len())
