@@ -101,6 +101,8 @@ fn configuration_promises_are_kept() {
         // The Weave face has no authentication: loopback only, unless opted in.
         ("[api]\nweave_listen = \"0.0.0.0:6784\"\n", "api.allow_unauthenticated"),
         ("[api]\nmetrics_listen = \"127.0.0.1:6786\"\n", "api.metrics_listen"),
+        // The wildcard address overlaps every address on its port.
+        ("[api]\nmetrics_listen = \"0.0.0.0:6784\"\n", "api.metrics_listen"),
     ];
     for (text, key) in cases {
         std::fs::write(&bad, text).unwrap();

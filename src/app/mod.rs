@@ -126,8 +126,16 @@ impl Daemon {
             );
         }
         let weave_api = TcpListener::bind(weave_listen).map_err(bind_err("Weave API address", weave_listen))?;
-        let metrics_listen = settings.api.metrics_listen;
-        let metrics_api = TcpListener::bind(metrics_listen).map_err(bind_err("metrics address", metrics_listen))?;
+        let metrics_api = match settings.api.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).map_err(bind_err("metrics address", a))?),
+            None => None,
+        };
+        let metrics_at = settings
+            .api
+            .metrics_listen
+            .map_or("off (api.metrics = false)".to_string(), |a| {
+                format!("http://{a}/metrics")
+            });
         // The data sockets form a SO_REUSEPORT group, which any other socket with
         // SO_REUSEPORT could join and silently take a share of the traffic: so check
         // first, with a plain bind, that no one holds the data port.
@@ -285,12 +293,14 @@ impl Daemon {
         };
         // The metrics face reads what the management face shows, from the same state.
         let face = Arc::new(face);
-        let (sd, limits, shared) = (shutdown.clone(), settings.api.limits, face.clone());
-        others.push(spawn("tl-metrics", move || {
-            if let Err(e) = control::serve("metrics", metrics_api, metrics::router(), shared, limits, sd) {
-                log::error!("metrics listener stopped: {e}");
-            }
-        })?);
+        if let Some(listener) = metrics_api {
+            let (sd, limits, shared) = (shutdown.clone(), settings.api.limits, face.clone());
+            others.push(spawn("tl-metrics", move || {
+                if let Err(e) = control::serve("metrics", listener, metrics::router(), shared, limits, sd) {
+                    log::error!("metrics listener stopped: {e}");
+                }
+            })?);
+        }
         let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-api", move || {
             if let Err(e) = control::serve("api", api, management::router(), face, limits, sd) {
@@ -312,7 +322,7 @@ impl Daemon {
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, metrics http://{metrics_listen}/metrics; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, metrics {metrics_at}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
             settings.node.name,
             settings.node.nickname,
             tun.name,

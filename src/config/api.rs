@@ -14,6 +14,8 @@ pub struct ApiSection {
     pub weave_listen: SocketAddr,
     /// Prometheus metrics (read-only counters).
     pub metrics_listen: SocketAddr,
+    /// Serve the metrics at all.
+    pub metrics: bool,
     /// Let the Weave API listen on a non-loopback address although it has no
     /// authentication (its original has none either).
     pub allow_unauthenticated: bool,
@@ -36,6 +38,7 @@ impl Default for ApiSection {
             listen: "127.0.0.1:6786".parse().expect("static address"),
             weave_listen: "127.0.0.1:6784".parse().expect("static address"),
             metrics_listen: "127.0.0.1:6782".parse().expect("static address"),
+            metrics: true,
             allow_unauthenticated: false,
             max_connections: l.max_connections,
             max_connections_per_client: l.max_per_client,
@@ -55,10 +58,17 @@ impl Default for ApiSection {
 pub struct Api {
     pub listen: SocketAddr,
     pub weave_listen: SocketAddr,
-    pub metrics_listen: SocketAddr,
+    /// Where the metrics listen; `None` when `api.metrics = false`.
+    pub metrics_listen: Option<SocketAddr>,
     /// The Weave API listens beyond loopback, by `api.allow_unauthenticated`.
     pub unauthenticated_exposed: bool,
     pub limits: Limits,
+}
+
+/// Whether two listeners would claim the same port: the same port on the same
+/// address, or on any address when either is the wildcard.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl ApiSection {
@@ -73,21 +83,28 @@ impl ApiSection {
                 ),
             ));
         }
-        if self.weave_listen == self.listen {
-            return Err(Invalid::new("api.weave_listen", "must differ from api.listen".into()));
-        }
-        if self.metrics_listen == self.listen || self.metrics_listen == self.weave_listen {
+        if overlaps(self.weave_listen, self.listen) {
             return Err(Invalid::new(
-                "api.metrics_listen",
-                "must differ from api.listen and api.weave_listen".into(),
+                "api.weave_listen",
+                format!("{} overlaps api.listen ({})", self.weave_listen, self.listen),
             ));
+        }
+        if self.metrics {
+            for (key, other) in [("api.listen", self.listen), ("api.weave_listen", self.weave_listen)] {
+                if overlaps(self.metrics_listen, other) {
+                    return Err(Invalid::new(
+                        "api.metrics_listen",
+                        format!("{} overlaps {key} ({other})", self.metrics_listen),
+                    ));
+                }
+            }
         }
         let within = Invalid::within::<u64>;
         let ms = |key, v| within(key, v, 100, 3_600_000).map(Duration::from_millis);
         Ok(Api {
             listen: self.listen,
             weave_listen: self.weave_listen,
-            metrics_listen: self.metrics_listen,
+            metrics_listen: self.metrics.then_some(self.metrics_listen),
             unauthenticated_exposed: exposed,
             limits: Limits {
                 max_connections: within("api.max_connections", self.max_connections as u64, 1, 65_536)? as usize,

@@ -416,6 +416,11 @@ mod tests {
         assert!(api.unauthenticated_exposed);
         let api = Config::parse_in("", Path::new("t.toml"), &Fake).unwrap().api;
         assert!(!api.unauthenticated_exposed);
+        assert_eq!(api.metrics_listen, Some("127.0.0.1:6782".parse().unwrap()));
+        // No metrics listener: its address overlaps nothing then.
+        let text = "[api]\nmetrics = false\nmetrics_listen = \"127.0.0.1:6786\"\n";
+        let api = Config::parse_in(text, Path::new("t.toml"), &Fake).unwrap().api;
+        assert_eq!(api.metrics_listen, None);
     }
 
     #[test]
