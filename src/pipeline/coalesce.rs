@@ -77,7 +77,7 @@ pub struct Coalescer {
     udp: bool,
 }
 
-/// TCP header facts of a segment that may coalesce.
+/// Header facts of a TCP segment or UDP datagram that may coalesce.
 struct Seg {
     v6: bool,
     l3: usize,
@@ -178,22 +178,18 @@ impl Coalescer {
     /// when full: the caller must `finish`, write and `clear` first.
     #[must_use = "a packet that did not fit must be counted as dropped"]
     pub fn push(&mut self, r: Range, pkt: &[u8], bufs: &[impl AsRef<[u8]>]) -> bool {
-        if let (Some(o), Some(t)) = (self.open, self.trains.last()) {
-            if !o.closed && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {
-                if o.udp {
-                    if let Some(s) = udp_datagram(pkt).filter(|s| checksum_ok(pkt, s, 17)) {
-                        let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + 8)];
-                        if udp_continues(&o, head, pkt, &s) {
-                            self.add_part(r, &s);
-                            return true;
-                        }
-                    }
-                } else if let Some(s) = tcp_segment(pkt).filter(|s| checksum_ok(pkt, s, 6)) {
-                    let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + o.l4)];
-                    if continues(&o, head, pkt, &s) {
-                        self.add_part(r, &s);
-                        return true;
-                    }
+        let seg = self.candidate(pkt);
+        if let (Some(o), Some(t), Some((s, udp))) = (self.open, self.trains.last(), &seg) {
+            if !o.closed && *udp == o.udp && self.parts.len() < self.parts.capacity() && t.count + 1 < MAX_SEGMENTS {
+                let head = &bufs[t.head.buf as usize].as_ref()[t.head.start as usize..][..(o.l3 + o.l4)];
+                let joins = if o.udp {
+                    udp_continues(&o, head, pkt, s)
+                } else {
+                    continues(&o, head, pkt, s)
+                };
+                if joins {
+                    self.add_part(r, s);
+                    return true;
                 }
             }
         }
@@ -208,32 +204,34 @@ impl Coalescer {
             len: pkt.len(),
             tail_flags: 0,
         });
-        self.open = match (self.enabled, tcp_segment(pkt)) {
-            (true, Some(s)) if s.payload > 0 && checksum_ok(pkt, &s, 6) => Some(Open {
-                v6: s.v6,
-                l3: s.l3,
-                l4: s.l4,
-                size: s.payload,
-                next_seq: s.seq.wrapping_add(s.payload as u32),
-                total: pkt.len(),
-                closed: s.flags & (FIN | SYN | RST | PSH | URG) != 0,
-                udp: false,
-            }),
-            _ => match (self.udp, udp_datagram(pkt)) {
-                (true, Some(s)) if s.payload > 0 && checksum_ok(pkt, &s, 17) => Some(Open {
-                    v6: s.v6,
-                    l3: s.l3,
-                    l4: 8,
-                    size: s.payload,
-                    next_seq: 0,
-                    total: pkt.len(),
-                    closed: false,
-                    udp: true,
-                }),
-                _ => None,
-            },
-        };
+        self.open = seg.map(|(s, udp)| Open {
+            v6: s.v6,
+            l3: s.l3,
+            l4: s.l4,
+            size: s.payload,
+            next_seq: s.seq.wrapping_add(s.payload as u32),
+            total: pkt.len(),
+            closed: !udp && s.flags & (FIN | SYN | RST | PSH | URG) != 0,
+            udp,
+        });
         true
+    }
+
+    /// What `pkt` may be in a train — a TCP segment, or with USO a UDP datagram
+    /// (`true`), with a payload and a right checksum — parsed and verified once.
+    fn candidate(&self, pkt: &[u8]) -> Option<(Seg, bool)> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(s) = tcp_segment(pkt) {
+            return (s.payload > 0 && checksum_ok(pkt, &s, 6)).then_some((s, false));
+        }
+        if !self.udp {
+            return None;
+        }
+        udp_datagram(pkt)
+            .filter(|s| s.payload > 0 && checksum_ok(pkt, s, 17))
+            .map(|s| (s, true))
     }
 
     /// Adds the payload of segment or datagram `s` at `r` to the open train.
