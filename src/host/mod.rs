@@ -15,10 +15,38 @@
 
 use crate::sys::netlink::Netlink;
 use ipnet::IpNet;
+use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One container's attachment to a network: a veth pair whose host end stays in
+/// tunloom's namespace and whose other end lives in the container's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The container's network namespace: `/run/netns/<name>`, `/proc/<pid>/ns/net`
+    /// or another path to a namespace file.
+    pub netns: PathBuf,
+    /// The namespace's name under `/run/netns`, when it has one: its
+    /// `/etc/netns/<name>/resolv.conf` (what `ip netns exec` mounts) is written.
+    pub netns_name: Option<String>,
+    /// The host end's name (`tlc` + 10 hex digits of the endpoint id).
+    pub host_if: String,
+    /// The name inside the namespace; `None` takes the first free `ethN`.
+    pub ifname: Option<String>,
+    /// The container's address, with the network's prefix length.
+    pub address: Ipv4Net,
+    /// The default route's next hop (the network's gateway).
+    pub gateway: Ipv4Addr,
+    /// The container end's MAC address.
+    pub mac: [u8; 6],
+    /// The resolver written into resolv.conf (the gateway, where tunloom answers DNS).
+    pub nameserver: Option<Ipv4Addr>,
+    /// The MTU of both ends (the overlay MTU).
+    pub mtu: u32,
+}
 
 /// One change to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +55,18 @@ pub enum HostOp {
     AddAddress(IpNet),
     /// Take an address off the TUN link.
     DelAddress(IpNet),
+    /// Route a prefix (a network's subnet) into the TUN link.
+    AddRoute(IpNet),
+    /// Take that route away.
+    DelRoute(IpNet),
+    /// Create (or re-create) a container's veth pair and configure both ends.
+    Attach(Box<Attachment>),
+    /// Remove it; an attachment already gone is not an error.
+    Detach(Box<Attachment>),
+    /// Masquerade what a network's containers send out of the host.
+    AddEgress(Ipv4Net),
+    /// Stop masquerading it.
+    DelEgress(Ipv4Net),
 }
 
 impl HostOp {
@@ -35,6 +75,12 @@ impl HostOp {
         match self {
             HostOp::AddAddress(n) => HostOp::DelAddress(*n),
             HostOp::DelAddress(n) => HostOp::AddAddress(*n),
+            HostOp::AddRoute(n) => HostOp::DelRoute(*n),
+            HostOp::DelRoute(n) => HostOp::AddRoute(*n),
+            HostOp::Attach(a) => HostOp::Detach(a.clone()),
+            HostOp::Detach(a) => HostOp::Attach(a.clone()),
+            HostOp::AddEgress(n) => HostOp::DelEgress(*n),
+            HostOp::DelEgress(n) => HostOp::AddEgress(*n),
         }
     }
 }
@@ -50,6 +96,8 @@ pub enum HostError {
         link: String,
         source: std::io::Error,
     },
+    #[error("this build cannot make the host change {0}")]
+    Unsupported(String),
     #[error("{0} (a test's fake host refused it)")]
     Injected(String),
 }
@@ -59,11 +107,16 @@ pub trait Kernel: Send + Sync {
     fn apply(&self, op: &HostOp) -> Result<(), HostError>;
     /// Whether `ip` is an address of this host (in tunloom's network namespace).
     fn is_local(&self, ip: IpAddr) -> bool;
+    /// The host ends of container attachments present on this host (links whose
+    /// names start with `tlc`), for reconciling the stored endpoints at start.
+    fn host_links(&self) -> Result<Vec<String>, HostError>;
 }
 
 /// Whether a container exists, for `check-alive`.
 pub trait Liveness: Send + Sync {
     fn alive(&self, container: &str) -> bool;
+    /// Whether a network namespace file exists at `path`.
+    fn namespace(&self, path: &Path) -> bool;
 }
 
 /// The TUN link, changed over rtnetlink.
@@ -94,6 +147,7 @@ impl Kernel for LinkHost {
         let (what, r) = match op {
             HostOp::AddAddress(n) => (format!("adding {n}"), nl.add_address(self.index, n)),
             HostOp::DelAddress(n) => (format!("removing {n}"), nl.del_address(self.index, n)),
+            other => return Err(HostError::Unsupported(format!("{other:?}"))),
         };
         r.map_err(|source| HostError::Refused {
             op: what,
@@ -105,6 +159,10 @@ impl Kernel for LinkHost {
     fn is_local(&self, ip: IpAddr) -> bool {
         // The kernel lets a socket bind only to an address the host has.
         ip.is_loopback() || (!ip.is_unspecified() && UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok())
+    }
+
+    fn host_links(&self) -> Result<Vec<String>, HostError> {
+        Ok(Vec::new())
     }
 }
 
@@ -122,6 +180,10 @@ impl Liveness for Namespaces {
         std::path::Path::new("/run/netns").join(id).exists()
             || (id.bytes().all(|b| b.is_ascii_digit()) && std::path::Path::new("/proc").join(id).exists())
     }
+
+    fn namespace(&self, path: &Path) -> bool {
+        path.exists()
+    }
 }
 
 /// A host that only records what it is asked: for running the model without a
@@ -133,6 +195,9 @@ pub struct Recorder {
     refuse: AtomicBool,
     alive: Mutex<BTreeSet<String>>,
     local: Mutex<BTreeSet<IpAddr>>,
+    namespaces: Mutex<BTreeSet<PathBuf>>,
+    /// Host ends present: made by `Attach`, removed by `Detach`, or planted by a test.
+    links: Mutex<BTreeSet<String>>,
 }
 
 impl Recorder {
@@ -151,6 +216,26 @@ impl Recorder {
         self.alive.lock().insert(id.to_string());
     }
 
+    /// Makes a network namespace exist (or vanish).
+    pub fn set_namespace(&self, path: &Path, exists: bool) {
+        let mut ns = self.namespaces.lock();
+        if exists {
+            ns.insert(path.to_path_buf());
+        } else {
+            ns.remove(path);
+        }
+    }
+
+    /// Plants (or removes) a host link, as a crash mid-attach would leave one.
+    pub fn set_link(&self, name: &str, exists: bool) {
+        let mut links = self.links.lock();
+        if exists {
+            links.insert(name.to_string());
+        } else {
+            links.remove(name);
+        }
+    }
+
     /// Gives the host an address (loopback ones it always has).
     pub fn add_local(&self, ip: IpAddr) {
         self.local.lock().insert(ip);
@@ -162,6 +247,11 @@ impl Kernel for Recorder {
         if self.refuse.load(Ordering::Relaxed) {
             return Err(HostError::Injected(format!("{op:?}")));
         }
+        match op {
+            HostOp::Attach(a) => self.set_link(&a.host_if, true),
+            HostOp::Detach(a) => self.set_link(&a.host_if, false),
+            _ => {}
+        }
         self.ops.lock().push(op.clone());
         Ok(())
     }
@@ -169,11 +259,19 @@ impl Kernel for Recorder {
     fn is_local(&self, ip: IpAddr) -> bool {
         ip.is_loopback() || self.local.lock().contains(&ip)
     }
+
+    fn host_links(&self) -> Result<Vec<String>, HostError> {
+        Ok(self.links.lock().iter().cloned().collect())
+    }
 }
 
 impl Liveness for Recorder {
     fn alive(&self, container: &str) -> bool {
         self.alive.lock().contains(container)
+    }
+
+    fn namespace(&self, path: &Path) -> bool {
+        self.namespaces.lock().contains(path)
     }
 }
 
