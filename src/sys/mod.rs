@@ -1,7 +1,8 @@
 //! Every system call tunloom makes that the standard library, socket2, mio and tun-rs
 //! do not wrap: batched UDP I/O with segmentation offloads, a few socket options, CPU
-//! pinning, and rtnetlink for the TUN device's link, addresses
-//! and routes.
+//! pinning, entering a network namespace, and rtnetlink for the TUN device's link,
+//! addresses and routes and for container attachments (veth pairs, policy rules,
+//! routes in tunloom's tables).
 //!
 //! This is the only module allowed `unsafe`; every block says why it is sound. The
 //! API it exposes is safe: raw pointers never leave a call.
@@ -286,6 +287,17 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     } else {
         Ok(i)
     }
+}
+
+/// Moves the calling thread into the network namespace `ns` (an open namespace file:
+/// `/run/netns/<name>`, `/proc/<pid>/ns/net`). Sockets the thread creates afterwards
+/// live in that namespace, and stay there. A file that is not a network namespace is
+/// refused (EINVAL). Meant for a short-lived thread of its own: the thread cannot go
+/// back without a file for its old namespace.
+pub fn enter_netns(ns: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: setns takes a file descriptor and a flag; `ns` keeps the descriptor open
+    // for the call, and it only changes the calling thread's namespace.
+    cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
 }
 
 #[repr(C, align(8))]
