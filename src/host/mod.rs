@@ -4,16 +4,24 @@
 //! itself does no I/O.
 //!
 //! - [`Kernel`] applies a [`HostOp`]; [`LinkHost`] does it over rtnetlink on the TUN
-//!   link. Every op has an [`HostOp::inverse`], so a change whose commit fails can be
-//!   taken back.
+//!   link, container attachments in [`attach`] (veth pairs, tunloom's routing tables
+//!   6783 and 6784 and its rules; the module doc draws the routing), egress
+//!   masquerade in [`egress`] (nftables). Every op has an [`HostOp::inverse`], so a
+//!   change whose commit fails can be taken back.
 //! - [`Liveness`] answers `check-alive`; [`Namespaces`] looks for what a runtime
 //!   leaves behind (a named network namespace, a running pid).
 //! - [`Recorder`] stands in for both where there is no host to change: tests, fuzz
 //!   targets and benchmarks that run the model without a dataplane.
 //!
-//! This module may touch rtnetlink, `/run/netns` and `/proc`, nothing else.
+//! This module may touch rtnetlink (in tunloom's namespace and in containers'),
+//! `/run/netns`, `/proc` (and IPv4 sysctls under `/proc/sys/net/ipv4`), the
+//! `resolv.conf` files it writes under `/etc/netns/`, and the nftables table
+//! `ip tunloom` (through `nft`), nothing else.
 
-use crate::sys::netlink::Netlink;
+pub mod attach;
+pub mod egress;
+
+use crate::sys::netlink::{self, Netlink, Route, RT_TABLE_MAIN};
 use ipnet::IpNet;
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
@@ -135,24 +143,79 @@ impl LinkHost {
             netlink: Mutex::new(None),
         }
     }
-}
 
-impl Kernel for LinkHost {
-    fn apply(&self, op: &HostOp) -> Result<(), HostError> {
+    /// Runs `f` with the socket, opened on first use in the calling thread's network
+    /// namespace, holding the lock (host changes happen one at a time).
+    fn with_netlink<T>(&self, f: impl FnOnce(&mut Netlink) -> Result<T, HostError>) -> Result<T, HostError> {
         let mut guard = self.netlink.lock();
         let nl = match guard.as_mut() {
             Some(nl) => nl,
             None => guard.insert(Netlink::open().map_err(HostError::Netlink)?),
         };
-        let (what, r) = match op {
-            HostOp::AddAddress(n) => (format!("adding {n}"), nl.add_address(self.index, n)),
-            HostOp::DelAddress(n) => (format!("removing {n}"), nl.del_address(self.index, n)),
-            other => return Err(HostError::Unsupported(format!("{other:?}"))),
-        };
-        r.map_err(|source| HostError::Refused {
-            op: what,
-            link: self.name.clone(),
-            source,
+        f(nl)
+    }
+
+    /// What containers' attachments rely on, made once at start, after the TUN link
+    /// is up and before any op: `net.ipv4.ip_forward=1`, `rp_filter=0` on the TUN
+    /// (and `conf/all/rp_filter` lowered from strict to loose), table 6783's
+    /// `default dev <tun>` and rule 99 `iif <tun> lookup 6784`. Idempotent.
+    pub fn prepare(&self) -> Result<(), HostError> {
+        self.with_netlink(|nl| attach::prepare(nl, &self.name, self.index))
+    }
+
+    /// Removes, at exit, what [`LinkHost::prepare`] and the ops made outside the
+    /// attachments themselves: rule 99, every route in tables 6783 and 6784, and the
+    /// nftables table `ip tunloom`. Host ends, their rules (priority 100) and
+    /// resolv.conf files stay, as do routes in `main` (they go with the TUN link)
+    /// and addresses. Never fails: what cannot be removed is logged.
+    pub fn cleanup(&self) {
+        let left = self.with_netlink(|nl| Ok(attach::cleanup(nl, &self.name)));
+        match left {
+            Ok(left) => {
+                for what in left {
+                    log::warn!("cleanup: could not remove {what}");
+                }
+            }
+            Err(e) => log::warn!("cleanup: {e}"),
+        }
+        if let Err(e) = egress::remove_table() {
+            log::warn!("cleanup: could not delete nft table ip {}: {e}", egress::TABLE);
+        }
+    }
+}
+
+impl Kernel for LinkHost {
+    fn apply(&self, op: &HostOp) -> Result<(), HostError> {
+        self.with_netlink(|nl| {
+            let refused = |what: String| {
+                let link = self.name.clone();
+                move |source| HostError::Refused { op: what, link, source }
+            };
+            match op {
+                HostOp::AddAddress(n) => nl.add_address(self.index, n).map_err(refused(format!("adding {n}"))),
+                HostOp::DelAddress(n) => nl.del_address(self.index, n).map_err(refused(format!("removing {n}"))),
+                // Replaces a route already there: adding twice is fine.
+                HostOp::AddRoute(n) => nl
+                    .add_route(self.index, n)
+                    .map_err(refused(format!("routing {n} into the TUN"))),
+                HostOp::DelRoute(n) => {
+                    let route = Route::dev(n.trunc(), RT_TABLE_MAIN, self.index);
+                    match nl.del_route(&route) {
+                        Err(e) if !netlink::is_absent(&e) => Err(refused(format!("removing the route to {n}"))(e)),
+                        _ => Ok(()),
+                    }
+                }
+                HostOp::Attach(a) => attach::attach(nl, a),
+                HostOp::Detach(a) => attach::detach(nl, a),
+                HostOp::AddEgress(n) | HostOp::DelEgress(n) if !attach::valid_ifname(&self.name) => {
+                    Err(refused(format!("masquerading {n}"))(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "the TUN link's name cannot go in an nft rule",
+                    )))
+                }
+                HostOp::AddEgress(n) => egress::add(&self.name, *n),
+                HostOp::DelEgress(n) => egress::del(&self.name, *n),
+            }
         })
     }
 
@@ -162,7 +225,18 @@ impl Kernel for LinkHost {
     }
 
     fn host_links(&self) -> Result<Vec<String>, HostError> {
-        Ok(Vec::new())
+        self.with_netlink(|nl| {
+            let links = nl.links().map_err(|source| HostError::Refused {
+                op: "listing links".into(),
+                link: self.name.clone(),
+                source,
+            })?;
+            Ok(links
+                .into_iter()
+                .map(|(_, name)| name)
+                .filter(|n| n.starts_with("tlc"))
+                .collect())
+        })
     }
 }
 
