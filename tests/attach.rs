@@ -238,8 +238,10 @@ fn attaching_fails_clearly_and_leaves_nothing() {
     let mut taken = attachment(&ctr);
     taken.ifname = Some("eth7".into());
     taken.netns_name = None;
+    let mut named = attachment(&ctr);
+    named.netns_name = None;
     let hn = host.name.clone();
-    let host2 = handle(&host);
+    let (host2, ctr2) = (handle(&host), handle(&ctr));
     let checks = move || {
         let h = link_host();
         h.prepare().unwrap();
@@ -253,6 +255,13 @@ fn attaching_fails_clearly_and_leaves_nothing() {
         assert!(!ok(&host2, "ip", &["link", "show", HOST_IF]), "nothing is left behind");
         let rules = out(&host2, "ip", &["rule", "show"]);
         assert!(!rules.contains(HOST_IF), "{rules}");
+        // The name asked for is the name given.
+        named.ifname = Some("eth9".into());
+        h.apply(&HostOp::Attach(Box::new(named.clone()))).unwrap();
+        let eth9 = out(&ctr2, "ip", &["addr", "show", "dev", "eth9"]);
+        assert!(eth9.contains("inet 198.19.1.5/24"), "{eth9}");
+        h.apply(&HostOp::Detach(Box::new(named))).unwrap();
+        assert!(!ok(&ctr2, "ip", &["link", "show", "eth9"]));
         h.cleanup();
     };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| common::in_ns(&hn, checks)));
@@ -268,8 +277,12 @@ fn egress_masquerade_with_nft() {
     let host2 = handle(&host);
     let checks = move || {
         let host = &host2;
+        // Strict reverse-path filtering everywhere would drop what tunloom writes
+        // back into the TUN: prepare lowers it to loose.
+        out(host, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter"]);
         let h = link_host();
         h.prepare().unwrap();
+        assert_eq!(sysctl(host, "conf/all/rp_filter"), "2");
         let net = "198.19.3.0/24".parse().unwrap();
         h.apply(&HostOp::DelEgress(net))
             .expect("no table yet: nothing to remove is fine");
