@@ -44,6 +44,7 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
             )],
             router_v4: Some(router.into()),
             router_v6: None,
+            networks: Vec::new(),
         }
     };
     (
