@@ -23,7 +23,7 @@ use super::stats::{Counter, Tally, WorkerStats};
 use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
-use crate::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
+use crate::pipeline::{inside, outside, DropReason, HostPath, Verdict, ENCAP_LEN};
 use crate::service::ServiceQueues;
 use crate::snapshot::{Published, Snapshot};
 use crate::sys::{self, RecvBatch, SendScratch, TxIov};
@@ -394,6 +394,11 @@ impl Worker {
                 size: usize::from(vh.gso_size),
             }),
         };
+        // A superpacket handed back to the host goes with the header it came with.
+        let mut vnet_in = [0u8; virtio::HEADER_LEN];
+        if gso.is_some() {
+            vnet_in.copy_from_slice(&self.read[pkt_at - virtio::HEADER_LEN..pkt_at]);
+        }
         let buf = &mut self.read[base..pkt_at + len];
         let verdict = inside::process(snap, buf, HEADROOM, len, gso.as_ref(), &mut self.icmp);
         match verdict {
@@ -471,7 +476,94 @@ impl Worker {
                     _ => self.tally.drop(DropReason::ServiceBusy, 1),
                 }
             }
+            Verdict::ToHost { start, len: n, path } => {
+                self.hand_back(base + start, n, gso.as_ref(), vnet_in, path);
+            }
             Verdict::Deliver { .. } => self.tally.drop(DropReason::Malformed, 1),
+        }
+    }
+
+    /// Writes a packet the inside path hands back to the host (a container on this
+    /// host, or egress) to the TUN queue, at `read[at..at + len]`.
+    ///
+    /// A superpacket is written whole, behind the virtio-net header it was read
+    /// with: the host delivers a GSO packet to a veth (or segments it for an uplink)
+    /// as it would have without tunloom in the path, so two containers on one host
+    /// exchange 64 KB per write instead of per-segment writes. Only the TTL changed,
+    /// which no transport checksum covers, so the partial checksum the header
+    /// describes is still right. `hdr_len` is set to the headers' real length (the
+    /// kernel's may span the whole packet). Should the device refuse it, the
+    /// superpacket is cut into complete packets (full checksums) and written one by one.
+    fn hand_back(
+        &mut self,
+        at: usize,
+        len: usize,
+        gso: Option<&Gso>,
+        vnet_in: [u8; virtio::HEADER_LEN],
+        path: HostPath,
+    ) {
+        let pkt = &self.read[at..at + len];
+        let (packets, vnet) = match gso {
+            None => (1, virtio::Repr::NONE.to_bytes()),
+            Some(g) => {
+                let hdr = g.l3_len + segment::l4_len(pkt, g).unwrap_or(0);
+                let mut v = vnet_in;
+                v[2..4].copy_from_slice(&(hdr as u16).to_le_bytes());
+                (len.saturating_sub(hdr).div_ceil(g.size.max(1)).max(1) as u64, v)
+            }
+        };
+        self.tally.add(Counter::InsidePackets, packets);
+        self.tally.add(Counter::InsideBytes, len as u64);
+        self.tally.add(
+            match path {
+                HostPath::Local => Counter::HairpinDelivered,
+                HostPath::Egress => Counter::EgressPackets,
+            },
+            packets,
+        );
+        let head = if self.vnet { &vnet[..] } else { &[][..] };
+        self.tally.add(Counter::TunWrites, 1);
+        match sys::write_vectored(&self.tun, &[IoSlice::new(head), IoSlice::new(pkt)]) {
+            Ok(_) => {
+                self.tally.add(Counter::DeliveredPackets, packets);
+                self.tally.add(Counter::DeliveredBytes, len as u64);
+            }
+            Err(e) => match gso {
+                Some(g) if at >= ENCAP_LEN => {
+                    log::debug!(
+                        "worker {}: TUN refused a superpacket back to the host ({e}); splitting it",
+                        self.id
+                    );
+                    self.hand_back_split(at, len, g);
+                }
+                _ => self.tally.drop(DropReason::TunWrite, packets),
+            },
+        }
+    }
+
+    /// Writes a superpacket at `read[at..at + len]` as separate complete packets.
+    /// [`segment::split`] expects the encapsulation in front; the bytes before the
+    /// packet stand in for it and are skipped in each header block.
+    fn hand_back_split(&mut self, at: usize, len: usize, g: &Gso) {
+        self.segs.clear();
+        let dgram = &self.read[at - ENCAP_LEN..at + len];
+        if segment::split(dgram, g, &mut self.hdrs, &mut self.segs).is_err() {
+            self.tally.drop(DropReason::TunWrite, 1);
+            return;
+        }
+        let none = virtio::Repr::NONE.to_bytes();
+        let head = if self.vnet { &none[..] } else { &[][..] };
+        for s in &self.segs {
+            let h = &self.hdrs.bytes()[s.hdr_start + ENCAP_LEN..s.hdr_start + s.hdr_len];
+            let p = &dgram[s.payload_start..s.payload_start + s.payload_len];
+            self.tally.add(Counter::TunWrites, 1);
+            match sys::write_vectored(&self.tun, &[IoSlice::new(head), IoSlice::new(h), IoSlice::new(p)]) {
+                Ok(_) => {
+                    self.tally.add(Counter::DeliveredPackets, 1);
+                    self.tally.add(Counter::DeliveredBytes, (h.len() + p.len()) as u64);
+                }
+                Err(_) => self.tally.drop(DropReason::TunWrite, 1),
+            }
         }
     }
 

@@ -8,8 +8,8 @@
 //! fragments the outer datagram.
 
 use super::segment::{self, Gso};
-use super::{flow_hash, DropReason, Verdict, ENCAP_LEN};
-use crate::snapshot::{NextHop, Snapshot};
+use super::{flow_hash, DropReason, HostPath, Verdict, ENCAP_LEN};
+use crate::snapshot::{Network, NextHop, Snapshot};
 use crate::wire::{checksum, ether, icmp, vxlan};
 use core::net::IpAddr;
 
@@ -55,6 +55,12 @@ pub fn process(
     if multicast {
         return Verdict::Drop(DropReason::Multicast);
     }
+    // Isolation comes before routing, so a gateway address, a local container or the
+    // world are refused alike when the packet may not reach them.
+    let (sn, dn) = (snap.network(hdr.src), snap.network(hdr.dst));
+    if isolated(sn, dn) {
+        return Verdict::Drop(DropReason::Isolated);
+    }
     let peer = match snap.routes.lookup(hdr.dst) {
         Some(NextHop::Peer(p)) => *p,
         // The packet ends at this node (a gateway address): no TTL or MTU rules.
@@ -65,7 +71,11 @@ pub fn process(
             }
         }
         Some(NextHop::Service) => return Verdict::Drop(DropReason::Malformed),
+        // A container on this host: back to the host, which delivers it to the veth.
+        Some(NextHop::Local) if dn.is_some() => return to_host(snap, pkt, &hdr, off, HostPath::Local, scratch),
         Some(NextHop::Local) => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::Hairpin, scratch),
+        // A container's packet for the world (an internal network's never gets here).
+        None if sn.is_some() && dn.is_none() => return to_host(snap, pkt, &hdr, off, HostPath::Egress, scratch),
         None => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::NoRoute, scratch),
     };
     let Some(peer_entry) = snap.peers.get(usize::from(peer)) else {
@@ -92,7 +102,10 @@ pub fn process(
     }
     let start = off - ENCAP_LEN;
     let encap = &mut buf[start..off];
-    vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(snap.vni);
+    // The packet's network: the source's, else the destination's (equal when both
+    // are set, or the packet was isolated above), so a peer expects the VNI it sees.
+    let vni = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(vni);
     ether::Repr {
         src: snap.node_mac,
         dst: peer_entry.mac,
@@ -111,9 +124,46 @@ pub fn process(
     }
 }
 
+/// Whether a packet from network `sn` to network `dn` (`None`: outside every
+/// network) must not pass: it crosses from one network into another, or into or out
+/// of an internal network. Shared by both directions. Networks do not overlap, so
+/// two are the same exactly when they are equal.
+#[inline]
+pub(crate) fn isolated(sn: Option<&Network>, dn: Option<&Network>) -> bool {
+    match (sn, dn) {
+        (Some(s), Some(d)) => s != d,
+        (Some(n), None) | (None, Some(n)) => n.internal,
+        (None, None) => false,
+    }
+}
+
+/// The packet goes back to the host. It is one router hop like forwarding (TTL
+/// decremented, "time exceeded" when it runs out) but the overlay MTU does not apply:
+/// the packet never leaves this host inside VXLAN, and what the host does with it
+/// next (a veth, an uplink) has its own MTU and its own ICMP errors.
+fn to_host(snap: &Snapshot, pkt: &mut [u8], hdr: &Header, off: usize, path: HostPath, scratch: &mut [u8]) -> Verdict {
+    if hdr.ttl <= 1 {
+        return reply(
+            snap,
+            pkt,
+            hdr,
+            icmp::Kind::TimeExceeded,
+            DropReason::TtlExpired,
+            scratch,
+        );
+    }
+    decrement_ttl(pkt, hdr.v6);
+    Verdict::ToHost {
+        start: off,
+        len: hdr.total,
+        path,
+    }
+}
+
 /// The few header fields the inside path decides on.
 struct Header {
     v6: bool,
+    src: IpAddr,
     dst: IpAddr,
     ttl: u8,
     total: usize,
@@ -133,6 +183,7 @@ impl Header {
                 }
                 Some(Header {
                     v6: false,
+                    src: IpAddr::V4(h.source_addr()),
                     dst: IpAddr::V4(h.destination_addr()),
                     ttl: h.ttl(),
                     total,
@@ -152,6 +203,7 @@ impl Header {
                 }
                 Some(Header {
                     v6: true,
+                    src: IpAddr::V6(h.source_addr()),
                     dst: IpAddr::V6(h.destination_addr()),
                     ttl: h.hop_limit(),
                     total,

@@ -39,6 +39,10 @@ pub enum Verdict {
     },
     /// Write `buf[start..start + len]` (the inner IP packet) to the TUN device.
     Deliver { start: usize, len: usize },
+    /// Inside only: write `buf[start..start + len]` (the packet read from the TUN,
+    /// TTL decremented, otherwise untouched) back to the TUN device for the host to
+    /// deliver; a superpacket goes back whole, with its GSO metadata.
+    ToHost { start: usize, len: usize, path: HostPath },
     /// Hand `buf[start..start + len]` (a packet for a gateway address) to the
     /// service thread.
     Service { start: usize, len: usize },
@@ -47,6 +51,17 @@ pub enum Verdict {
     Reply { len: usize, reason: DropReason },
     /// The packet is dropped for `reason`.
     Drop(DropReason),
+}
+
+/// Why the inside path hands a packet back to the host rather than to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPath {
+    /// To a container on this host (its network's address, routed here): the host
+    /// delivers it by the container's /32 route.
+    Local,
+    /// From a container to outside every overlay prefix: the host routes it out and
+    /// masquerades it.
+    Egress,
 }
 
 crate::telemetry::counted_enum! {
@@ -74,6 +89,7 @@ crate::telemetry::counted_enum! {
         ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
         TooManySegments => "too_many_segments", "Inside: a superpacket would split into more segments than a batch holds (segment size under 256 bytes).";
         BatchFull => "batch_full", "I/O: a batch had no room left for a packet (a bug, counted not crashed).";
+        Isolated => "isolated", "Inside/outside: a packet between two different networks, or into or out of an internal network's subnet.";
     }
 }
 

@@ -6,7 +6,7 @@
 //! peer announced (anti-spoofing) and goes to a prefix this node serves. Anything else
 //! is dropped with its reason; nothing is ever forwarded on to a third node.
 
-use super::{DropReason, Verdict, ENCAP_LEN};
+use super::{inside, DropReason, Verdict, ENCAP_LEN};
 use crate::snapshot::{NextHop, Snapshot};
 use crate::wire::{ether, vxlan};
 use core::net::IpAddr;
@@ -17,7 +17,8 @@ use core::net::IpAddr;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memo {
     generation: u64,
-    flow: Option<(IpAddr, u16, IpAddr, IpAddr)>,
+    /// Underlay source, peer, VNI, inner source and destination.
+    flow: Option<(IpAddr, u16, u32, IpAddr, IpAddr)>,
     hits: u64,
 }
 
@@ -44,7 +45,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
         };
     }
     let peer_idx = match memo.flow {
-        Some((s, p, _, _)) if s == src => Some(p),
+        Some((s, p, _, _, _)) if s == src => Some(p),
         _ => snap.peer_by_underlay(src),
     };
     let Some(peer) = peer_idx.and_then(|i| snap.peers.get(usize::from(i))) else {
@@ -53,11 +54,11 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     let Ok(vx) = vxlan::Packet::new_checked(dgram) else {
         return Verdict::Drop(DropReason::BadVxlan);
     };
-    match vxlan::Repr::parse(&vx) {
-        Ok(r) if r.vni == snap.vni => {}
+    let vni = match vxlan::Repr::parse(&vx) {
+        Ok(r) if snap.serves_vni(r.vni) => r.vni,
         Ok(_) => return Verdict::Drop(DropReason::UnknownVni),
         Err(_) => return Verdict::Drop(DropReason::BadVxlan),
-    }
+    };
     let Ok(eth) = ether::Frame::new_checked(vx.payload()) else {
         return Verdict::Drop(DropReason::BadEthernet);
     };
@@ -90,19 +91,47 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
         _ => return Verdict::Drop(DropReason::NotIp),
     };
     let peer_idx = peer_idx.unwrap_or_default();
-    if memo.flow == Some((src, peer_idx, src_ip, dst_ip)) {
+    if memo.flow == Some((src, peer_idx, vni, src_ip, dst_ip)) {
         memo.hits += 1;
         return Verdict::Deliver { start: ENCAP_LEN, len };
     }
     if peer.allowed.lookup(src_ip).is_none() {
         return Verdict::Drop(DropReason::Spoofed);
     }
+    if let Some(reason) = network_check(snap, vni, src_ip, dst_ip) {
+        return Verdict::Drop(reason);
+    }
     if snap.routes.lookup(dst_ip) != Some(&NextHop::Local) {
         return Verdict::Drop(DropReason::NotLocal);
     }
-    memo.flow = Some((src, peer_idx, src_ip, dst_ip));
+    memo.flow = Some((src, peer_idx, vni, src_ip, dst_ip));
     // Ethernet padding after the IP packet, if a peer added any, is left behind.
     Verdict::Deliver { start: ENCAP_LEN, len }
+}
+
+/// The network rules for a datagram carrying `vni` from inner `src` to `dst`: the
+/// VNI must be the packet's network's (the source's, else the destination's), the
+/// node's own when it is in none, and the packet must not cross networks. The
+/// sending node encapsulates by the same rule, so what one node sends the other
+/// accepts, and a peer cannot use a VNI to carry a packet into another network.
+fn network_check(snap: &Snapshot, vni: u32, src: IpAddr, dst: IpAddr) -> Option<DropReason> {
+    let (sn, dn) = (snap.network(src), snap.network(dst));
+    if sn.is_some_and(|n| n.vni != vni) {
+        // The source claims an address of a network the VNI does not belong to.
+        return Some(DropReason::Spoofed);
+    }
+    if inside::isolated(sn, dn) {
+        return Some(DropReason::Isolated);
+    }
+    let expected = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    if vni == expected {
+        None
+    } else if dn.is_some() && snap.is_network_vni(vni) {
+        // Another network's packet for this one.
+        Some(DropReason::Isolated)
+    } else {
+        Some(DropReason::UnknownVni)
+    }
 }
 
 #[cfg(test)]
