@@ -250,7 +250,7 @@ fn reply(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::pipeline::outside;
+    use crate::pipeline::{outside, HostPath};
     use etherparse::{IpSlice, PacketBuilder};
     use std::net::Ipv6Addr;
 
@@ -505,5 +505,193 @@ pub(crate) mod tests {
         assert_eq!(reason, DropReason::NoRoute);
         let ip = IpSlice::from_slice(&scratch[..len]).unwrap();
         assert_eq!(ip.source_addr(), "fd00:3::7".parse::<IpAddr>().unwrap());
+    }
+
+    /// Networks (see `testkit::pair_with_networks`): blue 198.19.16.0/20 VNI 7, green
+    /// 198.19.32.0/20 VNI 8 internal, red 198.19.48.0/20 VNI 9; a holds x.x.16/32/48.0/24.
+    fn run(snap: &Snapshot, src: [u8; 4], dst: [u8; 4], ttl: u8) -> (Verdict, Vec<u8>) {
+        let pkt = udp4(src, dst, ttl, 10);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let v = process(snap, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        (v, buf)
+    }
+
+    fn vni_of(v: Verdict, buf: &[u8]) -> u32 {
+        let Verdict::Forward { start, .. } = v else {
+            panic!("{v:?}")
+        };
+        vxlan::Repr::parse(&vxlan::Packet::new_checked(&buf[start..]).unwrap())
+            .unwrap()
+            .vni
+    }
+
+    #[test]
+    fn a_network_crosses_hosts_under_its_vni() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        let (v, buf) = run(&a, [198, 19, 16, 5], [198, 19, 17, 7], 64);
+        assert_eq!(vni_of(v, &buf), 7);
+        let (v, buf) = run(&a, [198, 19, 32, 5], [198, 19, 33, 7], 64);
+        assert_eq!(vni_of(v, &buf), 8, "internal, within its subnet");
+        // From outside every network (the host) to a network: the destination's VNI.
+        let (v, buf) = run(&a, [198, 19, 1, 5], [198, 19, 49, 7], 64);
+        assert_eq!(vni_of(v, &buf), 9);
+        // Outside every network: the node's VNI, as without networks.
+        let (v, buf) = run(&a, [198, 19, 1, 5], [198, 19, 2, 7], 64);
+        assert_eq!(vni_of(v, &buf), 42);
+    }
+
+    #[test]
+    fn packets_between_networks_and_across_internal_ones_are_isolated() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for (src, dst, why) in [
+            ([198, 19, 16, 5], [198, 19, 49, 7], "blue to red on the other host"),
+            ([198, 19, 16, 5], [198, 19, 48, 9], "blue to red on this host"),
+            ([198, 19, 16, 5], [198, 19, 33, 7], "blue to green (internal)"),
+            ([198, 19, 32, 5], [8, 8, 8, 8], "internal to the world"),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 1, 9],
+                "internal to a local prefix outside networks",
+            ),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 2, 7],
+                "internal to a peer's prefix outside networks",
+            ),
+            ([198, 19, 32, 5], [198, 19, 9, 9], "internal to no route"),
+            ([8, 8, 8, 8], [198, 19, 32, 9], "the world to internal"),
+            ([198, 19, 1, 5], [198, 19, 33, 7], "the host to internal"),
+        ] {
+            let (v, _) = run(&a, src, dst, 64);
+            assert_eq!(v, Verdict::Drop(DropReason::Isolated), "{why}");
+        }
+        // A gateway address of another network is refused too, before the service thread.
+        let mut spec = crate::testkit::pair_specs().0;
+        spec.local.push("198.19.16.0/24".parse().unwrap());
+        spec.service = vec!["198.19.48.1/32".parse().unwrap()];
+        spec.networks = crate::testkit::networks();
+        let gw = Snapshot::compile(2, spec);
+        assert_eq!(
+            run(&gw, [198, 19, 16, 5], [198, 19, 48, 1], 64).0,
+            Verdict::Drop(DropReason::Isolated)
+        );
+        assert!(matches!(
+            run(&gw, [198, 19, 48, 5], [198, 19, 48, 1], 64).0,
+            Verdict::Service { .. }
+        ));
+    }
+
+    #[test]
+    fn local_containers_go_back_to_the_host() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for src in [[198, 19, 16, 5], [8, 8, 8, 8], [198, 19, 1, 5]] {
+            // A container on this host, from its own network, from the world (a reply
+            // to masqueraded traffic) or from the host.
+            let pkt = udp4(src, [198, 19, 16, 9], 64, 10);
+            let (v, buf) = run(&a, src, [198, 19, 16, 9], 64);
+            assert_eq!(
+                v,
+                Verdict::ToHost {
+                    start: HEADROOM,
+                    len: pkt.len(),
+                    path: HostPath::Local
+                }
+            );
+            let h = IpSlice::from_slice(&buf[HEADROOM..HEADROOM + pkt.len()]).unwrap();
+            let h = h.ipv4().unwrap().header();
+            assert_eq!(h.ttl(), 63);
+            assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+            assert_eq!(&buf[HEADROOM + 12..HEADROOM + pkt.len()], &pkt[12..]);
+        }
+        // Internal networks too, within their subnet.
+        assert!(matches!(
+            run(&a, [198, 19, 32, 5], [198, 19, 32, 9], 64).0,
+            Verdict::ToHost {
+                path: HostPath::Local,
+                ..
+            }
+        ));
+        // A hop like any other: TTL 1 runs out here.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 16, 9], 1).0,
+            Verdict::Reply {
+                reason: DropReason::TtlExpired,
+                ..
+            }
+        ));
+        // A local destination outside every network is still a hairpin.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 1, 9], 64).0,
+            Verdict::Reply {
+                reason: DropReason::Hairpin,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_networks_traffic_to_the_world_is_egress() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        let (v, buf) = run(&a, [198, 19, 16, 5], [93, 184, 216, 34], 64);
+        let Verdict::ToHost {
+            start,
+            len,
+            path: HostPath::Egress,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(buf[start + 8], 63, "TTL decremented");
+        assert_eq!(len, 38);
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [93, 184, 216, 34], 1).0,
+            Verdict::Reply {
+                reason: DropReason::TtlExpired,
+                ..
+            }
+        ));
+        // From outside every network: no route, as without networks.
+        assert!(matches!(
+            run(&a, [198, 19, 1, 5], [93, 184, 216, 34], 64).0,
+            Verdict::Reply {
+                reason: DropReason::NoRoute,
+                ..
+            }
+        ));
+        // A network's own address nobody announces is not egress either.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 20, 1], 64).0,
+            Verdict::Reply {
+                reason: DropReason::NoRoute,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn superpackets_go_back_to_the_host_whole() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for dst in [[198, 19, 16, 9], [93, 184, 216, 34]] {
+            let mut sp = Vec::new();
+            PacketBuilder::ipv4([198, 19, 16, 5], dst, 64)
+                .tcp(1, 2, 100, 1000)
+                .write(&mut sp, &vec![5u8; 20_000])
+                .unwrap();
+            let mut buf = in_buf(&sp);
+            let mut scratch = [0u8; 1500];
+            let gso = Gso {
+                l4: segment::L4::Tcp,
+                l3_len: 20,
+                size: 1448,
+            };
+            let v = process(&a, &mut buf, HEADROOM, sp.len(), Some(&gso), &mut scratch);
+            let Verdict::ToHost { start, len, .. } = v else {
+                panic!("{v:?}")
+            };
+            // Not cut and not held to the overlay MTU: the host segments it if it must.
+            assert_eq!((start, len), (HEADROOM, sp.len()));
+            assert_eq!(buf[start + 8], 63);
+        }
     }
 }

@@ -234,4 +234,146 @@ mod tests {
             }
         );
     }
+
+    /// A datagram from node a carrying `src` → `dst` under `vni`, built by hand so
+    /// it can carry what a's inside path would refuse to send.
+    fn dgram(src: [u8; 4], dst: [u8; 4], vni: u32) -> Vec<u8> {
+        let mut d = vec![0u8; ENCAP_LEN];
+        vxlan::Packet::new_unchecked(&mut d[..vxlan::HEADER_LEN]).set_header(vni);
+        ether::Repr {
+            src: ether::Address::for_node("a"),
+            dst: ether::Address::for_node("b"),
+            ethertype: ether::ethertype::IPV4,
+        }
+        .emit(&mut ether::Frame::new_unchecked(&mut d[vxlan::HEADER_LEN..]));
+        d.extend_from_slice(&udp4(src, dst, 64, 10));
+        d
+    }
+
+    #[test]
+    fn networks_cross_hosts_under_their_vni_only() {
+        let (a, b) = crate::testkit::pair_with_networks();
+        // What a sends, b takes: within a network, from the host into one, outside.
+        for (src, dst) in [
+            ([198, 19, 16, 5], [198, 19, 17, 7]),
+            ([198, 19, 32, 5], [198, 19, 33, 7]),
+            ([198, 19, 1, 5], [198, 19, 17, 7]),
+            ([198, 19, 1, 5], [198, 19, 2, 7]),
+            ([198, 19, 16, 5], [198, 19, 2, 7]),
+        ] {
+            let d = encapsulated(&a, &udp4(src, dst, 64, 10));
+            assert!(
+                matches!(process(&b, a_ip(), &d), Verdict::Deliver { .. }),
+                "{src:?} -> {dst:?}"
+            );
+        }
+        let blue_vni = |d: &[u8]| d[4..7] == [0, 0, 7];
+        assert!(blue_vni(&encapsulated(
+            &a,
+            &udp4([198, 19, 16, 5], [198, 19, 17, 7], 64, 10)
+        )));
+        type Case = ([u8; 4], [u8; 4], u32, DropReason, &'static str);
+        let cases: [Case; 10] = [
+            // The source's network is not the VNI's.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                9,
+                DropReason::Spoofed,
+                "blue under red's VNI",
+            ),
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                42,
+                DropReason::Spoofed,
+                "blue under the node's VNI",
+            ),
+            // Into another network.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 49, 7],
+                7,
+                DropReason::Isolated,
+                "blue to red",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 17, 7],
+                9,
+                DropReason::Isolated,
+                "red's VNI into blue",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 33, 7],
+                8,
+                DropReason::Isolated,
+                "into internal",
+            ),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 2, 7],
+                8,
+                DropReason::Isolated,
+                "out of internal",
+            ),
+            // A VNI nobody serves, or the wrong one where no network decides.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                1234,
+                DropReason::UnknownVni,
+                "unknown VNI",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 17, 7],
+                42,
+                DropReason::UnknownVni,
+                "the node's VNI into blue",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 2, 7],
+                7,
+                DropReason::UnknownVni,
+                "blue's VNI outside networks",
+            ),
+            // The existing checks still come first.
+            (
+                [198, 19, 7, 5],
+                [198, 19, 17, 7],
+                7,
+                DropReason::Spoofed,
+                "not announced by a",
+            ),
+        ];
+        for (src, dst, vni, want, why) in cases {
+            assert_eq!(process(&b, a_ip(), &dgram(src, dst, vni)), Verdict::Drop(want), "{why}");
+        }
+        // A network address b does not hold is not local, whatever the network.
+        assert_eq!(
+            process(&b, a_ip(), &dgram([198, 19, 16, 5], [198, 19, 16, 7], 7)),
+            Verdict::Drop(DropReason::NotLocal)
+        );
+        // Without networks, a network's VNI is unknown.
+        let (_, plain) = pair();
+        assert_eq!(
+            process(&plain, a_ip(), &dgram([198, 19, 1, 5], [198, 19, 2, 7], 7)),
+            Verdict::Drop(DropReason::UnknownVni)
+        );
+    }
+
+    #[test]
+    fn the_memo_keys_on_the_vni() {
+        let (_, b) = crate::testkit::pair_with_networks();
+        let good = dgram([198, 19, 16, 5], [198, 19, 17, 7], 7);
+        let other = dgram([198, 19, 16, 5], [198, 19, 17, 7], 9);
+        let mut memo = Memo::default();
+        for d in [&good, &other, &good, &good, &other] {
+            assert_eq!(process_memo(&b, a_ip(), d, &mut memo), process(&b, a_ip(), d));
+        }
+        assert_eq!(memo.hits(), 2);
+    }
 }
