@@ -14,14 +14,17 @@ use crate::control::router::Request;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, L4};
 use crate::pipeline::{inside, outside, HostPath, Verdict, ENCAP_LEN};
-use crate::testkit::{pair, HEADROOM};
+use crate::testkit::{pair_with_networks, HEADROOM};
 use crate::wire::{checksum, control, icmp, virtio, vxlan};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
+/// The two nodes of `testkit::pair_with_networks`: the prefixes of `pair` outside
+/// every network, and three networks (one internal) across both nodes, so the
+/// fuzzer reaches isolation, per-network VNIs and the hand-back to the host.
 fn snapshots() -> &'static (crate::snapshot::Snapshot, crate::snapshot::Snapshot) {
     static P: OnceLock<(crate::snapshot::Snapshot, crate::snapshot::Snapshot)> = OnceLock::new();
-    P.get_or_init(pair)
+    P.get_or_init(pair_with_networks)
 }
 
 /// Checks that `pkt` is a well-formed IPv4/IPv6 header with a length that matches
