@@ -10,6 +10,8 @@
 //!   packet is encapsulated in place; a superpacket (TSO/USO) is cut by
 //!   [`segment::split`] into header blocks plus payload slices of the read arena.
 //!   Datagrams are grouped into UDP GSO trains and sent with one `sendmmsg`.
+//!   A packet handed back to the host (a container on this host, egress) is written
+//!   straight back to the TUN queue, a superpacket whole behind its virtio-net header.
 //! - outside: `recvmmsg` with UDP GRO; each datagram is decapsulated in place and
 //!   [`Coalescer`] joins consecutive TCP segments into superpackets, each written with
 //!   one `writev` (virtio-net header, head, later payloads).

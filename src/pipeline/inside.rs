@@ -6,6 +6,15 @@
 //! with "fragmentation needed" / "packet too big", so TCP through the overlay learns
 //! its path MTU. An IPv4 packet without DF that is too big is still sent; the kernel
 //! fragments the outer datagram.
+//!
+//! With container networks, isolation is decided before routing, so a gateway
+//! address, a local container and the world are refused alike. Two packets the host
+//! sent into the TUN do not leave in VXLAN: one for a container on this host (the
+//! route is local and the destination is in a network) and one from a network's
+//! container to outside every overlay prefix (egress). Both go back to the host,
+//! which has the routes (the container's /32, the uplink) and the masquerading rule
+//! for them; the overlay MTU does not apply to them. A local destination outside
+//! every network is still a hairpin: the host routed it here by mistake.
 
 use super::segment::{self, Gso};
 use super::{flow_hash, DropReason, HostPath, Verdict, ENCAP_LEN};
@@ -129,7 +138,7 @@ pub fn process(
 /// of an internal network. Shared by both directions. Networks do not overlap, so
 /// two are the same exactly when they are equal.
 #[inline]
-pub(crate) fn isolated(sn: Option<&Network>, dn: Option<&Network>) -> bool {
+pub fn isolated(sn: Option<&Network>, dn: Option<&Network>) -> bool {
     match (sn, dn) {
         (Some(s), Some(d)) => s != d,
         (Some(n), None) | (None, Some(n)) => n.internal,

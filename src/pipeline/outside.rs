@@ -1,10 +1,17 @@
 //! Outside: a VXLAN datagram from the underlay, bound for this host.
 //!
-//! A datagram is accepted only from a peer that is up, with the I flag set, this
-//! node's VNI, an inner Ethernet frame addressed to this node (or broadcast), and an
-//! inner IPv4/IPv6 packet that is well formed, comes from inside the prefixes that
-//! peer announced (anti-spoofing) and goes to a prefix this node serves. Anything else
-//! is dropped with its reason; nothing is ever forwarded on to a third node.
+//! A datagram is accepted only from a peer that is up, with the I flag set, a VNI
+//! this node serves, an inner Ethernet frame addressed to this node (or broadcast),
+//! and an inner IPv4/IPv6 packet that is well formed, comes from inside the prefixes
+//! that peer announced (anti-spoofing), carries the VNI of its network (see the
+//! module docs of [`crate::pipeline`]) without crossing networks, and goes to a
+//! prefix this node serves. Anything else is dropped with its reason; nothing is ever
+//! forwarded on to a third node.
+//!
+//! An unknown VNI is refused before the inner packet is parsed (the cheap check that
+//! stops a stray VXLAN sender); which network's VNI a packet may carry needs its
+//! addresses, so that is checked after the sender's prefixes, and the flow memo keys
+//! on the VNI too, so a train under one VNI never vouches for a datagram under another.
 
 use super::{inside, DropReason, Verdict, ENCAP_LEN};
 use crate::snapshot::{NextHop, Snapshot};
