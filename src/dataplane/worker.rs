@@ -505,15 +505,7 @@ impl Worker {
         path: HostPath,
     ) {
         let pkt = &self.read[at..at + len];
-        let (packets, vnet) = match gso {
-            None => (1, virtio::Repr::NONE.to_bytes()),
-            Some(g) => {
-                let hdr = g.l3_len + segment::l4_len(pkt, g).unwrap_or(0);
-                let mut v = vnet_in;
-                v[2..4].copy_from_slice(&(hdr as u16).to_le_bytes());
-                (len.saturating_sub(hdr).div_ceil(g.size.max(1)).max(1) as u64, v)
-            }
-        };
+        let (packets, vnet) = hand_back_header(pkt, gso, vnet_in);
         self.tally.add(Counter::InsidePackets, packets);
         self.tally.add(Counter::InsideBytes, len as u64);
         self.tally.add(
@@ -752,6 +744,28 @@ impl Worker {
     }
 }
 
+/// The virtio-net header a packet handed back to the host is written with, and how
+/// many packets it counts as (a superpacket: its segments). A single packet's
+/// checksum was completed when it was read, so it goes as one complete packet; a
+/// superpacket keeps the header it was read with (GSO type with its ECN bit, segment
+/// size, partial checksum) but `hdr_len`, which is set to its headers' length.
+fn hand_back_header(
+    pkt: &[u8],
+    gso: Option<&Gso>,
+    vnet_in: [u8; virtio::HEADER_LEN],
+) -> (u64, [u8; virtio::HEADER_LEN]) {
+    match gso {
+        None => (1, virtio::Repr::NONE.to_bytes()),
+        Some(g) => {
+            let hdr = g.l3_len + segment::l4_len(pkt, g).unwrap_or(0);
+            let mut v = vnet_in;
+            v[2..4].copy_from_slice(&(hdr as u16).to_le_bytes());
+            let packets = pkt.len().saturating_sub(hdr).div_ceil(g.size.max(1)).max(1);
+            (packets as u64, v)
+        }
+    }
+}
+
 /// Writes one whole packet to the TUN queue (behind an empty virtio-net header when
 /// the queue carries them), counting it delivered or dropped.
 fn write_one(tun: &SyncDevice, vnet: bool, pkt: &[u8], tally: &mut Tally) {
@@ -814,8 +828,41 @@ fn send_one_by_one(
 
 #[cfg(test)]
 mod tests {
-    use super::Spin;
+    use super::{hand_back_header, Gso, Spin, L4};
+    use crate::wire::virtio;
     use std::time::Duration;
+
+    #[test]
+    fn a_superpacket_goes_back_with_the_header_it_came_with() {
+        let mut sp = Vec::new();
+        etherparse::PacketBuilder::ipv4([198, 19, 16, 5], [198, 19, 16, 9], 63)
+            .tcp(1, 2, 100, 1000)
+            .write(&mut sp, &[5u8; 10_000])
+            .unwrap();
+        // As the kernel hands it over: ECN bit set, hdr_len spanning the packet.
+        let mut read = virtio::Repr {
+            needs_csum: true,
+            gso_type: virtio::GsoType::TcpV4,
+            hdr_len: sp.len() as u16,
+            gso_size: 1448,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+        .to_bytes();
+        read[1] |= 0x80;
+        let gso = Gso {
+            l4: L4::Tcp,
+            l3_len: 20,
+            size: 1448,
+        };
+        let (n, back) = hand_back_header(&sp, Some(&gso), read);
+        assert_eq!(n, 7, "10000 bytes in segments of 1448");
+        let mut want = read;
+        want[2..4].copy_from_slice(&40u16.to_le_bytes());
+        assert_eq!(back, want, "only hdr_len changes");
+        let (n, back) = hand_back_header(&sp, None, read);
+        assert_eq!((n, back), (1, [0; virtio::HEADER_LEN]));
+    }
 
     #[test]
     fn the_spin_follows_short_gaps_and_shrinks_after_long_ones() {
