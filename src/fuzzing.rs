@@ -13,15 +13,18 @@ use crate::config::Config;
 use crate::control::router::Request;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, L4};
-use crate::pipeline::{inside, outside, Verdict, ENCAP_LEN};
-use crate::testkit::{pair, HEADROOM};
+use crate::pipeline::{inside, outside, HostPath, Verdict, ENCAP_LEN};
+use crate::testkit::{pair_with_networks, HEADROOM};
 use crate::wire::{checksum, control, icmp, virtio, vxlan};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
+/// The two nodes of `testkit::pair_with_networks`: the prefixes of `pair` outside
+/// every network, and three networks (one internal) across both nodes, so the
+/// fuzzer reaches isolation, per-network VNIs and the hand-back to the host.
 fn snapshots() -> &'static (crate::snapshot::Snapshot, crate::snapshot::Snapshot) {
     static P: OnceLock<(crate::snapshot::Snapshot, crate::snapshot::Snapshot)> = OnceLock::new();
-    P.get_or_init(pair)
+    P.get_or_init(pair_with_networks)
 }
 
 /// Checks that `pkt` is a well-formed IPv4/IPv6 header with a length that matches
@@ -38,6 +41,19 @@ fn assert_ip(pkt: &[u8], what: &str) {
         _ => None,
     };
     assert_eq!(total, Some(pkt.len()), "{what} is not a well-formed IP packet");
+}
+
+/// The source and destination addresses of an IPv4/IPv6 packet.
+fn addresses(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match pkt.first()? >> 4 {
+        4 => etherparse::Ipv4HeaderSlice::from_slice(pkt)
+            .ok()
+            .map(|h| (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()))),
+        6 => etherparse::Ipv6HeaderSlice::from_slice(pkt)
+            .ok()
+            .map(|h| (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()))),
+        _ => None,
+    }
 }
 
 /// Inside path: the input is a virtio-net header (10 bytes) and a packet from the
@@ -80,7 +96,10 @@ pub fn inside(data: &[u8]) {
             assert!(usize::from(peer) < a.peers.len());
             let d = &buf[start..start + n];
             let vx = vxlan::Packet::new_checked(d).expect("emitted VXLAN header");
-            assert_eq!(vxlan::Repr::parse(&vx), Ok(vxlan::Repr { vni: a.vni }));
+            // The VNI is the packet's network's: the source's, else the destination's.
+            let (src, dst) = addresses(&d[ENCAP_LEN..]).expect("an IPv4/IPv6 packet is forwarded");
+            let vni = a.network(src).or(a.network(dst)).map_or(a.vni, |n| n.vni);
+            assert_eq!(vxlan::Repr::parse(&vx), Ok(vxlan::Repr { vni }));
             let src = IpAddr::V4(Ipv4Addr::from(crate::testkit::A_UNDERLAY));
             match gso {
                 None => {
@@ -124,6 +143,24 @@ pub fn inside(data: &[u8]) {
         Verdict::Reply { len: n, .. } => {
             assert!(n <= scratch.len());
             assert_ip(&scratch[..n], "an ICMP error");
+        }
+        Verdict::ToHost { start, len: n, path } => {
+            assert_eq!(start, HEADROOM, "handed back in place");
+            assert!(n <= len, "handed-back range inside the packet");
+            let back = &buf[start..start + n];
+            let (src, dst) = addresses(back).expect("an IPv4/IPv6 packet goes back");
+            let (sn, dn) = (a.network(src), a.network(dst));
+            assert!(!inside::isolated(sn, dn), "an isolated packet went back to the host");
+            match path {
+                HostPath::Local => assert!(dn.is_some(), "back to a container outside every network"),
+                HostPath::Egress => assert!(
+                    sn.is_some_and(|n| !n.internal) && dn.is_none(),
+                    "egress not from a network"
+                ),
+            }
+            if gso.is_none() {
+                assert_ip(back, "a packet handed back");
+            }
         }
         Verdict::Drop(_) | Verdict::Service { .. } => {}
         Verdict::Deliver { .. } => panic!("inside never delivers"),

@@ -5,12 +5,19 @@
 //! snapshot once per batch with a lock-free `arc-swap` load and record the generation
 //! they saw; a writer that must not answer before the dataplane applies its change
 //! waits, bounded, until every worker reports the new generation.
+//!
+//! Container networks are compiled into their own longest-prefix table apart from
+//! the routes: a route says where an address is (this host, a peer), a network says
+//! what the address may talk to and under which VNI, and a network's subnet spans
+//! hosts while each host routes only its own block of it. The networks' VNIs are kept
+//! sorted beside it so the outside path refuses a VNI nobody serves in one binary
+//! search, before it parses the inner packet.
 
 use crate::route::Table;
 use crate::wire::ether;
 use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use parking_lot::Mutex;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +47,17 @@ pub struct PeerEntry {
     pub allowed: Table<()>,
 }
 
+/// A container network as the dataplane sees it: which addresses belong to it, the
+/// VNI its packets travel under between hosts, and whether it may reach anything
+/// outside its subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub subnet: Ipv4Net,
+    pub vni: u32,
+    /// An internal network reaches, and is reached from, nothing but its own subnet.
+    pub internal: bool,
+}
+
 /// Everything a worker needs to forward a packet, immutable once published.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -55,6 +73,12 @@ pub struct Snapshot {
     /// Source addresses for ICMP errors this node originates.
     pub router_v4: Option<Ipv4Addr>,
     pub router_v6: Option<Ipv6Addr>,
+    /// The container networks, by index from `network_by_addr`.
+    networks: Vec<Network>,
+    network_by_addr: Table<u16>,
+    /// The networks' VNIs, sorted and deduplicated, for the outside path's "is this a
+    /// VNI this node serves" before it parses the inner packet.
+    network_vnis: Vec<u32>,
 }
 
 /// What every snapshot of a node carries unchanged: its MAC, its VNI, the overlay MTU.
@@ -76,6 +100,9 @@ pub struct SnapshotSpec {
     pub peers: Vec<(PeerEntry, Vec<IpNet>)>,
     pub router_v4: Option<Ipv4Addr>,
     pub router_v6: Option<Ipv6Addr>,
+    /// Container networks (IPv4 subnets that do not overlap; the model refuses
+    /// overlapping ones). Empty: no isolation, one VNI, as before networks existed.
+    pub networks: Vec<Network>,
 }
 
 impl SnapshotSpec {
@@ -90,6 +117,7 @@ impl SnapshotSpec {
             peers: Vec::new(),
             router_v4: None,
             router_v6: None,
+            networks: Vec::new(),
         }
     }
 }
@@ -119,6 +147,19 @@ impl Snapshot {
             .map(|(i, p)| (p.data_addr.ip(), i as u16))
             .collect();
         peer_by_addr.sort();
+        // Indices fit u16: a host has far fewer networks than that, and a spec that
+        // had more would only lose the ones past the limit.
+        let networks: Vec<Network> = spec.networks.into_iter().take(usize::from(u16::MAX)).collect();
+        let network_by_addr = Table::build(
+            networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (IpNet::V4(n.subnet.trunc()), i as u16))
+                .collect(),
+        );
+        let mut network_vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();
+        network_vnis.sort_unstable();
+        network_vnis.dedup();
         Snapshot {
             generation,
             node_mac: spec.node_mac,
@@ -129,7 +170,40 @@ impl Snapshot {
             peer_by_addr,
             router_v4: spec.router_v4,
             router_v6: spec.router_v6,
+            networks,
+            network_by_addr,
+            network_vnis,
         }
+    }
+
+    /// The network `ip` belongs to (longest prefix; networks do not overlap). IPv6
+    /// addresses belong to none: networks are IPv4 subnets.
+    #[inline]
+    pub fn network(&self, ip: IpAddr) -> Option<&Network> {
+        match ip {
+            IpAddr::V4(a) if !self.networks.is_empty() => {
+                let i = self.network_by_addr.lookup_v4(a)?;
+                self.networks.get(usize::from(*i))
+            }
+            _ => None,
+        }
+    }
+
+    /// The container networks this snapshot was compiled with.
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// Whether `vni` is one this node serves: the node's own or a network's.
+    #[inline]
+    pub fn serves_vni(&self, vni: u32) -> bool {
+        vni == self.vni || self.network_vnis.binary_search(&vni).is_ok()
+    }
+
+    /// Whether `vni` is some network's.
+    #[inline]
+    pub fn is_network_vni(&self, vni: u32) -> bool {
+        self.network_vnis.binary_search(&vni).is_ok()
     }
 
     /// The peer whose underlay address `addr` is, if any.
@@ -316,6 +390,34 @@ mod tests {
         assert_eq!(s.peer_by_underlay("198.18.0.3".parse().unwrap()), Some(1));
         assert_eq!(s.peer_by_underlay("::ffff:198.18.0.2".parse().unwrap()), Some(0));
         assert_eq!(s.peer_by_underlay("198.18.0.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn networks_are_found_by_address_and_vni() {
+        let net = |s: &str, vni, internal| Network {
+            subnet: s.parse().unwrap(),
+            vni,
+            internal,
+        };
+        let s = Snapshot::compile(
+            1,
+            SnapshotSpec {
+                // Host bits in a subnet are ignored.
+                networks: vec![net("198.19.16.0/20", 7, false), net("198.19.32.9/20", 8, true)],
+                ..spec(vec![])
+            },
+        );
+        let n = |a: &str| s.network(a.parse().unwrap()).copied();
+        assert_eq!(n("198.19.17.3"), Some(s.networks()[0]));
+        assert_eq!(n("198.19.47.255").map(|n| (n.vni, n.internal)), Some((8, true)));
+        assert_eq!(n("198.19.48.0"), None);
+        assert_eq!(n("198.19.1.9"), None, "a local prefix outside every network");
+        assert_eq!(n("fd00::1"), None);
+        assert!(s.serves_vni(1) && s.serves_vni(7) && s.serves_vni(8) && !s.serves_vni(9));
+        assert!(!s.is_network_vni(1) && s.is_network_vni(8));
+        let empty = Snapshot::compile(1, spec(vec![]));
+        assert_eq!(empty.network("198.19.17.3".parse().unwrap()), None);
+        assert!(empty.serves_vni(1) && !empty.serves_vni(7));
     }
 
     #[test]

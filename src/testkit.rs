@@ -4,7 +4,7 @@
 //! the daemon uses it.
 
 use crate::route::Table;
-use crate::snapshot::{PeerEntry, Snapshot, SnapshotSpec};
+use crate::snapshot::{Network, PeerEntry, Snapshot, SnapshotSpec};
 use crate::wire::ether;
 use etherparse::PacketBuilder;
 use ipnet::IpNet;
@@ -44,6 +44,7 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
             )],
             router_v4: Some(router.into()),
             router_v6: None,
+            networks: Vec::new(),
         }
     };
     (
@@ -64,6 +65,40 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
             [198, 19, 2, 1],
         ),
     )
+}
+
+/// The container networks of [`pair_with_networks`]: "blue" 198.19.16.0/20 (VNI 7),
+/// "green" 198.19.32.0/20 (VNI 8, internal) and "red" 198.19.48.0/20 (VNI 9). Node a
+/// holds the first /24 of each, node b the second.
+pub fn networks() -> Vec<Network> {
+    let net = |subnet: &str, vni, internal| Network {
+        subnet: subnet.parse().expect("fixture subnet"),
+        vni,
+        internal,
+    };
+    vec![
+        net("198.19.16.0/20", 7, false),
+        net("198.19.32.0/20", 8, true),
+        net("198.19.48.0/20", 9, false),
+    ]
+}
+
+/// [`pair`] with [`networks`]: each node also serves its /24 of every network and
+/// announces it to the other. The prefixes of [`pair`] stay outside every network,
+/// on the nodes' VNI 42, so what [`pair`] forwards this pair forwards alike.
+pub fn pair_with_networks() -> (Snapshot, Snapshot) {
+    let (mut a, mut b) = pair_specs();
+    let p = |s: &str| -> IpNet { s.parse().expect("fixture prefix") };
+    let a_nets = [p("198.19.16.0/24"), p("198.19.32.0/24"), p("198.19.48.0/24")];
+    let b_nets = [p("198.19.17.0/24"), p("198.19.33.0/24"), p("198.19.49.0/24")];
+    for (spec, mine, theirs) in [(&mut a, &a_nets, &b_nets), (&mut b, &b_nets, &a_nets)] {
+        spec.local.extend_from_slice(mine);
+        let (peer, announced) = &mut spec.peers[0];
+        announced.extend_from_slice(theirs);
+        peer.allowed = Table::build(announced.iter().map(|p| (*p, ())).collect());
+        spec.networks = networks();
+    }
+    (Snapshot::compile(1, a), Snapshot::compile(1, b))
 }
 
 /// An IPv4/UDP packet with `payload` bytes.

@@ -23,8 +23,8 @@ use std::time::Duration;
 use tunloom::dataplane::batch::{segment_iovs, TxBatch};
 use tunloom::pipeline::coalesce::Coalescer;
 use tunloom::pipeline::segment::{self, Arena, Gso, L4};
-use tunloom::pipeline::{inside, outside, Verdict, ENCAP_LEN};
-use tunloom::testkit::{in_buf, laid_out, pair, tcp4, udp4, HEADROOM};
+use tunloom::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
+use tunloom::testkit::{in_buf, laid_out, pair_with_networks, tcp4, udp4, HEADROOM};
 
 const SLOTS: usize = 1024;
 static TIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
@@ -99,7 +99,9 @@ fn mine() -> u64 {
 }
 
 fn the_pipeline_allocates_nothing_per_packet() {
-    let (a, b) = pair();
+    // With container networks: the packets outside them take the paths they take
+    // without networks, those inside them the network lookups and rules.
+    let (a, b) = pair_with_networks();
     let peer_src = "198.18.0.1".parse().unwrap();
     let dst: SocketAddr = "198.18.0.2:4789".parse().unwrap();
     let pkt = udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 1000);
@@ -133,6 +135,15 @@ fn the_pipeline_allocates_nothing_per_packet() {
     let mut buf6 = in_buf(&pkt6);
     let mut memo = outside::Memo::default();
     let mut scratch = vec![0u8; 1500];
+    // Network traffic: blue across hosts, blue to red (isolated), blue to a blue
+    // container on this host, blue to the world (egress).
+    let net_pkts = [
+        udp4([198, 19, 16, 5], [198, 19, 17, 7], 64, 500),
+        udp4([198, 19, 16, 5], [198, 19, 49, 7], 64, 500),
+        udp4([198, 19, 16, 5], [198, 19, 16, 9], 64, 500),
+        udp4([198, 19, 16, 5], [93, 184, 216, 34], 64, 500),
+    ];
+    let mut net_bufs: Vec<Vec<u8>> = net_pkts.iter().map(|p| in_buf(p)).collect();
     let mut arena = Arena::new(64 * 1024);
     let mut seg_out = Vec::with_capacity(64);
     let mut co = Coalescer::new(64, 128, true, true);
@@ -178,6 +189,27 @@ fn the_pipeline_allocates_nothing_per_packet() {
             outside::process_memo(&b, peer_src, &buf6[start..start + len], &mut memo),
             Verdict::Deliver { .. }
         ));
+        for (i, (p, nb)) in net_pkts.iter().zip(net_bufs.iter_mut()).enumerate() {
+            nb[HEADROOM..HEADROOM + p.len()].copy_from_slice(p);
+            let v = inside::process(&a, nb, HEADROOM, p.len(), None, &mut scratch);
+            match (i, v) {
+                (0, Verdict::Forward { start, len, .. }) => {
+                    let d = &mut nb[start..start + len];
+                    assert!(matches!(
+                        outside::process_memo(&b, peer_src, d, &mut memo),
+                        Verdict::Deliver { .. }
+                    ));
+                    // The same datagram under red's VNI: a spoofed source.
+                    d[6] = 9;
+                    assert!(matches!(
+                        outside::process_memo(&b, peer_src, d, &mut memo),
+                        Verdict::Drop(DropReason::Spoofed)
+                    ));
+                }
+                (1, Verdict::Drop(DropReason::Isolated)) | (2 | 3, Verdict::ToHost { .. }) => {}
+                (i, v) => panic!("network packet {i}: {v:?}"),
+            }
+        }
         buf2[HEADROOM..HEADROOM + unroutable.len()].copy_from_slice(&unroutable);
         let v = inside::process(&a, &mut buf2, HEADROOM, unroutable.len(), None, &mut scratch);
         assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");

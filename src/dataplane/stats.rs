@@ -36,6 +36,8 @@ counted_enum! {
         GsoTrains => "gso_trains", "UDP sends carrying more than one segment (UDP_SEGMENT).";
         SpinHits => "spin_hits", "Adaptive spins after a batch that found more work (a wake-up saved).";
         SpinMisses => "spin_misses", "Adaptive spins that found nothing before the worker slept.";
+        HairpinDelivered => "hairpin_delivered", "Packets from the TUN device for a container on this host, written back to it for the host to deliver (also in delivered_packets).";
+        EgressPackets => "egress_packets", "Packets from a network's container to outside the overlay, written back to the TUN device for the host to route and masquerade (also in delivered_packets).";
     }
 }
 

@@ -10,6 +10,8 @@
 //!   packet is encapsulated in place; a superpacket (TSO/USO) is cut by
 //!   [`segment::split`] into header blocks plus payload slices of the read arena.
 //!   Datagrams are grouped into UDP GSO trains and sent with one `sendmmsg`.
+//!   A packet handed back to the host (a container on this host, egress) is written
+//!   straight back to the TUN queue, a superpacket whole behind its virtio-net header.
 //! - outside: `recvmmsg` with UDP GRO; each datagram is decapsulated in place and
 //!   [`Coalescer`] joins consecutive TCP segments into superpackets, each written with
 //!   one `writev` (virtio-net header, head, later payloads).
@@ -23,7 +25,7 @@ use super::stats::{Counter, Tally, WorkerStats};
 use super::HEADROOM;
 use crate::pipeline::coalesce::{Coalescer, Range};
 use crate::pipeline::segment::{self, Arena, Gso, Segment, L4};
-use crate::pipeline::{inside, outside, DropReason, Verdict, ENCAP_LEN};
+use crate::pipeline::{inside, outside, DropReason, HostPath, Verdict, ENCAP_LEN};
 use crate::service::ServiceQueues;
 use crate::snapshot::{Published, Snapshot};
 use crate::sys::{self, RecvBatch, SendScratch, TxIov};
@@ -394,6 +396,11 @@ impl Worker {
                 size: usize::from(vh.gso_size),
             }),
         };
+        // A superpacket handed back to the host goes with the header it came with.
+        let mut vnet_in = [0u8; virtio::HEADER_LEN];
+        if gso.is_some() {
+            vnet_in.copy_from_slice(&self.read[pkt_at - virtio::HEADER_LEN..pkt_at]);
+        }
         let buf = &mut self.read[base..pkt_at + len];
         let verdict = inside::process(snap, buf, HEADROOM, len, gso.as_ref(), &mut self.icmp);
         match verdict {
@@ -471,7 +478,86 @@ impl Worker {
                     _ => self.tally.drop(DropReason::ServiceBusy, 1),
                 }
             }
+            Verdict::ToHost { start, len: n, path } => {
+                self.hand_back(base + start, n, gso.as_ref(), vnet_in, path);
+            }
             Verdict::Deliver { .. } => self.tally.drop(DropReason::Malformed, 1),
+        }
+    }
+
+    /// Writes a packet the inside path hands back to the host (a container on this
+    /// host, or egress) to the TUN queue, at `read[at..at + len]`.
+    ///
+    /// A superpacket is written whole, behind the virtio-net header it was read
+    /// with: the host delivers a GSO packet to a veth (or segments it for an uplink)
+    /// as it would have without tunloom in the path, so two containers on one host
+    /// exchange 64 KB per write instead of per-segment writes. Only the TTL changed,
+    /// which no transport checksum covers, so the partial checksum the header
+    /// describes is still right. `hdr_len` is set to the headers' real length (the
+    /// kernel's may span the whole packet). Should the device refuse it, the
+    /// superpacket is cut into complete packets (full checksums) and written one by one.
+    fn hand_back(
+        &mut self,
+        at: usize,
+        len: usize,
+        gso: Option<&Gso>,
+        vnet_in: [u8; virtio::HEADER_LEN],
+        path: HostPath,
+    ) {
+        let pkt = &self.read[at..at + len];
+        let (packets, vnet) = hand_back_header(pkt, gso, vnet_in);
+        self.tally.add(Counter::InsidePackets, packets);
+        self.tally.add(Counter::InsideBytes, len as u64);
+        self.tally.add(
+            match path {
+                HostPath::Local => Counter::HairpinDelivered,
+                HostPath::Egress => Counter::EgressPackets,
+            },
+            packets,
+        );
+        let head = if self.vnet { &vnet[..] } else { &[][..] };
+        self.tally.add(Counter::TunWrites, 1);
+        match sys::write_vectored(&self.tun, &[IoSlice::new(head), IoSlice::new(pkt)]) {
+            Ok(_) => {
+                self.tally.add(Counter::DeliveredPackets, packets);
+                self.tally.add(Counter::DeliveredBytes, len as u64);
+            }
+            Err(e) => match gso {
+                Some(g) if at >= ENCAP_LEN => {
+                    log::debug!(
+                        "worker {}: TUN refused a superpacket back to the host ({e}); splitting it",
+                        self.id
+                    );
+                    self.hand_back_split(at, len, g);
+                }
+                _ => self.tally.drop(DropReason::TunWrite, packets),
+            },
+        }
+    }
+
+    /// Writes a superpacket at `read[at..at + len]` as separate complete packets.
+    /// [`segment::split`] expects the encapsulation in front; the bytes before the
+    /// packet stand in for it and are skipped in each header block.
+    fn hand_back_split(&mut self, at: usize, len: usize, g: &Gso) {
+        self.segs.clear();
+        let dgram = &self.read[at - ENCAP_LEN..at + len];
+        if segment::split(dgram, g, &mut self.hdrs, &mut self.segs).is_err() {
+            self.tally.drop(DropReason::TunWrite, 1);
+            return;
+        }
+        let none = virtio::Repr::NONE.to_bytes();
+        let head = if self.vnet { &none[..] } else { &[][..] };
+        for s in &self.segs {
+            let h = &self.hdrs.bytes()[s.hdr_start + ENCAP_LEN..s.hdr_start + s.hdr_len];
+            let p = &dgram[s.payload_start..s.payload_start + s.payload_len];
+            self.tally.add(Counter::TunWrites, 1);
+            match sys::write_vectored(&self.tun, &[IoSlice::new(head), IoSlice::new(h), IoSlice::new(p)]) {
+                Ok(_) => {
+                    self.tally.add(Counter::DeliveredPackets, 1);
+                    self.tally.add(Counter::DeliveredBytes, (h.len() + p.len()) as u64);
+                }
+                Err(_) => self.tally.drop(DropReason::TunWrite, 1),
+            }
         }
     }
 
@@ -658,6 +744,28 @@ impl Worker {
     }
 }
 
+/// The virtio-net header a packet handed back to the host is written with, and how
+/// many packets it counts as (a superpacket: its segments). A single packet's
+/// checksum was completed when it was read, so it goes as one complete packet; a
+/// superpacket keeps the header it was read with (GSO type with its ECN bit, segment
+/// size, partial checksum) but `hdr_len`, which is set to its headers' length.
+fn hand_back_header(
+    pkt: &[u8],
+    gso: Option<&Gso>,
+    vnet_in: [u8; virtio::HEADER_LEN],
+) -> (u64, [u8; virtio::HEADER_LEN]) {
+    match gso {
+        None => (1, virtio::Repr::NONE.to_bytes()),
+        Some(g) => {
+            let hdr = g.l3_len + segment::l4_len(pkt, g).unwrap_or(0);
+            let mut v = vnet_in;
+            v[2..4].copy_from_slice(&(hdr as u16).to_le_bytes());
+            let packets = pkt.len().saturating_sub(hdr).div_ceil(g.size.max(1)).max(1);
+            (packets as u64, v)
+        }
+    }
+}
+
 /// Writes one whole packet to the TUN queue (behind an empty virtio-net header when
 /// the queue carries them), counting it delivered or dropped.
 fn write_one(tun: &SyncDevice, vnet: bool, pkt: &[u8], tally: &mut Tally) {
@@ -720,8 +828,41 @@ fn send_one_by_one(
 
 #[cfg(test)]
 mod tests {
-    use super::Spin;
+    use super::{hand_back_header, Gso, Spin, L4};
+    use crate::wire::virtio;
     use std::time::Duration;
+
+    #[test]
+    fn a_superpacket_goes_back_with_the_header_it_came_with() {
+        let mut sp = Vec::new();
+        etherparse::PacketBuilder::ipv4([198, 19, 16, 5], [198, 19, 16, 9], 63)
+            .tcp(1, 2, 100, 1000)
+            .write(&mut sp, &[5u8; 10_000])
+            .unwrap();
+        // As the kernel hands it over: ECN bit set, hdr_len spanning the packet.
+        let mut read = virtio::Repr {
+            needs_csum: true,
+            gso_type: virtio::GsoType::TcpV4,
+            hdr_len: sp.len() as u16,
+            gso_size: 1448,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+        .to_bytes();
+        read[1] |= 0x80;
+        let gso = Gso {
+            l4: L4::Tcp,
+            l3_len: 20,
+            size: 1448,
+        };
+        let (n, back) = hand_back_header(&sp, Some(&gso), read);
+        assert_eq!(n, 7, "10000 bytes in segments of 1448");
+        let mut want = read;
+        want[2..4].copy_from_slice(&40u16.to_le_bytes());
+        assert_eq!(back, want, "only hdr_len changes");
+        let (n, back) = hand_back_header(&sp, None, read);
+        assert_eq!((n, back), (1, [0; virtio::HEADER_LEN]));
+    }
 
     #[test]
     fn the_spin_follows_short_gaps_and_shrinks_after_long_ones() {

@@ -9,8 +9,8 @@
 //! them (review the diff before committing).
 
 use super::TARGETS;
-use crate::pipeline::{inside, Verdict, ENCAP_LEN};
-use crate::testkit::{in_buf, pair, HEADROOM};
+use crate::pipeline::{inside, DropReason, Verdict, ENCAP_LEN};
+use crate::testkit::{in_buf, pair_with_networks as pair, HEADROOM};
 use crate::wire::{control, virtio};
 use etherparse::PacketBuilder;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,8 @@ fn seeds_reach_the_paths_they_were_made_for() {
     for (name, data) in seeds_inside() {
         let (vh, pkt) = data.split_at(virtio::HEADER_LEN);
         let vh = virtio::Repr::parse(vh).unwrap();
-        if !(name.starts_with("ipv6-") || name.starts_with("tso-") || name.starts_with("uso-")) {
+        let net = name.starts_with("net-");
+        if !(net || name.starts_with("ipv6-") || name.starts_with("tso-") || name.starts_with("uso-")) {
             continue;
         }
         let gso = (vh.gso_type != virtio::GsoType::None).then(|| crate::pipeline::segment::Gso {
@@ -72,7 +73,12 @@ fn seeds_reach_the_paths_they_were_made_for() {
         let mut buf = in_buf(pkt);
         let mut scratch = vec![0u8; 1500];
         let v = inside::process(&a, &mut buf, HEADROOM, pkt.len(), gso.as_ref(), &mut scratch);
-        assert!(matches!(v, Verdict::Forward { .. }), "inside seed {name}: {v:?}");
+        let reached = match name {
+            "net-isolated" | "net-internal-out" => v == Verdict::Drop(DropReason::Isolated),
+            "net-local" | "net-egress" | "net-tso-local" => matches!(v, Verdict::ToHost { .. }),
+            _ => matches!(v, Verdict::Forward { .. }),
+        };
+        assert!(reached, "inside seed {name}: {v:?}");
     }
     let a_addr = std::net::IpAddr::from(crate::testkit::A_UNDERLAY);
     for (name, data) in seeds_outside() {
@@ -81,9 +87,11 @@ fn seeds_reach_the_paths_they_were_made_for() {
         let v = outside::process(&b, a_addr, d);
         let delivered = matches!(v, Verdict::Deliver { .. });
         match name {
-            "ipv6-udp" | "ipv6-tcp-run-coalesces" | "tcp-syn" | "icmp-echo" | "gro-buffer-max" => {
+            "ipv6-udp" | "ipv6-tcp-run-coalesces" | "tcp-syn" | "icmp-echo" | "gro-buffer-max" | "net-blue" => {
                 assert!(delivered, "outside seed {name}: {v:?}")
             }
+            "net-wrong-vni" => assert_eq!(v, Verdict::Drop(DropReason::Spoofed), "{name}"),
+            "net-isolated" => assert_eq!(v, Verdict::Drop(DropReason::Isolated), "{name}"),
             "unknown-peer" => {
                 let stranger = std::net::IpAddr::from([198, 18, 0, 77]);
                 assert!(!matches!(outside::process(&b, stranger, d), Verdict::Deliver { .. }))
@@ -120,6 +128,15 @@ fn build(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     b(&mut v);
     v
 }
+
+/// Addresses in `testkit::pair_with_networks`: blue containers on a (two) and b, a
+/// red one on b, an internal green one on a, and the world.
+const BLUE_A: [u8; 4] = [198, 19, 16, 5];
+const BLUE_A2: [u8; 4] = [198, 19, 16, 9];
+const BLUE_B: [u8; 4] = [198, 19, 17, 7];
+const RED_B: [u8; 4] = [198, 19, 49, 7];
+const GREEN_A: [u8; 4] = [198, 19, 32, 5];
+const WORLD: [u8; 4] = [93, 184, 216, 34];
 
 /// fd00:1::5 at node a and fd00:2::7 at node b (see `testkit::pair`).
 const A6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
@@ -174,6 +191,21 @@ fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap()
     });
     let uso = build(|v| v4(a, b).udp(4000, 4001).write(v, &[3u8; 5000]).unwrap());
+    // Container networks (testkit::networks): blue across hosts, blue to red, the
+    // internal green to the world, blue to a container on this host, blue egress.
+    let net = |src, dst| build(|v| v4(src, dst).udp(5000, 6000).write(v, b"net").unwrap());
+    let net_across = net(BLUE_A, BLUE_B);
+    let net_isolated = net(BLUE_A, RED_B);
+    let net_internal = net(GREEN_A, WORLD);
+    let net_local = net(BLUE_A, BLUE_A2);
+    let net_egress = net(BLUE_A, WORLD);
+    let net_tso_local = build(|v| {
+        v4(BLUE_A, BLUE_A2)
+            .tcp(40000, 5201, 1000, 512)
+            .ack(1)
+            .write(v, &[8u8; 20_000])
+            .unwrap()
+    });
     let tcp = |size: u16, t| virtio::Repr {
         needs_csum: true,
         gso_type: t,
@@ -225,6 +257,12 @@ fn seeds_inside() -> Vec<(&'static str, Vec<u8>)> {
         ("multicast", vnet(none, &mcast)),
         ("needs-csum-udp", vnet(csum, &udp)),
         ("tso-tcpv4", vnet(tcp(1398, virtio::GsoType::TcpV4), &tso)),
+        ("net-across", vnet(none, &net_across)),
+        ("net-isolated", vnet(none, &net_isolated)),
+        ("net-internal-out", vnet(none, &net_internal)),
+        ("net-local", vnet(none, &net_local)),
+        ("net-egress", vnet(none, &net_egress)),
+        ("net-tso-local", vnet(tcp(1448, virtio::GsoType::TcpV4), &net_tso_local)),
         ("tso-max", vnet(tcp(1398, virtio::GsoType::TcpV4), &tso_max)),
         (
             "uso-udp",
@@ -324,6 +362,11 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
             .collect::<Vec<_>>()
     };
     let udps = udp_run(&|| v4(a, b));
+    let net_blue = from_a(&build(|v| v4(BLUE_A, BLUE_B).udp(5000, 6000).write(v, b"net").unwrap()));
+    let mut net_wrong_vni = net_blue.clone();
+    net_wrong_vni[6] = 9; // red's VNI on a blue source
+    let mut net_isolated = from_a(&build(|v| v4(a, BLUE_B).udp(5000, 6000).write(v, b"net").unwrap()));
+    net_isolated[6] = 9; // red's VNI into blue
     let udps6 = udp_run(&|| v6(A6, B6));
     vec![
         ("udp", framed(std::slice::from_ref(&udp))),
@@ -348,6 +391,9 @@ fn seeds_outside() -> Vec<(&'static str, Vec<u8>)> {
         ("udp-run-coalesces", framed(&udps)),
         ("ipv6-udp-run-coalesces", framed(&udps6)),
         ("unknown-peer", framed_from_stranger(&udp)),
+        ("net-blue", framed(&[net_blue])),
+        ("net-wrong-vni", framed(&[net_wrong_vni])),
+        ("net-isolated", framed(&[net_isolated])),
     ]
 }
 

@@ -6,10 +6,19 @@
 //! with "fragmentation needed" / "packet too big", so TCP through the overlay learns
 //! its path MTU. An IPv4 packet without DF that is too big is still sent; the kernel
 //! fragments the outer datagram.
+//!
+//! With container networks, isolation is decided before routing, so a gateway
+//! address, a local container and the world are refused alike. Two packets the host
+//! sent into the TUN do not leave in VXLAN: one for a container on this host (the
+//! route is local and the destination is in a network) and one from a network's
+//! container to outside every overlay prefix (egress). Both go back to the host,
+//! which has the routes (the container's /32, the uplink) and the masquerading rule
+//! for them; the overlay MTU does not apply to them. A local destination outside
+//! every network is still a hairpin: the host routed it here by mistake.
 
 use super::segment::{self, Gso};
-use super::{flow_hash, DropReason, Verdict, ENCAP_LEN};
-use crate::snapshot::{NextHop, Snapshot};
+use super::{flow_hash, DropReason, HostPath, Verdict, ENCAP_LEN};
+use crate::snapshot::{Network, NextHop, Snapshot};
 use crate::wire::{checksum, ether, icmp, vxlan};
 use core::net::IpAddr;
 
@@ -55,6 +64,12 @@ pub fn process(
     if multicast {
         return Verdict::Drop(DropReason::Multicast);
     }
+    // Isolation comes before routing, so a gateway address, a local container or the
+    // world are refused alike when the packet may not reach them.
+    let (sn, dn) = (snap.network(hdr.src), snap.network(hdr.dst));
+    if isolated(sn, dn) {
+        return Verdict::Drop(DropReason::Isolated);
+    }
     let peer = match snap.routes.lookup(hdr.dst) {
         Some(NextHop::Peer(p)) => *p,
         // The packet ends at this node (a gateway address): no TTL or MTU rules.
@@ -65,7 +80,11 @@ pub fn process(
             }
         }
         Some(NextHop::Service) => return Verdict::Drop(DropReason::Malformed),
+        // A container on this host: back to the host, which delivers it to the veth.
+        Some(NextHop::Local) if dn.is_some() => return to_host(snap, pkt, &hdr, off, HostPath::Local, scratch),
         Some(NextHop::Local) => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::Hairpin, scratch),
+        // A container's packet for the world (an internal network's never gets here).
+        None if sn.is_some() && dn.is_none() => return to_host(snap, pkt, &hdr, off, HostPath::Egress, scratch),
         None => return reply(snap, pkt, &hdr, icmp::Kind::Unreachable, DropReason::NoRoute, scratch),
     };
     let Some(peer_entry) = snap.peers.get(usize::from(peer)) else {
@@ -92,7 +111,10 @@ pub fn process(
     }
     let start = off - ENCAP_LEN;
     let encap = &mut buf[start..off];
-    vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(snap.vni);
+    // The packet's network: the source's, else the destination's (equal when both
+    // are set, or the packet was isolated above), so a peer expects the VNI it sees.
+    let vni = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(vni);
     ether::Repr {
         src: snap.node_mac,
         dst: peer_entry.mac,
@@ -111,9 +133,46 @@ pub fn process(
     }
 }
 
+/// Whether a packet from network `sn` to network `dn` (`None`: outside every
+/// network) must not pass: it crosses from one network into another, or into or out
+/// of an internal network. Shared by both directions. Networks do not overlap, so
+/// two are the same exactly when they are equal.
+#[inline]
+pub fn isolated(sn: Option<&Network>, dn: Option<&Network>) -> bool {
+    match (sn, dn) {
+        (Some(s), Some(d)) => s != d,
+        (Some(n), None) | (None, Some(n)) => n.internal,
+        (None, None) => false,
+    }
+}
+
+/// The packet goes back to the host. It is one router hop like forwarding (TTL
+/// decremented, "time exceeded" when it runs out) but the overlay MTU does not apply:
+/// the packet never leaves this host inside VXLAN, and what the host does with it
+/// next (a veth, an uplink) has its own MTU and its own ICMP errors.
+fn to_host(snap: &Snapshot, pkt: &mut [u8], hdr: &Header, off: usize, path: HostPath, scratch: &mut [u8]) -> Verdict {
+    if hdr.ttl <= 1 {
+        return reply(
+            snap,
+            pkt,
+            hdr,
+            icmp::Kind::TimeExceeded,
+            DropReason::TtlExpired,
+            scratch,
+        );
+    }
+    decrement_ttl(pkt, hdr.v6);
+    Verdict::ToHost {
+        start: off,
+        len: hdr.total,
+        path,
+    }
+}
+
 /// The few header fields the inside path decides on.
 struct Header {
     v6: bool,
+    src: IpAddr,
     dst: IpAddr,
     ttl: u8,
     total: usize,
@@ -133,6 +192,7 @@ impl Header {
                 }
                 Some(Header {
                     v6: false,
+                    src: IpAddr::V4(h.source_addr()),
                     dst: IpAddr::V4(h.destination_addr()),
                     ttl: h.ttl(),
                     total,
@@ -152,6 +212,7 @@ impl Header {
                 }
                 Some(Header {
                     v6: true,
+                    src: IpAddr::V6(h.source_addr()),
                     dst: IpAddr::V6(h.destination_addr()),
                     ttl: h.hop_limit(),
                     total,
@@ -198,7 +259,7 @@ fn reply(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::pipeline::outside;
+    use crate::pipeline::{outside, HostPath};
     use etherparse::{IpSlice, PacketBuilder};
     use std::net::Ipv6Addr;
 
@@ -453,5 +514,193 @@ pub(crate) mod tests {
         assert_eq!(reason, DropReason::NoRoute);
         let ip = IpSlice::from_slice(&scratch[..len]).unwrap();
         assert_eq!(ip.source_addr(), "fd00:3::7".parse::<IpAddr>().unwrap());
+    }
+
+    /// Networks (see `testkit::pair_with_networks`): blue 198.19.16.0/20 VNI 7, green
+    /// 198.19.32.0/20 VNI 8 internal, red 198.19.48.0/20 VNI 9; a holds x.x.16/32/48.0/24.
+    fn run(snap: &Snapshot, src: [u8; 4], dst: [u8; 4], ttl: u8) -> (Verdict, Vec<u8>) {
+        let pkt = udp4(src, dst, ttl, 10);
+        let mut buf = in_buf(&pkt);
+        let mut scratch = [0u8; 1500];
+        let v = process(snap, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+        (v, buf)
+    }
+
+    fn vni_of(v: Verdict, buf: &[u8]) -> u32 {
+        let Verdict::Forward { start, .. } = v else {
+            panic!("{v:?}")
+        };
+        vxlan::Repr::parse(&vxlan::Packet::new_checked(&buf[start..]).unwrap())
+            .unwrap()
+            .vni
+    }
+
+    #[test]
+    fn a_network_crosses_hosts_under_its_vni() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        let (v, buf) = run(&a, [198, 19, 16, 5], [198, 19, 17, 7], 64);
+        assert_eq!(vni_of(v, &buf), 7);
+        let (v, buf) = run(&a, [198, 19, 32, 5], [198, 19, 33, 7], 64);
+        assert_eq!(vni_of(v, &buf), 8, "internal, within its subnet");
+        // From outside every network (the host) to a network: the destination's VNI.
+        let (v, buf) = run(&a, [198, 19, 1, 5], [198, 19, 49, 7], 64);
+        assert_eq!(vni_of(v, &buf), 9);
+        // Outside every network: the node's VNI, as without networks.
+        let (v, buf) = run(&a, [198, 19, 1, 5], [198, 19, 2, 7], 64);
+        assert_eq!(vni_of(v, &buf), 42);
+    }
+
+    #[test]
+    fn packets_between_networks_and_across_internal_ones_are_isolated() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for (src, dst, why) in [
+            ([198, 19, 16, 5], [198, 19, 49, 7], "blue to red on the other host"),
+            ([198, 19, 16, 5], [198, 19, 48, 9], "blue to red on this host"),
+            ([198, 19, 16, 5], [198, 19, 33, 7], "blue to green (internal)"),
+            ([198, 19, 32, 5], [8, 8, 8, 8], "internal to the world"),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 1, 9],
+                "internal to a local prefix outside networks",
+            ),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 2, 7],
+                "internal to a peer's prefix outside networks",
+            ),
+            ([198, 19, 32, 5], [198, 19, 9, 9], "internal to no route"),
+            ([8, 8, 8, 8], [198, 19, 32, 9], "the world to internal"),
+            ([198, 19, 1, 5], [198, 19, 33, 7], "the host to internal"),
+        ] {
+            let (v, _) = run(&a, src, dst, 64);
+            assert_eq!(v, Verdict::Drop(DropReason::Isolated), "{why}");
+        }
+        // A gateway address of another network is refused too, before the service thread.
+        let mut spec = crate::testkit::pair_specs().0;
+        spec.local.push("198.19.16.0/24".parse().unwrap());
+        spec.service = vec!["198.19.48.1/32".parse().unwrap()];
+        spec.networks = crate::testkit::networks();
+        let gw = Snapshot::compile(2, spec);
+        assert_eq!(
+            run(&gw, [198, 19, 16, 5], [198, 19, 48, 1], 64).0,
+            Verdict::Drop(DropReason::Isolated)
+        );
+        assert!(matches!(
+            run(&gw, [198, 19, 48, 5], [198, 19, 48, 1], 64).0,
+            Verdict::Service { .. }
+        ));
+    }
+
+    #[test]
+    fn local_containers_go_back_to_the_host() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for src in [[198, 19, 16, 5], [8, 8, 8, 8], [198, 19, 1, 5]] {
+            // A container on this host, from its own network, from the world (a reply
+            // to masqueraded traffic) or from the host.
+            let pkt = udp4(src, [198, 19, 16, 9], 64, 10);
+            let (v, buf) = run(&a, src, [198, 19, 16, 9], 64);
+            assert_eq!(
+                v,
+                Verdict::ToHost {
+                    start: HEADROOM,
+                    len: pkt.len(),
+                    path: HostPath::Local
+                }
+            );
+            let h = IpSlice::from_slice(&buf[HEADROOM..HEADROOM + pkt.len()]).unwrap();
+            let h = h.ipv4().unwrap().header();
+            assert_eq!(h.ttl(), 63);
+            assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+            assert_eq!(&buf[HEADROOM + 12..HEADROOM + pkt.len()], &pkt[12..]);
+        }
+        // Internal networks too, within their subnet.
+        assert!(matches!(
+            run(&a, [198, 19, 32, 5], [198, 19, 32, 9], 64).0,
+            Verdict::ToHost {
+                path: HostPath::Local,
+                ..
+            }
+        ));
+        // A hop like any other: TTL 1 runs out here.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 16, 9], 1).0,
+            Verdict::Reply {
+                reason: DropReason::TtlExpired,
+                ..
+            }
+        ));
+        // A local destination outside every network is still a hairpin.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 1, 9], 64).0,
+            Verdict::Reply {
+                reason: DropReason::Hairpin,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_networks_traffic_to_the_world_is_egress() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        let (v, buf) = run(&a, [198, 19, 16, 5], [93, 184, 216, 34], 64);
+        let Verdict::ToHost {
+            start,
+            len,
+            path: HostPath::Egress,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(buf[start + 8], 63, "TTL decremented");
+        assert_eq!(len, 38);
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [93, 184, 216, 34], 1).0,
+            Verdict::Reply {
+                reason: DropReason::TtlExpired,
+                ..
+            }
+        ));
+        // From outside every network: no route, as without networks.
+        assert!(matches!(
+            run(&a, [198, 19, 1, 5], [93, 184, 216, 34], 64).0,
+            Verdict::Reply {
+                reason: DropReason::NoRoute,
+                ..
+            }
+        ));
+        // A network's own address nobody announces is not egress either.
+        assert!(matches!(
+            run(&a, [198, 19, 16, 5], [198, 19, 20, 1], 64).0,
+            Verdict::Reply {
+                reason: DropReason::NoRoute,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn superpackets_go_back_to_the_host_whole() {
+        let (a, _) = crate::testkit::pair_with_networks();
+        for dst in [[198, 19, 16, 9], [93, 184, 216, 34]] {
+            let mut sp = Vec::new();
+            PacketBuilder::ipv4([198, 19, 16, 5], dst, 64)
+                .tcp(1, 2, 100, 1000)
+                .write(&mut sp, &vec![5u8; 20_000])
+                .unwrap();
+            let mut buf = in_buf(&sp);
+            let mut scratch = [0u8; 1500];
+            let gso = Gso {
+                l4: segment::L4::Tcp,
+                l3_len: 20,
+                size: 1448,
+            };
+            let v = process(&a, &mut buf, HEADROOM, sp.len(), Some(&gso), &mut scratch);
+            let Verdict::ToHost { start, len, .. } = v else {
+                panic!("{v:?}")
+            };
+            // Not cut and not held to the overlay MTU: the host segments it if it must.
+            assert_eq!((start, len), (HEADROOM, sp.len()));
+            assert_eq!(buf[start + 8], 63);
+        }
     }
 }

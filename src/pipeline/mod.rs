@@ -8,6 +8,30 @@
 //!   headers and the VNI, check the inner source against what the sender announced,
 //!   and hand back the inner packet, still in place.
 //!
+//! ## Container networks
+//!
+//! Host policy routing sends every packet a container sends into the TUN, so the
+//! pipeline is the one place that sees all of a network's traffic, also between two
+//! containers on one host, and it is where isolation is enforced. A snapshot's
+//! [`Network`](crate::snapshot::Network)s are IPv4 subnets with a VNI each; a packet
+//! belongs to its source's network, else its destination's, else to none (then the
+//! node's own VNI carries it, exactly as before networks existed). The rules, the
+//! same on both paths ([`inside::isolated`]):
+//!
+//! - a packet never crosses from one network into another;
+//! - an internal network's packets stay inside its subnet, both ways;
+//! - between hosts, the VXLAN VNI is the packet's network's. The sender picks it by
+//!   that rule and the receiver checks it by the same rule, so what one node sends
+//!   the other accepts, a peer cannot smuggle a packet into a network under another
+//!   network's VNI ([`DropReason::Isolated`]), nor claim a network's source under a
+//!   VNI that is not that network's ([`DropReason::Spoofed`]).
+//!
+//! Packets the pipeline keeps on this host — to a local container, or from a
+//! container to the world (egress, masqueraded by the host) — are handed back to the
+//! host through the TUN ([`Verdict::ToHost`]), one router hop like forwarding. They
+//! are dropped silently when isolated: an ICMP error would tell a container what lies
+//! beyond its network.
+//!
 //! Nothing here touches a file descriptor, allocates, locks or panics on input, so the
 //! pipeline can be unit-tested, benchmarked and fuzzed without a device, and the
 //! worker loop (`dataplane::worker`) stays the only place that does I/O.
@@ -39,6 +63,10 @@ pub enum Verdict {
     },
     /// Write `buf[start..start + len]` (the inner IP packet) to the TUN device.
     Deliver { start: usize, len: usize },
+    /// Inside only: write `buf[start..start + len]` (the packet read from the TUN,
+    /// TTL decremented, otherwise untouched) back to the TUN device for the host to
+    /// deliver; a superpacket goes back whole, with its GSO metadata.
+    ToHost { start: usize, len: usize, path: HostPath },
     /// Hand `buf[start..start + len]` (a packet for a gateway address) to the
     /// service thread.
     Service { start: usize, len: usize },
@@ -47,6 +75,17 @@ pub enum Verdict {
     Reply { len: usize, reason: DropReason },
     /// The packet is dropped for `reason`.
     Drop(DropReason),
+}
+
+/// Why the inside path hands a packet back to the host rather than to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPath {
+    /// To a container on this host (its network's address, routed here): the host
+    /// delivers it by the container's /32 route.
+    Local,
+    /// From a container to outside every overlay prefix: the host routes it out and
+    /// masquerades it.
+    Egress,
 }
 
 crate::telemetry::counted_enum! {
@@ -74,6 +113,7 @@ crate::telemetry::counted_enum! {
         ServiceBusy => "service_busy", "Service: the service thread's queue or buffer pool was full.";
         TooManySegments => "too_many_segments", "Inside: a superpacket would split into more segments than a batch holds (segment size under 256 bytes).";
         BatchFull => "batch_full", "I/O: a batch had no room left for a packet (a bug, counted not crashed).";
+        Isolated => "isolated", "Inside/outside: a packet between two different networks, or into or out of an internal network's subnet.";
     }
 }
 

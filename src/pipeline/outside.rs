@@ -1,12 +1,19 @@
 //! Outside: a VXLAN datagram from the underlay, bound for this host.
 //!
-//! A datagram is accepted only from a peer that is up, with the I flag set, this
-//! node's VNI, an inner Ethernet frame addressed to this node (or broadcast), and an
-//! inner IPv4/IPv6 packet that is well formed, comes from inside the prefixes that
-//! peer announced (anti-spoofing) and goes to a prefix this node serves. Anything else
-//! is dropped with its reason; nothing is ever forwarded on to a third node.
+//! A datagram is accepted only from a peer that is up, with the I flag set, a VNI
+//! this node serves, an inner Ethernet frame addressed to this node (or broadcast),
+//! and an inner IPv4/IPv6 packet that is well formed, comes from inside the prefixes
+//! that peer announced (anti-spoofing), carries the VNI of its network (see the
+//! module docs of [`crate::pipeline`]) without crossing networks, and goes to a
+//! prefix this node serves. Anything else is dropped with its reason; nothing is ever
+//! forwarded on to a third node.
+//!
+//! An unknown VNI is refused before the inner packet is parsed (the cheap check that
+//! stops a stray VXLAN sender); which network's VNI a packet may carry needs its
+//! addresses, so that is checked after the sender's prefixes, and the flow memo keys
+//! on the VNI too, so a train under one VNI never vouches for a datagram under another.
 
-use super::{DropReason, Verdict, ENCAP_LEN};
+use super::{inside, DropReason, Verdict, ENCAP_LEN};
 use crate::snapshot::{NextHop, Snapshot};
 use crate::wire::{ether, vxlan};
 use core::net::IpAddr;
@@ -17,7 +24,8 @@ use core::net::IpAddr;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memo {
     generation: u64,
-    flow: Option<(IpAddr, u16, IpAddr, IpAddr)>,
+    /// Underlay source, peer, VNI, inner source and destination.
+    flow: Option<(IpAddr, u16, u32, IpAddr, IpAddr)>,
     hits: u64,
 }
 
@@ -44,7 +52,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
         };
     }
     let peer_idx = match memo.flow {
-        Some((s, p, _, _)) if s == src => Some(p),
+        Some((s, p, _, _, _)) if s == src => Some(p),
         _ => snap.peer_by_underlay(src),
     };
     let Some(peer) = peer_idx.and_then(|i| snap.peers.get(usize::from(i))) else {
@@ -53,11 +61,11 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     let Ok(vx) = vxlan::Packet::new_checked(dgram) else {
         return Verdict::Drop(DropReason::BadVxlan);
     };
-    match vxlan::Repr::parse(&vx) {
-        Ok(r) if r.vni == snap.vni => {}
+    let vni = match vxlan::Repr::parse(&vx) {
+        Ok(r) if snap.serves_vni(r.vni) => r.vni,
         Ok(_) => return Verdict::Drop(DropReason::UnknownVni),
         Err(_) => return Verdict::Drop(DropReason::BadVxlan),
-    }
+    };
     let Ok(eth) = ether::Frame::new_checked(vx.payload()) else {
         return Verdict::Drop(DropReason::BadEthernet);
     };
@@ -90,19 +98,47 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
         _ => return Verdict::Drop(DropReason::NotIp),
     };
     let peer_idx = peer_idx.unwrap_or_default();
-    if memo.flow == Some((src, peer_idx, src_ip, dst_ip)) {
+    if memo.flow == Some((src, peer_idx, vni, src_ip, dst_ip)) {
         memo.hits += 1;
         return Verdict::Deliver { start: ENCAP_LEN, len };
     }
     if peer.allowed.lookup(src_ip).is_none() {
         return Verdict::Drop(DropReason::Spoofed);
     }
+    if let Some(reason) = network_check(snap, vni, src_ip, dst_ip) {
+        return Verdict::Drop(reason);
+    }
     if snap.routes.lookup(dst_ip) != Some(&NextHop::Local) {
         return Verdict::Drop(DropReason::NotLocal);
     }
-    memo.flow = Some((src, peer_idx, src_ip, dst_ip));
+    memo.flow = Some((src, peer_idx, vni, src_ip, dst_ip));
     // Ethernet padding after the IP packet, if a peer added any, is left behind.
     Verdict::Deliver { start: ENCAP_LEN, len }
+}
+
+/// The network rules for a datagram carrying `vni` from inner `src` to `dst`: the
+/// VNI must be the packet's network's (the source's, else the destination's), the
+/// node's own when it is in none, and the packet must not cross networks. The
+/// sending node encapsulates by the same rule, so what one node sends the other
+/// accepts, and a peer cannot use a VNI to carry a packet into another network.
+fn network_check(snap: &Snapshot, vni: u32, src: IpAddr, dst: IpAddr) -> Option<DropReason> {
+    let (sn, dn) = (snap.network(src), snap.network(dst));
+    if sn.is_some_and(|n| n.vni != vni) {
+        // The source claims an address of a network the VNI does not belong to.
+        return Some(DropReason::Spoofed);
+    }
+    if inside::isolated(sn, dn) {
+        return Some(DropReason::Isolated);
+    }
+    let expected = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    if vni == expected {
+        None
+    } else if dn.is_some() && snap.is_network_vni(vni) {
+        // Another network's packet for this one.
+        Some(DropReason::Isolated)
+    } else {
+        Some(DropReason::UnknownVni)
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +240,147 @@ mod tests {
                 len: n - ENCAP_LEN
             }
         );
+    }
+
+    /// A datagram from node a carrying `src` → `dst` under `vni`, built by hand so
+    /// it can carry what a's inside path would refuse to send.
+    fn dgram(src: [u8; 4], dst: [u8; 4], vni: u32) -> Vec<u8> {
+        let mut d = vec![0u8; ENCAP_LEN];
+        vxlan::Packet::new_unchecked(&mut d[..vxlan::HEADER_LEN]).set_header(vni);
+        ether::Repr {
+            src: ether::Address::for_node("a"),
+            dst: ether::Address::for_node("b"),
+            ethertype: ether::ethertype::IPV4,
+        }
+        .emit(&mut ether::Frame::new_unchecked(&mut d[vxlan::HEADER_LEN..]));
+        d.extend_from_slice(&udp4(src, dst, 64, 10));
+        d
+    }
+
+    #[test]
+    fn networks_cross_hosts_under_their_vni_only() {
+        let (a, b) = crate::testkit::pair_with_networks();
+        // What a sends, b takes: within a network, from the host into one, outside.
+        for (src, dst) in [
+            ([198, 19, 16, 5], [198, 19, 17, 7]),
+            ([198, 19, 32, 5], [198, 19, 33, 7]),
+            ([198, 19, 1, 5], [198, 19, 17, 7]),
+            ([198, 19, 1, 5], [198, 19, 2, 7]),
+            ([198, 19, 16, 5], [198, 19, 2, 7]),
+        ] {
+            let d = encapsulated(&a, &udp4(src, dst, 64, 10));
+            assert!(
+                matches!(process(&b, a_ip(), &d), Verdict::Deliver { .. }),
+                "{src:?} -> {dst:?}"
+            );
+        }
+        let blue_vni = |d: &[u8]| d[4..7] == [0, 0, 7];
+        assert!(blue_vni(&encapsulated(
+            &a,
+            &udp4([198, 19, 16, 5], [198, 19, 17, 7], 64, 10)
+        )));
+        type Case = ([u8; 4], [u8; 4], u32, DropReason, &'static str);
+        let cases: [Case; 10] = [
+            // The source's network is not the VNI's.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                9,
+                DropReason::Spoofed,
+                "blue under red's VNI",
+            ),
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                42,
+                DropReason::Spoofed,
+                "blue under the node's VNI",
+            ),
+            // Into another network.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 49, 7],
+                7,
+                DropReason::Isolated,
+                "blue to red",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 17, 7],
+                9,
+                DropReason::Isolated,
+                "red's VNI into blue",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 33, 7],
+                8,
+                DropReason::Isolated,
+                "into internal",
+            ),
+            (
+                [198, 19, 32, 5],
+                [198, 19, 2, 7],
+                8,
+                DropReason::Isolated,
+                "out of internal",
+            ),
+            // A VNI nobody serves, or the wrong one where no network decides.
+            (
+                [198, 19, 16, 5],
+                [198, 19, 17, 7],
+                1234,
+                DropReason::UnknownVni,
+                "unknown VNI",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 17, 7],
+                42,
+                DropReason::UnknownVni,
+                "the node's VNI into blue",
+            ),
+            (
+                [198, 19, 1, 5],
+                [198, 19, 2, 7],
+                7,
+                DropReason::UnknownVni,
+                "blue's VNI outside networks",
+            ),
+            // The existing checks still come first.
+            (
+                [198, 19, 7, 5],
+                [198, 19, 17, 7],
+                7,
+                DropReason::Spoofed,
+                "not announced by a",
+            ),
+        ];
+        for (src, dst, vni, want, why) in cases {
+            assert_eq!(process(&b, a_ip(), &dgram(src, dst, vni)), Verdict::Drop(want), "{why}");
+        }
+        // A network address b does not hold is not local, whatever the network.
+        assert_eq!(
+            process(&b, a_ip(), &dgram([198, 19, 16, 5], [198, 19, 16, 7], 7)),
+            Verdict::Drop(DropReason::NotLocal)
+        );
+        // Without networks, a network's VNI is unknown.
+        let (_, plain) = pair();
+        assert_eq!(
+            process(&plain, a_ip(), &dgram([198, 19, 1, 5], [198, 19, 2, 7], 7)),
+            Verdict::Drop(DropReason::UnknownVni)
+        );
+    }
+
+    #[test]
+    fn the_memo_keys_on_the_vni() {
+        let (_, b) = crate::testkit::pair_with_networks();
+        let good = dgram([198, 19, 16, 5], [198, 19, 17, 7], 7);
+        let other = dgram([198, 19, 16, 5], [198, 19, 17, 7], 9);
+        let mut memo = Memo::default();
+        for d in [&good, &other, &good, &good, &other] {
+            assert_eq!(process_memo(&b, a_ip(), d, &mut memo), process(&b, a_ip(), d));
+        }
+        assert_eq!(memo.hits(), 2);
     }
 }
