@@ -192,6 +192,7 @@ pub fn model_settings(range: &str) -> crate::model::Settings {
         sync_timeout: std::time::Duration::from_secs(3),
         apply_timeout: std::time::Duration::from_secs(2),
         max_peers: 1024,
+        networks: crate::model::NetworkSettings::default(),
     }
 }
 

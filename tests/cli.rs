@@ -100,6 +100,13 @@ fn configuration_promises_are_kept() {
         ("[api]\nmax_connections = 0\n", "api.max_connections"),
         // The Weave face has no authentication: loopback only, unless opted in.
         ("[api]\nweave_listen = \"0.0.0.0:6784\"\n", "api.allow_unauthenticated"),
+        ("[api]\nlibnetwork_listen = \"0.0.0.0:6785\"\n", "api.libnetwork_listen"),
+        (
+            "[api]\nlibnetwork_listen = \"127.0.0.1:6784\"\n",
+            "api.libnetwork_listen",
+        ),
+        ("[networks]\npool = \"10.32.0.0/16\"\n", "networks.pool"),
+        ("[networks]\nprefix = 4\n", "networks.prefix"),
         ("[api]\nmetrics_listen = \"127.0.0.1:6786\"\n", "api.metrics_listen"),
         // The wildcard address overlaps every address on its port.
         ("[api]\nmetrics_listen = \"0.0.0.0:6784\"\n", "api.metrics_listen"),
@@ -177,7 +184,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         &ns,
         &dir,
         "fourth",
-        "[control]\nport = 7004\n[api]\nlisten = \"127.0.0.1:7005\"\nweave_listen = \"127.0.0.1:7006\"\nmetrics_listen = \"127.0.0.1:7007\"\n[dataplane]\ntun_name = \"tl3\"\n",
+        "[control]\nport = 7004\n[api]\nlisten = \"127.0.0.1:7005\"\nweave_listen = \"127.0.0.1:7006\"\nmetrics_listen = \"127.0.0.1:7007\"\nlibnetwork_listen = \"127.0.0.1:7009\"\n[dataplane]\ntun_name = \"tl3\"\n",
         "state4",
     );
     assert_eq!(exit_code(fourth), Some(1));
@@ -199,7 +206,7 @@ fn busy_port_locked_state_missing_capability_and_clean_shutdown() {
         let cfg = dir.0.join("nobody.toml");
         std::fs::write(
             &cfg,
-            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\nmetrics_listen = \"127.0.0.1:7008\"\n[dataplane]\ntun_name = \"tl2\"\ndata_port = 4801\n",
+            "[control]\nport = 7001\n[api]\nlisten = \"127.0.0.1:7002\"\nweave_listen = \"127.0.0.1:7003\"\nmetrics_listen = \"127.0.0.1:7008\"\nlibnetwork_listen = \"127.0.0.1:7010\"\n[dataplane]\ntun_name = \"tl2\"\ndata_port = 4801\n",
         )
         .unwrap();
         let state = dir.0.join("state-nobody");

@@ -86,9 +86,12 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
     let r = h.iperf(0, OVERLAY[1], 3, 1, false).unwrap();
     let moved = r["end"]["sum_received"]["bytes"].as_u64().unwrap();
     assert!(moved > 10_000_000, "iperf3 moved only {moved} bytes");
-    let after = h.stats(1).unwrap();
-    let delivered = after["total"]["counters"]["delivered_bytes"].as_u64().unwrap()
-        - before["total"]["counters"]["delivered_bytes"].as_u64().unwrap();
+    // A worker adds a batch to its counters just after writing it to the TUN, which
+    // may be after iperf3 has read it: wait (bounded) for the last batch's tally.
+    let bytes = |s: &serde_json::Value| s["total"]["counters"]["delivered_bytes"].as_u64().unwrap_or(0);
+    let base = bytes(&before);
+    let after = stats_once(&h, 1, |s| bytes(s) - base >= moved);
+    let delivered = bytes(&after) - base;
     assert!(
         delivered >= moved,
         "b delivered {delivered} bytes for {moved} received by iperf3"

@@ -31,8 +31,15 @@ fn the_served_api_never_answers_with_a_server_error() {
     let st = schemathesis();
     // Each face on its own port: the management face's paths, then the rest.
     for (base, filter) in [
-        ("http://127.0.0.1:6786", "--include-path-regex=^/(health|ready|api/)"),
-        ("http://127.0.0.1:6784", "--exclude-path-regex=^/(health|ready|api/)"),
+        (
+            "http://127.0.0.1:6786",
+            "--include-path-regex=^/(health|ready|api/|container-station/)",
+        ),
+        ("http://127.0.0.1:6785", "--include-path-regex=^/(networks|services)"),
+        (
+            "http://127.0.0.1:6784",
+            "--exclude-path-regex=^/(health|ready|api/|container-station/|networks|services)",
+        ),
     ] {
         let out =
             h.ns.command(

@@ -11,7 +11,7 @@
 pub mod state;
 
 use crate::config::Settings;
-use crate::control::{self, management, metrics, weave};
+use crate::control::{self, libnetwork, management, metrics, weave};
 use crate::dataplane::device::{self, DeviceError};
 use crate::dataplane::stats::WorkerStats;
 use crate::dataplane::worker::{self, WorkerSetup};
@@ -54,6 +54,8 @@ pub enum StartError {
     Model(#[from] OpenError),
     #[error("state directory {path}: {message}")]
     StateDir { path: PathBuf, message: String },
+    #[error("preparing container attachments' routing: {0}")]
+    Host(#[from] crate::host::HostError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -78,6 +80,8 @@ pub struct Daemon {
     worker_threads: Vec<JoinHandle<io::Result<()>>>,
     others: Vec<JoinHandle<()>>,
     tun_name: String,
+    /// The host side: prepared at start, its routing cleaned up at exit.
+    host: Arc<LinkHost>,
     _state_lock: File,
 }
 
@@ -120,12 +124,26 @@ impl Daemon {
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
         let api = TcpListener::bind(settings.api.listen).map_err(bind_err("API address", settings.api.listen))?;
         let weave_listen = settings.api.weave_listen;
+        let libnetwork_listen = settings.api.libnetwork_listen;
         if settings.api.unauthenticated_exposed {
-            log::warn!(
-                "THE WEAVE API ON {weave_listen} HAS NO AUTHENTICATION and listens beyond loopback (api.allow_unauthenticated = true): anyone who reaches it can allocate addresses, expose the host and connect peers"
-            );
+            for (face, addr, can) in [
+                (
+                    "WEAVE",
+                    weave_listen,
+                    "allocate addresses, expose the host and connect peers",
+                ),
+                ("LIBNETWORK", libnetwork_listen, "create networks and attach containers"),
+            ] {
+                if !addr.ip().is_loopback() {
+                    log::warn!(
+                        "THE {face} API ON {addr} HAS NO AUTHENTICATION and listens beyond loopback (api.allow_unauthenticated = true): anyone who reaches it can {can}"
+                    );
+                }
+            }
         }
         let weave_api = TcpListener::bind(weave_listen).map_err(bind_err("Weave API address", weave_listen))?;
+        let libnetwork_api =
+            TcpListener::bind(libnetwork_listen).map_err(bind_err("libnetwork API address", libnetwork_listen))?;
         let metrics_api = match settings.api.metrics_listen {
             Some(a) => Some(TcpListener::bind(a).map_err(bind_err("metrics address", a))?),
             None => None,
@@ -191,13 +209,17 @@ impl Daemon {
         registry.register("store", commits.clone());
         let dns = Arc::new(Dns::new(settings.dns.clone()));
         registry.register("dns", dns.counters.clone());
+        // Container attachments' routing (tables 6783/6784, rule 99, sysctls) needs
+        // the TUN link up, which it is once created.
+        let host = Arc::new(LinkHost::new(tun.name.clone(), tun.index));
+        host.prepare()?;
         let model = Arc::new(Model::open(Parts {
             dns: dns.clone(),
             settings: settings.model.clone(),
             published: published.clone(),
             peers: peers.clone(),
             store,
-            kernel: Arc::new(LinkHost::new(tun.name.clone(), tun.index)),
+            kernel: host.clone(),
             liveness: Arc::new(Namespaces),
             commits,
         })?);
@@ -247,6 +269,18 @@ impl Daemon {
             worker_threads.push(h);
         }
 
+        // The workers forward now, so stored attachments can be made whole again.
+        match model.reconcile() {
+            Ok(r) => log::info!(
+                "networks: {} networks, {} endpoints; reconciled: {} removed (namespace gone), {} veths made again, {} stray veths removed",
+                model.networks().len() - 1,
+                model.endpoints().len(),
+                r.removed.len(),
+                r.recreated.len(),
+                r.strays.len()
+            ),
+            Err(e) => log::error!("networks: reconciling the stored attachments with the host failed: {e}"),
+        }
         let mut others = Vec::new();
         let svc = Service::new(
             service.clone(),
@@ -320,9 +354,16 @@ impl Daemon {
                 log::error!("Weave API stopped: {e}");
             }
         })?);
+        let face = Arc::new(libnetwork::Libnetwork { model: model.clone() });
+        let (sd, limits) = (shutdown.clone(), settings.api.limits);
+        others.push(spawn("tl-libnetwork", move || {
+            if let Err(e) = control::serve("libnetwork", libnetwork_api, libnetwork::router(), face, limits, sd) {
+                log::error!("libnetwork API stopped: {e}");
+            }
+        })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, metrics {metrics_at}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, libnetwork API http://{libnetwork_listen}, metrics {metrics_at}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
             settings.node.name,
             settings.node.nickname,
             tun.name,
@@ -344,6 +385,7 @@ impl Daemon {
             worker_threads,
             others,
             tun_name: tun.name,
+            host,
             _state_lock: lock,
         })
     }
@@ -379,6 +421,8 @@ impl Daemon {
         for h in self.others {
             let _ = h.join();
         }
+        // What start made for attachments' routing goes; attachments themselves stay.
+        self.host.cleanup();
         log::info!("tunloom stopped; {} removed", self.tun_name);
         result
     }

@@ -12,6 +12,8 @@ pub struct ApiSection {
     pub listen: SocketAddr,
     /// The Weave Net API (no authentication: loopback only).
     pub weave_listen: SocketAddr,
+    /// The libnetwork API (no authentication: loopback only).
+    pub libnetwork_listen: SocketAddr,
     /// Prometheus metrics (read-only counters).
     pub metrics_listen: SocketAddr,
     /// Serve the metrics at all.
@@ -37,6 +39,7 @@ impl Default for ApiSection {
         ApiSection {
             listen: "127.0.0.1:6786".parse().expect("static address"),
             weave_listen: "127.0.0.1:6784".parse().expect("static address"),
+            libnetwork_listen: "127.0.0.1:6785".parse().expect("static address"),
             metrics_listen: "127.0.0.1:6782".parse().expect("static address"),
             metrics: true,
             allow_unauthenticated: false,
@@ -58,9 +61,11 @@ impl Default for ApiSection {
 pub struct Api {
     pub listen: SocketAddr,
     pub weave_listen: SocketAddr,
+    pub libnetwork_listen: SocketAddr,
     /// Where the metrics listen; `None` when `api.metrics = false`.
     pub metrics_listen: Option<SocketAddr>,
-    /// The Weave API listens beyond loopback, by `api.allow_unauthenticated`.
+    /// The Weave or libnetwork API listens beyond loopback, by
+    /// `api.allow_unauthenticated`.
     pub unauthenticated_exposed: bool,
     pub limits: Limits,
 }
@@ -73,15 +78,20 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 impl ApiSection {
     pub fn validate(&self) -> Result<Api, Invalid> {
-        let exposed = !self.weave_listen.ip().is_loopback();
-        if exposed && !self.allow_unauthenticated {
-            return Err(Invalid::new(
-                "api.weave_listen",
-                format!(
-                    "{} is not a loopback address; the Weave API has no authentication (set api.allow_unauthenticated = true to expose it anyway)",
-                    self.weave_listen
-                ),
-            ));
+        let open = [
+            ("api.weave_listen", "Weave", self.weave_listen),
+            ("api.libnetwork_listen", "libnetwork", self.libnetwork_listen),
+        ];
+        let exposed = open.iter().any(|(_, _, a)| !a.ip().is_loopback());
+        for (key, face, addr) in open {
+            if !addr.ip().is_loopback() && !self.allow_unauthenticated {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "{addr} is not a loopback address; the {face} API has no authentication (set api.allow_unauthenticated = true to expose it anyway)"
+                    ),
+                ));
+            }
         }
         if overlaps(self.weave_listen, self.listen) {
             return Err(Invalid::new(
@@ -89,8 +99,20 @@ impl ApiSection {
                 format!("{} overlaps api.listen ({})", self.weave_listen, self.listen),
             ));
         }
+        for (key, other) in [("api.listen", self.listen), ("api.weave_listen", self.weave_listen)] {
+            if overlaps(self.libnetwork_listen, other) {
+                return Err(Invalid::new(
+                    "api.libnetwork_listen",
+                    format!("{} overlaps {key} ({other})", self.libnetwork_listen),
+                ));
+            }
+        }
         if self.metrics {
-            for (key, other) in [("api.listen", self.listen), ("api.weave_listen", self.weave_listen)] {
+            for (key, other) in [
+                ("api.listen", self.listen),
+                ("api.weave_listen", self.weave_listen),
+                ("api.libnetwork_listen", self.libnetwork_listen),
+            ] {
                 if overlaps(self.metrics_listen, other) {
                     return Err(Invalid::new(
                         "api.metrics_listen",
@@ -104,6 +126,7 @@ impl ApiSection {
         Ok(Api {
             listen: self.listen,
             weave_listen: self.weave_listen,
+            libnetwork_listen: self.libnetwork_listen,
             metrics_listen: self.metrics.then_some(self.metrics_listen),
             unauthenticated_exposed: exposed,
             limits: Limits {

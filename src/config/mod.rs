@@ -20,6 +20,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod ipam;
+pub mod networks;
 pub mod node;
 pub mod overlay;
 
@@ -153,6 +154,10 @@ pub struct Config {
     #[serde(default)]
     pub dns: dns::DnsSection,
     #[serde(default)]
+    pub networks: networks::NetworksSection,
+    #[serde(default)]
+    pub egress: networks::EgressSection,
+    #[serde(default)]
     pub peers: Vec<control::PeerSection>,
 }
 
@@ -236,6 +241,7 @@ impl Config {
             ));
         }
         let ipam = self.ipam.validate()?;
+        let networks = networks::validate(&self.networks, &self.egress, ipam.range)?;
         let api = self.api.validate()?;
         let dns = self.dns.validate(env)?;
         let static_peers = control::static_peers(&self.peers, c.port)?;
@@ -269,6 +275,7 @@ impl Config {
             sync_timeout: control.sync_timeout,
             apply_timeout: control.apply_timeout,
             max_peers: control.max_peers,
+            networks,
         };
         let peers = peers::Settings {
             identity: Identity {

@@ -51,6 +51,12 @@ pub struct DataplaneInfo {
     pub gateways: Vec<IpAddr>,
 }
 
+impl AsRef<Model> for Management {
+    fn as_ref(&self) -> &Model {
+        &self.model
+    }
+}
+
 pub fn router() -> Router<Management> {
     // No authentication yet: the listener is loopback by default. The identity
     // issue puts its token gate here; /health and the document stay public.
@@ -61,10 +67,12 @@ pub fn router() -> Router<Management> {
         .add("GET", "/api/v1/state/backup", backup)
         .add("GET", "/api/v1/dns-cache", dns_cache)
         .add_public("GET", "/api/v1/openapi.json", openapi);
+    super::container_station::mount(&mut r);
     r
 }
 
-/// The OpenAPI document of every face (management and Weave), kept in the repository
+/// The OpenAPI document of every face (management with Container Station, Weave,
+/// libnetwork), kept in the repository
 /// beside the code it describes; a test checks that it lists exactly the routes served.
 pub const OPENAPI: &str = include_str!("../../api/openapi.json");
 
@@ -368,6 +376,7 @@ mod tests {
             .routes()
             .into_iter()
             .chain(crate::control::weave::router().routes())
+            .chain(crate::control::libnetwork::router().routes())
         {
             served.insert((m.to_string(), p));
         }

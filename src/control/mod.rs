@@ -7,6 +7,10 @@
 //!   every client (sizes, deadlines, connections), handler pools, the request log.
 //! - [`weave`]: the Weave Net local API, parsed into calls on the [`crate::model`].
 //! - [`management`]: `/health`, `/api/v1/stats`, `/api/v1/openapi.json`.
+//! - [`container_station`]: Docker's network API as Container Station serves it
+//!   (seed 002), on the management listener.
+//! - [`libnetwork`]: the 2015 libnetwork API (seed 001), on a loopback listener of
+//!   its own.
 //! - [`metrics`]: `/metrics` for Prometheus, on a listener of its own, from the
 //!   same sources as the stats.
 //!
@@ -15,7 +19,9 @@
 //! alone; each maps the model's error kinds to its own status codes and shapes in
 //! one place.
 
+pub mod container_station;
 pub mod http;
+pub mod libnetwork;
 pub mod management;
 pub mod metrics;
 pub mod router;

@@ -172,6 +172,7 @@ fn failed(e: model::Error) -> Response {
     match e.kind() {
         // Weave answers a taken address as it answers a malformed one.
         Kind::Invalid | Kind::Conflict => bad(e),
+        Kind::Forbidden => text(403, format!("{e}\n")),
         Kind::NotFound => text(404, format!("{e}\n")),
         Kind::Unavailable => text(503, format!("{e}\n")),
         // The one JSON answer here: the change is stored but a worker has not applied

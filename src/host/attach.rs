@@ -185,10 +185,11 @@ pub fn prepare(nl: &mut Netlink, tun: &str, tun_index: u32) -> Result<(), HostEr
     ))
 }
 
-/// Removes what [`prepare`] and attachments put in tunloom's tables: rule 99 and
-/// every route of tables 6783 and 6784. Host ends, their rules and resolv.conf files
-/// stay (containers stay attached until detached). Returns what could not be
-/// removed, for the caller to log.
+/// Removes what [`prepare`] made: rule 99 and the routes of table 6783. What belongs
+/// to attachments stays — host ends, their rules 100, their /32 routes in 6784 and
+/// resolv.conf files — because attachments are durable: a container stays attached
+/// across a restart, and the next start's rule 99 makes it reachable again. Returns
+/// what could not be removed, for the caller to log.
 pub fn cleanup(nl: &mut Netlink, tun: &str) -> Vec<String> {
     let mut failed = Vec::new();
     let rule = Rule {
@@ -201,7 +202,7 @@ pub fn cleanup(nl: &mut Netlink, tun: &str) -> Vec<String> {
     }
     match nl.routes_v4() {
         Ok(routes) => {
-            for r in routes.iter().filter(|r| r.table == TO_TUN || r.table == TO_CONTAINERS) {
+            for r in routes.iter().filter(|r| r.table == TO_TUN) {
                 match nl.del_route(r) {
                     Err(e) if !crate::sys::netlink::is_absent(&e) => {
                         failed.push(format!("route {} in table {}: {e}", r.dst, r.table))

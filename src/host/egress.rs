@@ -5,12 +5,25 @@
 //! ```text
 //! table ip tunloom {
 //!     set egress { type ipv4_addr; flags interval; }        # one element per network
+//!     chain prerouting {
+//!         type filter hook prerouting priority raw; policy accept;
+//!         iifname "tlc*" notrack
+//!         iifname "<tun>" ip daddr @egress notrack
+//!     }
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr @egress oifname != "<tun>" masquerade
 //!     }
 //! }
 //! ```
+//!
+//! Why the `notrack` rules: every packet a container sends crosses the host twice —
+//! from its veth into the TUN, then from the TUN (written back by tunloom) out of the
+//! uplink. NAT is decided on a connection's first packet, so if the first crossing
+//! (out to the TUN, not masqueraded) were tracked, the second would belong to the
+//! same connection and never be masqueraded. The crossing into the TUN and the
+//! last one, from the TUN to a container, are therefore not tracked; the crossing
+//! out of the uplink is, and its replies are translated back.
 //!
 //! It is the one place the daemon runs a program: `nft` from Debian's `nftables`
 //! package (`scripts/setup` installs it). nftables over raw netlink is a large binary
@@ -98,6 +111,10 @@ fn add_script(tun: &str, net: Ipv4Net) -> String {
     format!(
         "add table ip {TABLE}\n\
          add set ip {TABLE} egress {{ type ipv4_addr; flags interval; }}\n\
+         add chain ip {TABLE} prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
+         flush chain ip {TABLE} prerouting\n\
+         add rule ip {TABLE} prerouting iifname \"tlc*\" notrack\n\
+         add rule ip {TABLE} prerouting iifname \"{tun}\" ip daddr @egress notrack\n\
          add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
          flush chain ip {TABLE} postrouting\n\
          add rule ip {TABLE} postrouting ip saddr @egress oifname != \"{tun}\" masquerade\n\

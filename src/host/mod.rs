@@ -256,7 +256,9 @@ impl Liveness for Namespaces {
     }
 
     fn namespace(&self, path: &Path) -> bool {
-        path.exists()
+        // A namespace file (a bind mount of nsfs, or /proc/<pid>/ns/net) stats as a
+        // regular file; a directory or a missing path is no namespace.
+        std::fs::metadata(path).is_ok_and(|m| m.is_file())
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Kind {
     NotFound,
     /// It contradicts what is there (an address another container holds).
     Conflict,
+    /// It is never allowed (removing the predefined default network).
+    Forbidden,
     /// The node cannot do it now (the store failed, no space is left, the kernel
     /// refused).
     Unavailable,
@@ -62,6 +64,38 @@ pub enum Error {
     TooManyPeers { wanted: usize, max: usize },
     #[error("{0} is up; stop it first (only a peer that is down can be removed and its space taken over)")]
     PeerUp(String),
+    #[error("{0:?} names no network namespace: give a name under /run/netns, a pid, or a path /run/netns/<name> or /proc/<pid>/ns/net")]
+    BadContainer(String),
+    #[error("{0}")]
+    BadNetwork(String),
+    #[error("{0}")]
+    BadEndpoint(String),
+    #[error("network with name {0} already exists")]
+    NetworkExists(String),
+    #[error("{0}")]
+    Overlap(String),
+    #[error("no subnet of networks.pool {0} is free; give the network a subnet")]
+    PoolExhausted(ipnet::Ipv4Net),
+    #[error("the default network is predefined: it cannot be removed, and its addresses are the Weave API's")]
+    DefaultNetwork,
+    #[error("network {name} id {id} has active endpoints ({count})")]
+    ActiveEndpoints { name: String, id: String, count: usize },
+    #[error("network {0} not found")]
+    NoNetwork(String),
+    #[error("endpoint {0} not found")]
+    NoEndpoint(String),
+    #[error("endpoint {endpoint} has container {container} joined; it must leave first")]
+    EndpointInUse { endpoint: String, container: String },
+    #[error("service endpoint with name {0} already exists")]
+    EndpointExists(String),
+    #[error("no network namespace at {0}")]
+    NoNamespace(String),
+    #[error("container {container} is already attached to network {network}")]
+    AlreadyAttached { container: String, network: String },
+    #[error("container {container} is not connected to network {network}")]
+    NotAttached { container: String, network: String },
+    #[error("network {0} has no free address left in its range")]
+    NetworkFull(String),
     #[error("the change could not be stored: {0}")]
     Store(#[from] StoreError),
     #[error("the host refused the change: {0}")]
@@ -76,8 +110,19 @@ impl Error {
             Error::Ipam(IpamError::Taken(..))
             | Error::Held { .. }
             | Error::Store(StoreError::Conflict { .. })
-            | Error::PeerUp(_) => Kind::Conflict,
-            Error::Ipam(IpamError::Full(_)) | Error::Store(_) | Error::Host(_) => Kind::Unavailable,
+            | Error::PeerUp(_)
+            | Error::NetworkExists(_)
+            | Error::Overlap(_)
+            | Error::ActiveEndpoints { .. }
+            | Error::EndpointExists(_)
+            | Error::EndpointInUse { .. }
+            | Error::AlreadyAttached { .. } => Kind::Conflict,
+            Error::Ipam(IpamError::Full(_))
+            | Error::Store(_)
+            | Error::Host(_)
+            | Error::PoolExhausted(_)
+            | Error::NetworkFull(_) => Kind::Unavailable,
+            Error::DefaultNetwork => Kind::Forbidden,
             Error::Ipam(_)
             | Error::BadContainerId
             | Error::BadName(_)
@@ -87,8 +132,18 @@ impl Error {
             | Error::PeerAddress { .. }
             | Error::LocalAddress { .. }
             | Error::BadPeer { .. }
-            | Error::TooManyPeers { .. } => Kind::Invalid,
-            Error::NoAddresses(_) | Error::NoRecord { .. } | Error::NoPeer(_) | Error::NothingExposed => Kind::NotFound,
+            | Error::TooManyPeers { .. }
+            | Error::BadContainer(_)
+            | Error::BadNetwork(_)
+            | Error::BadEndpoint(_) => Kind::Invalid,
+            Error::NoAddresses(_)
+            | Error::NoRecord { .. }
+            | Error::NoPeer(_)
+            | Error::NothingExposed
+            | Error::NoNetwork(_)
+            | Error::NoEndpoint(_)
+            | Error::NoNamespace(_)
+            | Error::NotAttached { .. } => Kind::NotFound,
             Error::Behind(_) => Kind::Behind,
         }
     }

@@ -24,12 +24,14 @@ mod dns;
 pub mod error;
 mod expose;
 pub mod ipam;
+pub mod network;
 mod peering;
 pub mod schema;
 mod txn;
 
 pub use error::{Error, Kind, OpenError};
 pub use ipam::{Allocation, IpamCounts, EXPOSE_ID};
+pub use network::{ConnectRequest, Endpoint, Network, NetworkRequest, NetworkView};
 pub use schema::Record;
 
 use crate::dns::Dns;
@@ -77,6 +79,32 @@ pub struct Settings {
     pub apply_timeout: Duration,
     /// The most peers this node knows at once (`control.max_peers`).
     pub max_peers: usize,
+    /// Container networks: the pool and its carving, the limit, egress.
+    pub networks: NetworkSettings,
+}
+
+/// What the configuration decides for container networks (`[networks]`, `[egress]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Where a network without a subnet of its own gets one.
+    pub pool: Ipv4Net,
+    /// The prefix length of those subnets.
+    pub prefix: u8,
+    /// The most networks a node holds.
+    pub max: usize,
+    /// Masquerade what non-internal networks send out of the host.
+    pub masquerade: bool,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> NetworkSettings {
+        NetworkSettings {
+            pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 48, 0, 0), 12).unwrap_or_default(),
+            prefix: 24,
+            max: 4096,
+            masquerade: true,
+        }
+    }
 }
 
 /// What the model runs on: its settings and the parts it talks to.
@@ -105,6 +133,8 @@ pub(crate) struct State {
     taken: Vec<Ipv4Net>,
     /// Blocks given up to peers that took them over while this node was away.
     yielded: Vec<Ipv4Net>,
+    /// Container networks and their endpoints.
+    networks: network::Networks,
 }
 
 /// What the Weave status page shows.
@@ -224,7 +254,7 @@ impl Model {
                 }
                 Row::Exposed(n) => exposed.push(*n),
                 Row::Peer(a) => targets.push(*a),
-                Row::Meta(..) | Row::Allocation { .. } => {}
+                Row::Meta(..) | Row::Allocation { .. } | Row::Network(_) | Row::Endpoint(_) => {}
             }
         }
         let mut owned = settings.blocks.clone();
@@ -268,6 +298,7 @@ impl Model {
                 exposed: exposed.clone(),
                 taken,
                 yielded,
+                networks: network::restore(&rows),
             }),
             store: Committer::start(store, commits),
             settings,
@@ -311,6 +342,12 @@ impl Model {
                 add_host_route(&mut prefixes, e.addr());
             }
         }
+        for n in st.networks.by_id.values() {
+            let r = IpNet::V4(n.range());
+            if !prefixes.contains(&r) {
+                prefixes.push(r);
+            }
+        }
         let mut list: Vec<(IpNet, bool)> = prefixes.into_iter().map(|p| (p, false)).collect();
         list.extend(blocks.into_iter().map(|b| (b, true)));
         self.peers.set_announced(&list)
@@ -327,6 +364,8 @@ impl Model {
     fn spec(&self, st: &State) -> SnapshotSpec {
         let mut service: Vec<IpNet> = self.settings.gateways.iter().map(|a| IpNet::from(*a)).collect();
         service.push(IpNet::from(IpAddr::V4(ipam::gateway(&st.default_subnet))));
+        // Each network's gateway is answered here, on every host it spans.
+        service.extend(st.networks.by_id.values().map(|n| IpNet::from(IpAddr::V4(n.gateway))));
         let (local, peers) = self.peers.read(|t| {
             let local: Vec<IpNet> = t.announced().iter().map(|a| a.prefix).collect();
             let peers = t
@@ -357,12 +396,23 @@ impl Model {
             IpAddr::V6(a) => Some(a),
             IpAddr::V4(_) => None,
         });
+        let networks = st
+            .networks
+            .by_id
+            .values()
+            .map(|n| crate::snapshot::Network {
+                subnet: n.subnet,
+                vni: n.vni,
+                internal: n.internal,
+            })
+            .collect();
         SnapshotSpec {
             local,
             service,
             peers,
             router_v4,
             router_v6,
+            networks,
             ..SnapshotSpec::empty(self.settings.snapshot)
         }
     }

@@ -11,6 +11,8 @@
 //! | `yielded/` | an IPAM block given up to a peer that took it over | empty |
 //! | `records/` | `<container id>\t<ip>\t<fqdn>` | empty |
 //! | `exposed/` | an exposed address (`10.32.0.7/12`) | empty |
+//! | `networks/` | a network id (64 hex digits) | the network as JSON |
+//! | `endpoints/` | an endpoint id (64 hex digits) | the endpoint as JSON |
 //!
 //! The prefixes are the table names of the layout before revisions, so the store's
 //! one-time migration of an old database lands exactly here.
@@ -68,6 +70,8 @@ pub enum Row {
     Yielded(Ipv4Net),
     Record(Record),
     Exposed(IpNet),
+    Network(Box<super::network::Network>),
+    Endpoint(Box<super::network::Endpoint>),
 }
 
 /// Why a stored entry could not be read.
@@ -85,6 +89,8 @@ const BLOCKS: &str = "blocks/";
 const YIELDED: &str = "yielded/";
 const RECORDS: &str = "records/";
 const EXPOSED: &str = "exposed/";
+const NETWORKS: &str = "networks/";
+const ENDPOINTS: &str = "endpoints/";
 
 impl Row {
     /// The row's key.
@@ -97,6 +103,8 @@ impl Row {
             Row::Yielded(b) => format!("{YIELDED}{b}"),
             Row::Record(r) => format!("{RECORDS}{}\t{}\t{}", r.container, r.ip, r.fqdn),
             Row::Exposed(n) => format!("{EXPOSED}{n}"),
+            Row::Network(n) => format!("{NETWORKS}{}", n.id),
+            Row::Endpoint(e) => format!("{ENDPOINTS}{}", e.id),
         }
     }
 
@@ -104,6 +112,10 @@ impl Row {
         match self {
             Row::Meta(_, v) => v.clone(),
             Row::Allocation { prefix, container, .. } => format!("{prefix} {container}"),
+            // Maps are BTreeMaps, so the same value always encodes the same way
+            // (`stored()` compares the text).
+            Row::Network(n) => serde_json::to_string(n).unwrap_or_default(),
+            Row::Endpoint(e) => serde_json::to_string(e).unwrap_or_default(),
             Row::Peer(_) | Row::Block(_) | Row::Yielded(_) | Row::Record(_) | Row::Exposed(_) => String::new(),
         }
     }
@@ -164,6 +176,18 @@ impl Row {
             })
         } else if let Some(n) = k.strip_prefix(EXPOSED) {
             Row::Exposed(n.parse().map_err(|_| bad())?)
+        } else if let Some(id) = k.strip_prefix(NETWORKS) {
+            let n: super::network::Network = serde_json::from_str(&e.value).map_err(|_| bad())?;
+            if n.id != id {
+                return Err(bad());
+            }
+            Row::Network(Box::new(n))
+        } else if let Some(id) = k.strip_prefix(ENDPOINTS) {
+            let ep: super::network::Endpoint = serde_json::from_str(&e.value).map_err(|_| bad())?;
+            if ep.id != id {
+                return Err(bad());
+            }
+            Row::Endpoint(Box::new(ep))
         } else {
             return Err(bad());
         };
@@ -193,6 +217,33 @@ mod tests {
                 fqdn: "a.weave.local.".into(),
             }),
             Row::Exposed("10.32.0.7/12".parse().unwrap()),
+            Row::Network(Box::new(super::super::network::Network {
+                id: "ab".repeat(32),
+                name: "app".into(),
+                driver: "tunloom".into(),
+                subnet: "10.48.0.0/24".parse().unwrap(),
+                gateway: "10.48.0.1".parse().unwrap(),
+                ip_range: Some("10.48.0.128/25".parse().unwrap()),
+                vni: 5000,
+                internal: true,
+                labels: [("a".to_string(), "b".to_string())].into(),
+                options: Default::default(),
+                created_ns: 1,
+            })),
+            Row::Endpoint(Box::new(super::super::network::Endpoint {
+                id: "cd".repeat(32),
+                network: "ab".repeat(32),
+                name: "c1".into(),
+                address: "10.48.0.130".parse().unwrap(),
+                mac: [2, 0x42, 10, 48, 0, 130],
+                exposed_ports: vec![(6, 80)],
+                joined: Some(super::super::network::Joined {
+                    container: "c1".into(),
+                    netns: "/run/netns/c1".into(),
+                    netns_name: Some("c1".into()),
+                    ifname: None,
+                }),
+            })),
         ];
         for r in rows {
             let Op::Put { key, value } = r.put() else { panic!() };
@@ -203,7 +254,12 @@ mod tests {
             };
             assert_eq!(Row::decode(&e), Ok(r));
         }
-        for (k, v) in [("meta/color", "red"), ("allocations/10.32.0.2", "x"), ("nope/1", "")] {
+        for (k, v) in [
+            ("meta/color", "red"),
+            ("allocations/10.32.0.2", "x"),
+            ("nope/1", ""),
+            ("networks/x", "{}"),
+        ] {
             let e = Entry {
                 key: k.into(),
                 value: v.into(),
