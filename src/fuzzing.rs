@@ -388,6 +388,46 @@ fn model_answers(data: &[u8]) -> Vec<(String, u16, String)> {
         .collect()
 }
 
+/// Both container-network faces (Container Station's and libnetwork's) over one
+/// fresh model on the in-memory store, with a recording host on which the
+/// namespaces `c1`, `c2` and `c3` exist: requests as the `weave` target reads them,
+/// separated by 0x1e, each to the face its path belongs to. Every answer is a
+/// success or a 4xx — a 500 only for a network that ran out of addresses.
+pub fn networks(data: &[u8]) {
+    use crate::control::container_station::{self, ContainerStation};
+    use crate::control::libnetwork::{self, Libnetwork};
+    static CS: OnceLock<crate::control::router::Router<ContainerStation>> = OnceLock::new();
+    static LN: OnceLock<crate::control::router::Router<Libnetwork>> = OnceLock::new();
+    let cs = CS.get_or_init(container_station::router);
+    let ln = LN.get_or_init(libnetwork::router);
+    let mut settings = crate::testkit::model_settings("10.32.0.0/20");
+    settings.sync_timeout = std::time::Duration::from_millis(100);
+    let (model, host) = crate::testkit::model_on(settings, crate::store::memory::MemoryStore::default(), 0)
+        .expect("a fresh model opens");
+    for c in ["c1", "c2", "c3"] {
+        host.set_namespace(std::path::Path::new(&format!("/run/netns/{c}")), true);
+    }
+    let model = std::sync::Arc::new(model);
+    let cs_face = ContainerStation { model: model.clone() };
+    let ln_face = Libnetwork { model };
+    for one in data.split(|b| *b == 0x1e).take(32) {
+        let Ok(req) = weave_request(one) else { continue };
+        let resp = if req.path.starts_with("/container-station/") || req.path.starts_with("/api/") {
+            cs.dispatch(&cs_face, &req)
+        } else {
+            ln.dispatch(&ln_face, &req)
+        };
+        let body = String::from_utf8_lossy(&resp.body);
+        assert!(
+            resp.status < 500 || body.contains("no free address"),
+            "{} {}: status {} {body}",
+            req.method,
+            req.path,
+            resp.status
+        );
+    }
+}
+
 /// One request for the Weave targets: method, URL, content type and body, separated
 /// by newlines (a method it does not know is picked from the first byte).
 fn weave_request(data: &[u8]) -> Result<Request, String> {
@@ -621,6 +661,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("http", http),
     ("dns", dns),
+    ("networks", networks),
 ];
 
 #[cfg(test)]

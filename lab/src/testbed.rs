@@ -52,6 +52,8 @@ pub struct HostSpec {
     pub dataplane: String,
     /// TOML appended to both configurations.
     pub extra: String,
+    /// `ipam.range` of both (the blocks stay [`BLOCK`]); "198.19.0.0/16" by default.
+    pub ipam_range: String,
     /// A command host a's and host b's daemon run under (e.g. `setpriv` with fewer
     /// capabilities); empty: none.
     pub wrappers: [Vec<String>; 2],
@@ -71,6 +73,7 @@ impl Default for HostSpec {
             control: String::new(),
             dataplane: String::new(),
             extra: String::new(),
+            ipam_range: "198.19.0.0/16".into(),
             wrappers: [Vec::new(), Vec::new()],
         }
     }
@@ -194,7 +197,7 @@ announce = ["{prefix}"]
 expose = {expose}
 gateways = {gateways}
 [ipam]
-range = "198.19.0.0/16"
+range = "{range}"
 blocks = ["{block}"]
 [control]
 hello_interval_ms = {hello}
@@ -222,6 +225,7 @@ hello_interval_ms = {hello}
             .as_ref()
             .map_or(String::new(), |s| format!("secret = {s:?}")),
         block = BLOCK[i],
+        range = spec.ipam_range,
         peers = if spec.static_peers {
             format!("[[peers]]\naddress = \"{}\"", UNDERLAY[1 - i])
         } else {

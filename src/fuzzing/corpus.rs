@@ -542,6 +542,108 @@ fn seeds_weave() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn seeds_networks() -> Vec<(&'static str, Vec<u8>)> {
+    let json = "application/json";
+    let seq = |reqs: &[Vec<u8>]| reqs.join(&0x1e);
+    let cs = "/container-station/api/v1/networks";
+    vec![
+        (
+            "cs-life",
+            seq(&[
+                weave_req(
+                    "POST",
+                    cs,
+                    json,
+                    r#"{"name": "doc_test_network", "check_duplicate": true}"#,
+                ),
+                weave_req(
+                    "POST",
+                    cs,
+                    json,
+                    r#"{"name": "doc_test_network", "check_duplicate": true}"#,
+                ),
+                weave_req(
+                    "POST",
+                    &format!("{cs}/doc_test_network/connect"),
+                    json,
+                    r#"{"container": "c1"}"#,
+                ),
+                weave_req("GET", &format!("{cs}/doc_test_network/inspect"), "", ""),
+                weave_req(
+                    "POST",
+                    &format!("{cs}/doc_test_network/disconnect"),
+                    json,
+                    r#"{"container": "c1"}"#,
+                ),
+                weave_req("DELETE", &format!("{cs}/doc_test_network"), "", ""),
+                weave_req("DELETE", &format!("{cs}/"), "", ""),
+            ]),
+        ),
+        (
+            "cs-ipam",
+            seq(&[
+                weave_req(
+                    "POST",
+                    "/api/v1/networks",
+                    json,
+                    r#"{"name": "n", "internal": "true", "ipam": {"Config": [{"Subnet": "10.50.0.0/30", "Gateway": "10.50.0.2", "IPRange": "10.50.0.0/31"}]}, "options": {"com.docker.network.driver.overlay.vxlanid_list": "5000"}}"#,
+                ),
+                weave_req(
+                    "POST",
+                    "/api/v1/networks/n/connect",
+                    json,
+                    r#"{"container": "c2", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.50.0.1"}}}"#,
+                ),
+                weave_req("POST", "/api/v1/networks/n/connect", json, r#"{"container": "c3"}"#),
+                weave_req("GET", "/api/v1/networks", "", ""),
+            ]),
+        ),
+        (
+            "libnetwork-life",
+            seq(&[
+                weave_req(
+                    "POST",
+                    "/networks",
+                    json,
+                    r#"{"name": "foo", "network_type": "", "options": {}}"#,
+                ),
+                weave_req("GET", "/networks?name=foo", "", ""),
+                weave_req(
+                    "POST",
+                    "/networks/foo/endpoints",
+                    json,
+                    r#"{"name": "baz", "exposed_ports": [{"proto": 6, "port": 8080}], "port_mapping": null}"#,
+                ),
+                weave_req(
+                    "POST",
+                    "/networks/foo/endpoints/baz/containers",
+                    json,
+                    r#"{"container_id": "c1"}"#,
+                ),
+                weave_req("GET", "/networks/foo/endpoints?partial-id=a", "", ""),
+                weave_req("DELETE", "/networks/foo/endpoints/baz/containers/c1", "", ""),
+                weave_req("DELETE", "/networks/foo/endpoints/baz", "", ""),
+                weave_req("DELETE", "/networks/foo", "", ""),
+                weave_req("GET", "/services", "", ""),
+            ]),
+        ),
+        ("bad-json", weave_req("POST", cs, json, "{\"name\": ")),
+        (
+            "libnetwork-bad",
+            seq(&[
+                weave_req(
+                    "POST",
+                    "/networks",
+                    json,
+                    r#"{"name": "a", "options": {"subnet": "10.51.0.0/24", "internal": "yes"}}"#,
+                ),
+                weave_req("GET", "/networks?name=a&partial-id=b", "", ""),
+                weave_req("POST", "/networks/nope/endpoints", json, r#"{"name": ""}"#),
+            ]),
+        ),
+    ]
+}
+
 /// One request as the Weave targets read it.
 fn weave_req(method: &str, url: &str, content_type: &str, body: &str) -> Vec<u8> {
     format!("{method}\n{url}\n{content_type}\n{body}").into_bytes()
@@ -641,6 +743,7 @@ fn write_seed_corpus() {
         ("control", seeds_control()),
         ("icmp", seeds_icmp()),
         ("weave", seeds_weave()),
+        ("networks", seeds_networks()),
         ("model", seeds_model()),
         ("config", seeds_config()),
         ("http", seeds_http()),
