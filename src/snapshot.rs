@@ -67,6 +67,10 @@ pub struct Snapshot {
     /// The largest inner packet the overlay carries without fragmenting the outer one.
     pub mtu: u16,
     pub routes: Table<NextHop>,
+    /// The routes without the service addresses: where a packet for a gateway
+    /// address goes when it is not for a service tunloom runs there (an echo reply,
+    /// a connection to another port) — the host that exposed that address, if any.
+    pub beneath_service: Table<NextHop>,
     pub peers: Vec<PeerEntry>,
     /// Peers' underlay addresses, sorted, for the outside path's sender lookup.
     peer_by_addr: Vec<(IpAddr, u16)>,
@@ -123,6 +127,17 @@ impl SnapshotSpec {
 }
 
 impl Snapshot {
+    /// Whether `ip` is delivered to this host: a local prefix, or a gateway address
+    /// this host also exposes (the service thread answers its services, the host the
+    /// rest).
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        match self.routes.lookup(ip) {
+            Some(NextHop::Local) => true,
+            Some(NextHop::Service) => self.beneath_service.lookup(ip) == Some(&NextHop::Local),
+            _ => false,
+        }
+    }
+
     /// Compiles a spec: local prefixes route to this host, each peer's announced
     /// prefixes to it. A prefix announced both locally and by a peer stays local, and
     /// between peers the one listed first keeps it, so a peer cannot take over this
@@ -140,6 +155,7 @@ impl Snapshot {
         // entries so the first peer wins, and put local prefixes last.
         routes.reverse();
         routes.extend(spec.local.iter().map(|p| (p.trunc(), NextHop::Local)));
+        let beneath_service = Table::build(routes.clone());
         routes.extend(spec.service.iter().map(|p| (p.trunc(), NextHop::Service)));
         let mut peer_by_addr: Vec<(IpAddr, u16)> = peers
             .iter()
@@ -166,6 +182,7 @@ impl Snapshot {
             vni: spec.vni,
             mtu: spec.mtu,
             routes: Table::build(routes),
+            beneath_service,
             peers,
             peer_by_addr,
             router_v4: spec.router_v4,

@@ -35,8 +35,6 @@ pub enum Error {
     BadContainerId,
     #[error("{0:?} is not a valid domain name")]
     BadName(String),
-    #[error("{0} is the default network's gateway, served by tunloom")]
-    Gateway(Ipv4Addr),
     #[error("{addr} is allocated to container {holder}")]
     Held { addr: Ipv4Addr, holder: String },
     #[error("container {0} holds no addresses")]
@@ -126,7 +124,6 @@ impl Error {
             Error::Ipam(_)
             | Error::BadContainerId
             | Error::BadName(_)
-            | Error::Gateway(_)
             | Error::Unroutable { .. }
             | Error::NotInOverlay { .. }
             | Error::PeerAddress { .. }
@@ -163,8 +160,6 @@ pub enum OpenError {
         stored: String,
         configured: ipnet::Ipv4Net,
     },
-    #[error("exposed address {0} is the default network's gateway, which tunloom serves")]
-    ExposedGateway(ipnet::IpNet),
     #[error("IPAM: {0}")]
     Ipam(#[from] IpamError),
     #[error("restoring exposed address: {0}")]

@@ -19,9 +19,6 @@ impl Model {
         self.check_exposable(&cidr)?;
         self.write(|st| {
             if let IpAddr::V4(a) = cidr.addr() {
-                if a == gateway(&st.default_subnet) {
-                    return Err(Error::Gateway(a));
-                }
                 if let Some(holder) = st.ipam.holder(a).filter(|h| *h != EXPOSE_ID) {
                     return Err(Error::Held {
                         addr: a,
@@ -36,7 +33,8 @@ impl Model {
             // Held in IPAM, so no container is ever handed the host's address.
             let mut held = None;
             if let IpAddr::V4(a) = cidr.addr() {
-                if st.ipam.range().contains(&a) && st.ipam.holder(a).is_none() {
+                // The gateway is never handed out, so it needs no holding.
+                if st.ipam.range().contains(&a) && st.ipam.holder(a).is_none() && a != gateway(&st.default_subnet) {
                     st.ipam.restore(EXPOSE_ID, a, cidr.prefix_len())?;
                     held = Some(a);
                 }

@@ -277,10 +277,7 @@ impl Model {
         let gateway = ipam::gateway(&settings.default_subnet);
         for e in exposed.iter().chain(&settings.expose) {
             if let IpAddr::V4(a) = e.addr() {
-                if a == gateway {
-                    return Err(OpenError::ExposedGateway(*e));
-                }
-                if range.contains(&a) && ipam.holder(a).is_none() {
+                if range.contains(&a) && ipam.holder(a).is_none() && a != gateway {
                     let _ = ipam.restore(EXPOSE_ID, a, e.prefix_len());
                 }
             }

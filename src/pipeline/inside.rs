@@ -70,7 +70,18 @@ pub fn process(
     if isolated(sn, dn) {
         return Verdict::Drop(DropReason::Isolated);
     }
-    let peer = match snap.routes.lookup(hdr.dst) {
+    let route = match snap.routes.lookup(hdr.dst) {
+        // A gateway address is shared: tunloom answers echo requests and DNS there,
+        // and whatever else is for it goes to the peer whose host has that address
+        // (weave expose of the default gateway) — never back to this host, which
+        // would route it into the TUN again; here the service thread has the rest.
+        Some(NextHop::Service) if !for_service(pkt, &hdr) => match snap.beneath_service.lookup(hdr.dst) {
+            Some(NextHop::Peer(p)) => Some(&NextHop::Peer(*p)),
+            _ => Some(&NextHop::Service),
+        },
+        r => r,
+    };
+    let peer = match route {
         Some(NextHop::Peer(p)) => *p,
         // The packet ends at this node (a gateway address): no TTL or MTU rules.
         Some(NextHop::Service) if gso.is_none() => {
@@ -169,6 +180,29 @@ fn to_host(snap: &Snapshot, pkt: &mut [u8], hdr: &Header, off: usize, path: Host
     }
 }
 
+/// Whether a packet for a gateway address is for a service tunloom runs there: an
+/// ICMP echo request or DNS (UDP or TCP port 53). A packet whose transport header
+/// cannot be read is left to the service thread, which drops what it cannot use.
+fn for_service(pkt: &[u8], hdr: &Header) -> bool {
+    let (proto, l4) = if hdr.v6 {
+        (pkt.get(6).copied(), pkt.get(40..))
+    } else {
+        let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
+        (pkt.get(9).copied(), pkt.get(ihl..))
+    };
+    let (Some(proto), Some(l4)) = (proto, l4) else {
+        return true;
+    };
+    match proto {
+        1 => l4.first() == Some(&8),
+        58 => l4.first() == Some(&128),
+        6 | 17 => l4.get(2..4).is_none_or(|p| p == [0, 53]),
+        // IPv6 extension headers hide the transport: the service thread decides.
+        0 | 43 | 44 | 60 => hdr.v6,
+        _ => false,
+    }
+}
+
 /// The few header fields the inside path decides on.
 struct Header {
     v6: bool,
@@ -264,6 +298,54 @@ pub(crate) mod tests {
     use std::net::Ipv6Addr;
 
     pub use crate::testkit::{in_buf, pair, udp4, HEADROOM};
+
+    /// A gateway address that both nodes serve and node b also exposes (weave
+    /// expose of the default gateway): echo requests and DNS are the service's on
+    /// either node; anything else for it goes to b, and b takes it as its own.
+    #[test]
+    fn a_shared_gateway_serves_echo_and_dns_and_leaves_the_rest_to_who_exposed_it() {
+        let (mut sa, mut sb) = crate::testkit::pair_specs();
+        let gw: ipnet::IpNet = "198.19.2.1/32".parse().unwrap();
+        sa.service.push(gw);
+        sb.service.push(gw);
+        let (a, b) = (Snapshot::compile(1, sa), Snapshot::compile(1, sb));
+        let mut scratch = [0u8; 1500];
+        let mut verdict = |snap: &Snapshot, pkt: &[u8]| {
+            let mut buf = in_buf(pkt);
+            process(snap, &mut buf, HEADROOM, pkt.len(), None, &mut scratch)
+        };
+        let echo = |ty: u8| {
+            let mut v = Vec::new();
+            PacketBuilder::ipv4([198, 19, 1, 5], [198, 19, 2, 1], 64)
+                .icmpv4_raw(ty, 0, [0, 1, 0, 1])
+                .write(&mut v, &[1, 2, 3])
+                .unwrap();
+            v
+        };
+        let udp = |port: u16| {
+            let mut v = Vec::new();
+            PacketBuilder::ipv4([198, 19, 1, 5], [198, 19, 2, 1], 64)
+                .udp(40000, port)
+                .write(&mut v, &[0; 20])
+                .unwrap();
+            v
+        };
+        assert!(matches!(verdict(&a, &echo(8)), Verdict::Service { .. }), "an echo request");
+        assert!(matches!(verdict(&a, &udp(53)), Verdict::Service { .. }), "DNS");
+        // An echo reply or another port: to b, which exposed the address.
+        for pkt in [echo(0), udp(8080)] {
+            let mut buf = in_buf(&pkt);
+            let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
+            let Verdict::Forward { peer: 0, start, len, .. } = v else { panic!("{v:?}") };
+            let d = buf[start..start + len].to_vec();
+            assert!(b.is_local("198.19.2.1".parse().unwrap()));
+            assert!(
+                matches!(outside::process(&b, crate::testkit::A_UNDERLAY.into(), &d), Verdict::Deliver { .. }),
+                "b delivers what is for the address it exposed"
+            );
+        }
+        assert!(!a.is_local("198.19.2.1".parse().unwrap()));
+    }
 
     #[test]
     fn forwards_and_encapsulates_in_place() {

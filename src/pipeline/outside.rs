@@ -14,7 +14,7 @@
 //! on the VNI too, so a train under one VNI never vouches for a datagram under another.
 
 use super::{inside, DropReason, Verdict, ENCAP_LEN};
-use crate::snapshot::{NextHop, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::wire::{ether, vxlan};
 use core::net::IpAddr;
 
@@ -108,7 +108,7 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
     if let Some(reason) = network_check(snap, vni, src_ip, dst_ip) {
         return Verdict::Drop(reason);
     }
-    if snap.routes.lookup(dst_ip) != Some(&NextHop::Local) {
+    if !snap.is_local(dst_ip) {
         return Verdict::Drop(DropReason::NotLocal);
     }
     memo.flow = Some((src, peer_idx, vni, src_ip, dst_ip));
