@@ -128,7 +128,11 @@ fn attach_configures_both_ends_and_detach_removes_everything() {
         let rules = out(host, "ip", &["rule", "show"]);
         assert!(has_line(&rules, "99: from all iif tl0 lookup 6784"), "{rules}");
         assert!(
-            has_line(&rules, &format!("100: from all iif {HOST_IF} lookup 6783")),
+            has_line(&rules, &format!("100: from 198.19.1.5 iif {HOST_IF} lookup 6783")),
+            "{rules}"
+        );
+        assert!(
+            has_line(&rules, &format!("101: from all iif {HOST_IF} blackhole")),
             "{rules}"
         );
         let t6783 = out(host, "ip", &["route", "show", "table", "6783"]);
@@ -193,7 +197,9 @@ fn attach_configures_both_ends_and_detach_removes_everything() {
             "{rules}"
         );
         let t6784 = out(host, "ip", &["route", "show", "table", "6784"]);
-        assert_eq!(t6784.lines().count(), 1, "{t6784}");
+        assert_eq!(t6784.lines().filter(|l| l.contains(" dev ")).count(), 1, "{t6784}");
+        // The network's route into the TUN brought its `unreachable` in 6784.
+        assert!(has_line(&t6784, "unreachable 198.19.1.0/24 proto static"), "{t6784}");
 
         // Detach removes everything; again is fine.
         h.apply(&HostOp::Detach(Box::new(a.clone()))).unwrap();
@@ -201,7 +207,7 @@ fn attach_configures_both_ends_and_detach_removes_everything() {
         assert!(!ok(ctr, "ip", &["link", "show", "eth0"]));
         let rules = out(host, "ip", &["rule", "show"]);
         assert!(!rules.contains(HOST_IF), "{rules}");
-        assert!(out(host, "ip", &["route", "show", "table", "6784"]).trim().is_empty());
+        assert!(!out(host, "ip", &["route", "show", "table", "6784"]).contains(HOST_IF));
         assert!(!resolv.exists());
         assert!(!resolv.parent().unwrap().exists(), "the empty directory goes too");
         h.apply(&HostOp::Detach(Box::new(a.clone())))
@@ -213,6 +219,7 @@ fn attach_configures_both_ends_and_detach_removes_everything() {
         h.apply(&HostOp::DelRoute("198.19.1.0/24".parse().unwrap()))
             .expect("removing a missing route is fine");
         assert!(out(host, "ip", &["route", "show", "198.19.1.0/24"]).trim().is_empty());
+        assert!(out(host, "ip", &["route", "show", "table", "6784"]).trim().is_empty());
 
         h.cleanup();
         let rules = out(host, "ip", &["rule", "show"]);

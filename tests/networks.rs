@@ -265,6 +265,42 @@ fn containers_on_networks_across_hosts() {
     });
     assert_eq!(seen, "198.18.1.1", "the outside sees the host's address");
 
+    // A forged source goes nowhere: o1 (on `other`) sending as an `app` address.
+    o1.run(
+        "ip",
+        &["addr", "add", "198.19.130.77/32", "dev", "eth0"],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let echoes = || -> u64 {
+        let snmp = a1.run("cat", &["/proc/net/snmp"], Duration::from_secs(5)).unwrap();
+        let text = String::from_utf8_lossy(&snmp.stdout).into_owned();
+        let icmp: Vec<&str> = text.lines().filter(|l| l.starts_with("Icmp:")).collect();
+        let at = icmp[0].split_whitespace().position(|k| k == "InEchos").unwrap();
+        icmp[1].split_whitespace().nth(at).unwrap().parse().unwrap()
+    };
+    let before = echoes();
+    let _ = o1.run(
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "1", "-I", "198.19.130.77", &ip_a1],
+        Duration::from_secs(5),
+    );
+    assert_eq!(echoes(), before, "a forged source reaches no other network");
+    // An address of the network no container holds: refused by the host, not looped
+    // through the pipeline until the TTL runs out.
+    let before = counter(&h, 0, "counters", "hairpin_delivered");
+    let _ = a1.run("ping", &["-c", "1", "-W", "1", "198.19.130.99"], Duration::from_secs(3));
+    let looped = counter(&h, 0, "counters", "hairpin_delivered") - before;
+    assert!(looped <= 2, "a packet for a free address went round {looped} times");
+    // tunloom's own namespace is no container.
+    let daemon = h.pid(0).unwrap().to_string();
+    let (s, b) = connect(&h, 0, "other", &daemon);
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("rewire the host"),
+        "{b}"
+    );
+
     // Disconnect removes the veth and frees the address.
     let a2_end = host_ends(&h, 0).len();
     let (s, _) = cs(
@@ -286,8 +322,13 @@ fn containers_on_networks_across_hosts() {
         "the freed address is handed out again"
     );
 
-    // A restart keeps every attachment working.
+    // A restart keeps every attachment working; while tunloom is down nothing from a
+    // container is forwarded around the pipeline.
     h.stop(0, false);
+    assert!(
+        !pings(&a1, "198.18.1.2", Duration::from_secs(2)),
+        "no bypass while tunloom is down"
+    );
     h.start(0).unwrap();
     h.wait_up(0, Duration::from_secs(10)).unwrap();
     h.wait_peers("up", Duration::from_secs(10)).unwrap();
@@ -307,7 +348,19 @@ fn containers_on_networks_across_hosts() {
             .iter()
             .map(|ns| {
                 let h = &h;
-                s.spawn(move || connect(h, 0, "app", &ns.name).0 == 200)
+                // The daemon dies under some of these: no answer is no acknowledgement.
+                s.spawn(move || {
+                    let body = json!({"container": ns.name}).to_string().into_bytes();
+                    api_request(
+                        &h.ns(0).name,
+                        6786,
+                        "POST",
+                        &format!("{CS}/app/connect"),
+                        Some(body),
+                        &[],
+                    )
+                    .is_ok_and(|(status, _)| status == 200)
+                })
             })
             .collect();
         // Mid-way: each connect takes a few milliseconds, one after the other.

@@ -122,7 +122,10 @@ fn every_route_of_the_seed_answers_as_weave_does() {
         h.ns.run("ip", &["-o", "addr", "show", "dev", "tl0"], Duration::from_secs(5))
             .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.contains("10.32.0.100/12") && shown.contains("10.32.0.1/12"), "{shown}");
+    assert!(
+        shown.contains("10.32.0.100/12") && shown.contains("10.32.0.1/12"),
+        "{shown}"
+    );
     let (status, body) = w(&h, "DELETE", "/peer/198.18.0.98", None);
     assert_eq!((status, body.as_str()), (200, "0 IPs taken over from 198.18.0.98\n"));
     let s: serde_json::Value = serde_json::from_str(&w(&h, "GET", "/status", None).1).unwrap();

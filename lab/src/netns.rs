@@ -108,6 +108,12 @@ impl Drop for Netns {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("warning: could not delete network namespace {}: {e}", self.name);
         }
+        // What `ip netns exec` would mount for it (a resolv.conf tunloom wrote for an
+        // attachment still there when the test ended) goes with it.
+        let etc = std::path::Path::new("/etc/netns").join(&self.name);
+        if etc.exists() {
+            let _ = std::fs::remove_dir_all(etc);
+        }
     }
 }
 

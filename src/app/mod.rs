@@ -128,6 +128,11 @@ impl Daemon {
         if settings.api.unauthenticated_exposed {
             for (face, addr, can) in [
                 (
+                    "MANAGEMENT",
+                    settings.api.listen,
+                    "create networks and attach containers (Container Station API)",
+                ),
+                (
                     "WEAVE",
                     weave_listen,
                     "allocate addresses, expose the host and connect peers",
@@ -272,12 +277,13 @@ impl Daemon {
         // The workers forward now, so stored attachments can be made whole again.
         match model.reconcile() {
             Ok(r) => log::info!(
-                "networks: {} networks, {} endpoints; reconciled: {} removed (namespace gone), {} veths made again, {} stray veths removed",
+                "networks: {} networks, {} endpoints; reconciled: {} removed (namespace gone), {} veths made again, {} stray veths removed, {} failed",
                 model.networks().len() - 1,
                 model.endpoints().len(),
                 r.removed.len(),
                 r.recreated.len(),
-                r.strays.len()
+                r.strays.len(),
+                r.failed.len()
             ),
             Err(e) => log::error!("networks: reconciling the stored attachments with the host failed: {e}"),
         }

@@ -78,7 +78,10 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 impl ApiSection {
     pub fn validate(&self) -> Result<Api, Invalid> {
+        // The management listener carries the Container Station face's writes, and
+        // there is no authentication yet: it is held to loopback like the others.
         let open = [
+            ("api.listen", "management", self.listen),
             ("api.weave_listen", "Weave", self.weave_listen),
             ("api.libnetwork_listen", "libnetwork", self.libnetwork_listen),
         ];

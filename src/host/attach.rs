@@ -10,11 +10,18 @@
 //!
 //! - Table **6783** ([`TO_TUN`]) holds one route, `default dev <tun>`. Each
 //!   attachment adds a rule at priority **100** ([`FROM_CONTAINER`]),
-//!   `iif <host_if> lookup 6783`: every packet a container sends enters the TUN
-//!   device, so tunloom's pipeline sees it (also container to container on one host,
-//!   and traffic to the world).
+//!   `iif <host_if> from <its address> lookup 6783`: every packet a container sends
+//!   enters the TUN device, so tunloom's pipeline sees it (also container to
+//!   container on one host, and traffic to the world); and a rule at priority **101**
+//!   ([`GUARD`]), `iif <host_if> blackhole`, drops the rest — a packet from an address
+//!   the container was not given (the pipeline sees addresses, not which veth a
+//!   packet came from, so a forged source could otherwise cross networks), and
+//!   everything while tunloom is down (table 6783 is empty then, and a packet would
+//!   otherwise fall through to `main` around the pipeline).
 //! - Table **6784** ([`TO_CONTAINERS`]) holds one `/32 dev <host_if>` route (scope
-//!   link) per attachment. One rule at priority **99** ([`FROM_TUN`]),
+//!   link) per attachment, and an `unreachable <subnet>` per network (made with its
+//!   route into the TUN), so a packet for an address of the network that no container
+//!   here holds is refused instead of routed into the TUN again. One rule at priority **99** ([`FROM_TUN`]),
 //!   `iif <tun> lookup 6784`, sends what tunloom writes back into the TUN to the
 //!   container it is for; what table 6784 does not hold falls through to `main`
 //!   (egress to the world, masqueraded by `super::egress`).
@@ -62,6 +69,9 @@ pub const TO_TUN: u32 = 6783;
 pub const TO_CONTAINERS: u32 = 6784;
 /// The priority of each host end's rule `iif <host_if> lookup 6783`.
 pub const FROM_CONTAINER: u32 = 100;
+/// The priority of each host end's rule `iif <host_if> blackhole`: what a container
+/// sends from an address not its own, or while tunloom is down, goes nowhere.
+pub const GUARD: u32 = 101;
 /// The priority of the rule `iif <tun> lookup 6784`.
 pub const FROM_TUN: u32 = 99;
 /// What starts every resolv.conf tunloom writes, so it removes only its own.
@@ -125,11 +135,26 @@ fn host_route(a: &Attachment, host_index: u32) -> Route {
     )
 }
 
+/// What a container sends from its own address enters the TUN.
 fn host_rule(a: &Attachment) -> Rule<'_> {
     Rule {
         priority: FROM_CONTAINER,
         iif: &a.host_if,
+        src: Some(a.address.addr()),
         table: TO_TUN,
+    }
+}
+
+/// Anything else from the host end is dropped: a container cannot send from another
+/// network's address (the pipeline sees only addresses, not the veth a packet came
+/// from), and while tunloom is down (table 6783 empty) nothing from a container is
+/// forwarded around the pipeline.
+fn guard_rule(a: &Attachment) -> Rule<'_> {
+    Rule {
+        priority: GUARD,
+        iif: &a.host_if,
+        src: None,
+        table: 0,
     }
 }
 
@@ -177,6 +202,7 @@ pub fn prepare(nl: &mut Netlink, tun: &str, tun_index: u32) -> Result<(), HostEr
     nl.add_rule(&Rule {
         priority: FROM_TUN,
         iif: tun,
+        src: None,
         table: TO_CONTAINERS,
     })
     .map_err(refused(
@@ -195,6 +221,7 @@ pub fn cleanup(nl: &mut Netlink, tun: &str) -> Vec<String> {
     let rule = Rule {
         priority: FROM_TUN,
         iif: tun,
+        src: None,
         table: TO_CONTAINERS,
     };
     if let Err(e) = nl.del_rule(&rule) {
@@ -271,6 +298,7 @@ pub fn attach(nl: &mut Netlink, a: &Attachment) -> Result<(), HostError> {
         // Undo: the pair (its peer goes with it; the /32 route with the link) and the
         // rule; a resolv.conf is written last, so there is none of ours to remove.
         let _ = nl.del_rule(&host_rule(a));
+        let _ = nl.del_rule(&guard_rule(a));
         if let Err(undo) = nl.del_link(link) {
             log::warn!("attach {link}: undoing, the host end could not be deleted: {undo}");
         }
@@ -303,9 +331,12 @@ fn configure(nl: &mut Netlink, inside: &mut Netlink, a: &Attachment, peer: &str,
         table: RT_TABLE_MAIN,
         oif: Some(peer_index),
         gateway: Some(IpAddr::V4(a.gateway)),
+        unreachable: false,
     };
+    // A container on several networks keeps the default route it has (the first
+    // network's, as Docker does); and a namespace never loses one it had.
     inside
-        .replace_route(&default)
+        .add_route_if_none(&default)
         .map_err(refused(step(&format!("default route via {}", a.gateway)), link))?;
 
     let host_index = nl
@@ -319,8 +350,13 @@ fn configure(nl: &mut Netlink, inside: &mut Netlink, a: &Attachment, peer: &str,
         format!("attach: route {}/32 in table {TO_CONTAINERS}", a.address.addr()),
         link,
     ))?;
+    nl.add_rule(&guard_rule(a))
+        .map_err(refused(format!("attach: rule {GUARD} (iif {link} blackhole)"), link))?;
     nl.add_rule(&host_rule(a)).map_err(refused(
-        format!("attach: rule {FROM_CONTAINER} (iif {link} lookup {TO_TUN})"),
+        format!(
+            "attach: rule {FROM_CONTAINER} (iif {link} from {} lookup {TO_TUN})",
+            a.address.addr()
+        ),
         link,
     ))
 }
@@ -341,10 +377,25 @@ pub fn detach(nl: &mut Netlink, a: &Attachment) -> Result<(), HostError> {
     if !valid_ifname(link) {
         return Err(invalid("detach", link, format!("{link:?} is not a link name")));
     }
-    nl.del_rule(&host_rule(a)).map_err(refused(
-        format!("detach: rule {FROM_CONTAINER} (iif {link} lookup {TO_TUN})"),
-        link,
-    ))?;
+    // A stray host end's address is not known: its rule 100 is found by link name.
+    let rule = if a.address.addr().is_unspecified() {
+        nl.rules_of(link, FROM_CONTAINER)
+            .map_err(refused("detach: listing its rules", link))?
+    } else {
+        vec![a.address.addr()]
+    };
+    for src in rule {
+        let r = Rule {
+            src: Some(src),
+            ..host_rule(a)
+        };
+        nl.del_rule(&r).map_err(refused(
+            format!("detach: rule {FROM_CONTAINER} (iif {link} from {src} lookup {TO_TUN})"),
+            link,
+        ))?;
+    }
+    nl.del_rule(&guard_rule(a))
+        .map_err(refused(format!("detach: rule {GUARD} (iif {link} blackhole)"), link))?;
     // The /32 route is this link's only while the link exists (the address may have
     // moved to another attachment since): deleted by link, and with it.
     if let Some(index) = nl

@@ -118,13 +118,31 @@ pub trait Kernel: Send + Sync {
     /// The host ends of container attachments present on this host (links whose
     /// names start with `tlc`), for reconciling the stored endpoints at start.
     fn host_links(&self) -> Result<Vec<String>, HostError>;
+    /// The host's own IPv4 routes (main table, not the default, not into the TUN):
+    /// a network must not take a subnet the host reaches some other way.
+    fn host_routes(&self) -> Result<Vec<Ipv4Net>, HostError>;
 }
 
 /// Whether a container exists, for `check-alive`.
 pub trait Liveness: Send + Sync {
     fn alive(&self, container: &str) -> bool;
-    /// Whether a network namespace file exists at `path`.
-    fn namespace(&self, path: &Path) -> bool;
+    /// What is at `path`: a container's network namespace (and which), or not.
+    fn namespace(&self, path: &Path) -> Namespace;
+}
+
+/// What a path names, as a container's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// A network namespace, by its identity (the nsfs device and inode), which
+    /// outlives the path: a pid reused by another process names another namespace.
+    Found { dev: u64, ino: u64 },
+    /// Nothing is there.
+    Missing,
+    /// Something that is no network namespace (a regular file, a directory).
+    NotNamespace,
+    /// tunloom's own network namespace or the initial one (pid 1's): attaching it
+    /// would rewire the host itself.
+    Host,
 }
 
 /// The TUN link, changed over rtnetlink.
@@ -163,11 +181,12 @@ impl LinkHost {
         self.with_netlink(|nl| attach::prepare(nl, &self.name, self.index))
     }
 
-    /// Removes, at exit, what [`LinkHost::prepare`] and the ops made outside the
-    /// attachments themselves: rule 99, every route in tables 6783 and 6784, and the
-    /// nftables table `ip tunloom`. Host ends, their rules (priority 100) and
-    /// resolv.conf files stay, as do routes in `main` (they go with the TUN link)
-    /// and addresses. Never fails: what cannot be removed is logged.
+    /// Removes, at exit, what [`LinkHost::prepare`] made: rule 99, the route of
+    /// table 6783, and the nftables table `ip tunloom`. What belongs to attachments
+    /// stays, because attachments are durable: host ends, their rules (100 and the
+    /// blackhole 101, which now drops what containers send), their /32 routes and the
+    /// networks' `unreachable` routes in 6784, resolv.conf files. Routes in `main` go
+    /// with the TUN link. Never fails: what cannot be removed is logged.
     pub fn cleanup(&self) {
         let left = self.with_netlink(|nl| Ok(attach::cleanup(nl, &self.name)));
         match left {
@@ -195,15 +214,28 @@ impl Kernel for LinkHost {
                 HostOp::AddAddress(n) => nl.add_address(self.index, n).map_err(refused(format!("adding {n}"))),
                 HostOp::DelAddress(n) => nl.del_address(self.index, n).map_err(refused(format!("removing {n}"))),
                 // Replaces a route already there: adding twice is fine.
+                // A network's subnet: into the TUN in main, and `unreachable` in table
+                // 6784, so a packet tunloom hands back for an address no container
+                // holds is refused by the host instead of routed into the TUN again
+                // (a loop until its TTL ran out).
                 HostOp::AddRoute(n) => nl
                     .add_route(self.index, n)
+                    .and_then(|()| nl.replace_route(&Route::unreachable(n.trunc(), attach::TO_CONTAINERS)))
                     .map_err(refused(format!("routing {n} into the TUN"))),
                 HostOp::DelRoute(n) => {
-                    let route = Route::dev(n.trunc(), RT_TABLE_MAIN, self.index);
-                    match nl.del_route(&route) {
-                        Err(e) if !netlink::is_absent(&e) => Err(refused(format!("removing the route to {n}"))(e)),
-                        _ => Ok(()),
+                    let mut r = Ok(());
+                    for route in [
+                        Route::dev(n.trunc(), RT_TABLE_MAIN, self.index),
+                        Route::unreachable(n.trunc(), attach::TO_CONTAINERS),
+                    ] {
+                        match nl.del_route(&route) {
+                            Err(e) if !netlink::is_absent(&e) => {
+                                r = Err(refused(format!("removing the route to {n}"))(e));
+                            }
+                            _ => {}
+                        }
                     }
+                    r
                 }
                 HostOp::Attach(a) => attach::attach(nl, a),
                 HostOp::Detach(a) => attach::detach(nl, a),
@@ -238,6 +270,18 @@ impl Kernel for LinkHost {
                 .collect())
         })
     }
+
+    fn host_routes(&self) -> Result<Vec<Ipv4Net>, HostError> {
+        let routes = self.with_netlink(|nl| nl.routes_v4().map_err(HostError::Netlink))?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.table == RT_TABLE_MAIN && r.oif != Some(self.index) && r.dst.prefix_len() > 0)
+            .filter_map(|r| match r.dst {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .collect())
+    }
 }
 
 /// Liveness from what runtimes leave behind. tunloom has no container runtime to ask,
@@ -255,10 +299,27 @@ impl Liveness for Namespaces {
             || (id.bytes().all(|b| b.is_ascii_digit()) && std::path::Path::new("/proc").join(id).exists())
     }
 
-    fn namespace(&self, path: &Path) -> bool {
-        // A namespace file (a bind mount of nsfs, or /proc/<pid>/ns/net) stats as a
-        // regular file; a directory or a missing path is no namespace.
-        std::fs::metadata(path).is_ok_and(|m| m.is_file())
+    fn namespace(&self, path: &Path) -> Namespace {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(path) else {
+            return Namespace::Missing;
+        };
+        // Every namespace file (a bind mount under /run/netns, /proc/<pid>/ns/net)
+        // lives on the one nsfs device, the same as this process's own.
+        let Ok(own) = std::fs::metadata("/proc/self/ns/net") else {
+            return Namespace::NotNamespace;
+        };
+        if !m.is_file() || m.dev() != own.dev() {
+            return Namespace::NotNamespace;
+        }
+        let init = std::fs::metadata("/proc/1/ns/net").map(|i| i.ino()).ok();
+        if m.ino() == own.ino() || Some(m.ino()) == init {
+            return Namespace::Host;
+        }
+        Namespace::Found {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
     }
 }
 
@@ -274,6 +335,8 @@ pub struct Recorder {
     namespaces: Mutex<BTreeSet<PathBuf>>,
     /// Host ends present: made by `Attach`, removed by `Detach`, or planted by a test.
     links: Mutex<BTreeSet<String>>,
+    /// The host's own routes, as a test sets them.
+    routes: Mutex<Vec<Ipv4Net>>,
 }
 
 impl Recorder {
@@ -312,6 +375,11 @@ impl Recorder {
         }
     }
 
+    /// Gives the host a route of its own.
+    pub fn add_host_route(&self, net: Ipv4Net) {
+        self.routes.lock().push(net);
+    }
+
     /// Gives the host an address (loopback ones it always has).
     pub fn add_local(&self, ip: IpAddr) {
         self.local.lock().insert(ip);
@@ -339,6 +407,10 @@ impl Kernel for Recorder {
     fn host_links(&self) -> Result<Vec<String>, HostError> {
         Ok(self.links.lock().iter().cloned().collect())
     }
+
+    fn host_routes(&self) -> Result<Vec<Ipv4Net>, HostError> {
+        Ok(self.routes.lock().clone())
+    }
 }
 
 impl Liveness for Recorder {
@@ -346,8 +418,18 @@ impl Liveness for Recorder {
         self.alive.lock().contains(container)
     }
 
-    fn namespace(&self, path: &Path) -> bool {
-        self.namespaces.lock().contains(path)
+    fn namespace(&self, path: &Path) -> Namespace {
+        use std::hash::{Hash, Hasher};
+        if !self.namespaces.lock().contains(path) {
+            return Namespace::Missing;
+        }
+        // A stable identity per path: distinct paths name distinct namespaces here.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        Namespace::Found {
+            dev: 1,
+            ino: h.finish(),
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub enum Error {
     BadNetwork(String),
     #[error("{0}")]
     BadEndpoint(String),
+    #[error("{0}")]
+    UnknownDriver(String),
     #[error("network with name {0} already exists")]
     NetworkExists(String),
     #[error("{0}")]
@@ -114,12 +116,10 @@ impl Error {
             | Error::ActiveEndpoints { .. }
             | Error::EndpointExists(_)
             | Error::EndpointInUse { .. }
-            | Error::AlreadyAttached { .. } => Kind::Conflict,
-            Error::Ipam(IpamError::Full(_))
-            | Error::Store(_)
-            | Error::Host(_)
+            | Error::AlreadyAttached { .. }
             | Error::PoolExhausted(_)
-            | Error::NetworkFull(_) => Kind::Unavailable,
+            | Error::NetworkFull(_) => Kind::Conflict,
+            Error::Ipam(IpamError::Full(_)) | Error::Store(_) | Error::Host(_) => Kind::Unavailable,
             Error::DefaultNetwork => Kind::Forbidden,
             Error::Ipam(_)
             | Error::BadContainerId
@@ -140,6 +140,7 @@ impl Error {
             | Error::NoNetwork(_)
             | Error::NoEndpoint(_)
             | Error::NoNamespace(_)
+            | Error::UnknownDriver(_)
             | Error::NotAttached { .. } => Kind::NotFound,
             Error::Behind(_) => Kind::Behind,
         }

@@ -21,7 +21,7 @@
 use super::schema::Row;
 use super::txn::Change;
 use super::{Error, Model, State};
-use crate::host::{Attachment, HostOp};
+use crate::host::{Attachment, HostOp, Namespace};
 use crate::store::Txn;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,11 @@ pub struct Joined {
     pub netns_name: Option<String>,
     /// The name inside the namespace, when the request chose one.
     pub ifname: Option<String>,
+    /// The namespace's identity (nsfs device, inode) when it joined: the same
+    /// namespace under two paths is one container, and a path that names another
+    /// namespace later (a reused pid) is not this container any more.
+    #[serde(default)]
+    pub ns_id: Option<(u64, u64)>,
 }
 
 impl Endpoint {
@@ -234,6 +239,32 @@ pub fn derived_vni(name: &str) -> u32 {
     DERIVED_VNI_MIN + n % (MAX_VNI - DERIVED_VNI_MIN + 1)
 }
 
+/// At most this many labels and options together on a network, each key and value at
+/// most [`MAX_TEXT`] bytes: they are stored and listed with every network.
+const MAX_ENTRIES: usize = 64;
+const MAX_TEXT: usize = 1024;
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Why a subnet can never be a network's: addresses the host or the Internet
+/// reserve (routing loopback into the TUN and masquerading it would cut the host off
+/// its own services).
+fn reserved(s: Ipv4Net) -> Option<&'static str> {
+    const RESERVED: [(&str, &str); 5] = [
+        ("0.0.0.0/8", "in 0.0.0.0/8 (this network)"),
+        ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+        ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+        ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+        ("240.0.0.0/4", "reserved (240.0.0.0/4, broadcast)"),
+    ];
+    RESERVED.iter().find_map(|(net, why)| {
+        let net: Ipv4Net = net.parse().ok()?;
+        overlaps(&net, &s).then_some(*why)
+    })
+}
+
 /// The default network's id: stable, from its subnet.
 pub fn default_id(subnet: &Ipv4Net) -> String {
     Sha256::digest(format!("tunloom default network {subnet}").as_bytes())
@@ -345,10 +376,9 @@ impl Model {
     /// A network by id, name, or unique id prefix (Docker's lookup order).
     pub fn network(&self, key: &str) -> Result<NetworkView, Error> {
         let st = self.state.lock();
-        let def = self.default_network(&st);
-        if key == def.id || key == def.name || (key.len() >= 3 && def.id.starts_with(key) && !key.is_empty()) {
+        if self.is_default(&st, key) {
             return Ok(NetworkView {
-                network: def,
+                network: self.default_network(&st),
                 default: true,
                 endpoints: Vec::new(),
             });
@@ -379,7 +409,7 @@ impl Model {
             req.driver.clone()
         };
         if !DRIVERS.contains(&driver.as_str()) {
-            return Err(Error::BadNetwork(format!(
+            return Err(Error::UnknownDriver(format!(
                 "driver {driver:?} is not served here: tunloom serves {}",
                 DRIVERS.join(", ")
             )));
@@ -398,6 +428,20 @@ impl Model {
             }
             None => derived_vni(&req.name),
         };
+        if req.labels.len() + req.options.len() > MAX_ENTRIES
+            || req
+                .labels
+                .iter()
+                .chain(&req.options)
+                .any(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT)
+        {
+            return Err(Error::BadNetwork(format!(
+                "labels and options: at most {MAX_ENTRIES} entries in all, each key and value at most {MAX_TEXT} bytes"
+            )));
+        }
+        // Asked before the lock: the host's routes change rarely, and a dump may take
+        // a while on a host with many.
+        let host_routes = self.kernel.host_routes()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -440,11 +484,19 @@ impl Model {
                             "subnet {s}: the prefix length must be from 8 to 30"
                         )));
                     }
+                    if let Some(why) = reserved(s) {
+                        return Err(Error::BadNetwork(format!("subnet {s} is {why}")));
+                    }
                     self.check_overlap(st, s)?;
                     s
                 }
-                None => self.pool_subnet(st)?,
+                None => self.pool_subnet(st, &host_routes)?,
             };
+            if let Some(r) = host_routes.iter().find(|r| overlaps(r, &subnet)) {
+                return Err(Error::Overlap(format!(
+                    "subnet {subnet} overlaps {r}, which this host routes itself"
+                )));
+            }
             let gateway = match req.gateway {
                 Some(g) if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() => {
                     return Err(Error::BadNetwork(format!(
@@ -461,6 +513,25 @@ impl Model {
                 Some(r) => Some(r.trunc()),
                 None => None,
             };
+            let probe = Network {
+                id: String::new(),
+                name: String::new(),
+                driver: String::new(),
+                subnet,
+                gateway,
+                ip_range,
+                vni,
+                internal: false,
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+                created_ns: 0,
+            };
+            if Networks::default().free_address(&probe).is_none() {
+                return Err(Error::BadNetwork(format!(
+                    "IPRange {} holds no address a container could have (not the network, broadcast or gateway address)",
+                    probe.range()
+                )));
+            }
             let id = req.id.clone().unwrap_or_else(random_id);
             if st.networks.by_id.contains_key(&id) {
                 return Err(Error::NetworkExists(id));
@@ -506,7 +577,6 @@ impl Model {
     /// Refuses a subnet that overlaps another network, the Weave range, or the
     /// overlay's configured prefixes.
     fn check_overlap(&self, st: &State, s: Ipv4Net) -> Result<(), Error> {
-        let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
         if let Some(n) = st.networks.by_id.values().find(|n| overlaps(&n.subnet, &s)) {
             return Err(Error::Overlap(format!(
                 "subnet {s} overlaps network {} ({})",
@@ -532,14 +602,14 @@ impl Model {
     }
 
     /// The first block of `networks.pool` no network overlaps.
-    fn pool_subnet(&self, st: &State) -> Result<Ipv4Net, Error> {
+    fn pool_subnet(&self, st: &State, host_routes: &[Ipv4Net]) -> Result<Ipv4Net, Error> {
         let pool = self.settings.networks.pool;
         let len = self.settings.networks.prefix;
         let blocks = pool
             .subnets(len)
             .map_err(|_| Error::BadNetwork(format!("networks.prefix {len} does not fit networks.pool {pool}")))?;
         for b in blocks {
-            if self.check_overlap(st, b).is_ok() {
+            if self.check_overlap(st, b).is_ok() && !host_routes.iter().any(|r| overlaps(r, &b)) {
                 return Ok(b);
             }
         }
@@ -599,9 +669,19 @@ impl Model {
         Ok(names)
     }
 
+    /// Whether `key` names the default network: its exact id or name, or a prefix
+    /// of its id that is no other network's id, name or id prefix (Docker's order:
+    /// exact id, exact name, then unique prefix).
     fn is_default(&self, st: &State, key: &str) -> bool {
         let id = default_id(&st.default_subnet);
-        key == DEFAULT_NAME || key == id || (key.len() >= 3 && id.starts_with(key))
+        if key == id || key == DEFAULT_NAME {
+            return true;
+        }
+        let nets = &st.networks;
+        key.len() >= 3
+            && id.starts_with(key)
+            && nets.by_id.get(key).or_else(|| nets.by_name(key)).is_none()
+            && !nets.by_id.keys().any(|other| other.starts_with(key))
     }
 
     /// Creates an endpoint and joins `req.container` to it in one change (Docker's
@@ -617,7 +697,7 @@ impl Model {
                     .networks
                     .endpoints_of(&net.id)
                     .filter_map(|e| e.joined.as_ref())
-                    .find(|j| j.container == joined.container || j.netns == joined.netns)
+                    .find(|j| j.container == joined.container || j.netns == joined.netns || j.ns_id == joined.ns_id)
                     .map(|j| j.container.clone());
                 if let Some(container) = already {
                     return Err(Error::AlreadyAttached {
@@ -651,9 +731,15 @@ impl Model {
         let joined = self.joining(container, netns, None)?;
         self.write(|st| {
             let (net, ep) = endpoint_on(st, endpoint)?;
-            if let Some(c) = ep.container() {
+            let twice = st
+                .networks
+                .endpoints_of(&net.id)
+                .filter_map(|e| e.joined.as_ref())
+                .find(|j| j.container == joined.container || j.ns_id == joined.ns_id)
+                .map(|j| j.container.clone());
+            if let Some(c) = ep.container().map(str::to_string).or(twice) {
                 return Err(Error::AlreadyAttached {
-                    container: c.to_string(),
+                    container: c,
                     network: net.name.clone(),
                 });
             }
@@ -732,7 +818,9 @@ impl Model {
                 st.networks.endpoints.insert(back.id.clone(), back);
             });
             if let (Some(net), Some(a)) = (net, attachment(&ep, mtu)) {
-                change.after.push(HostOp::Detach(Box::new(a.on(&net))));
+                change
+                    .after
+                    .push(HostOp::Detach(Box::new(keep_shared(st, a.on(&net), &ep))));
             }
             Ok(change)
         })
@@ -765,14 +853,23 @@ impl Model {
                 )));
             }
         }
-        if !self.liveness.namespace(&sandbox.netns) {
-            return Err(Error::NoNamespace(sandbox.netns.display().to_string()));
-        }
+        let shown = sandbox.netns.display().to_string();
+        let ns_id = match self.liveness.namespace(&sandbox.netns) {
+            Namespace::Found { dev, ino } => (dev, ino),
+            Namespace::Missing => return Err(Error::NoNamespace(shown)),
+            Namespace::NotNamespace => return Err(Error::BadEndpoint(format!("{shown} is not a network namespace"))),
+            Namespace::Host => {
+                return Err(Error::BadEndpoint(format!(
+                    "{shown} is tunloom's own network namespace or the host's; attaching it would rewire the host"
+                )))
+            }
+        };
         Ok(Joined {
             container: container.to_string(),
             netns: sandbox.netns,
             netns_name: sandbox.netns_name,
             ifname,
+            ns_id: Some(ns_id),
         })
     }
 
@@ -818,6 +915,13 @@ impl Model {
                     return Err(Error::BadEndpoint(format!(
                         "{a} is not a host address of network {}'s subnet {}",
                         net.name, net.subnet
+                    )));
+                }
+                if !net.range().contains(&a) {
+                    return Err(Error::BadEndpoint(format!(
+                        "{a} is outside {}, the part of network {}'s subnet this host allocates from (IPRange); another host's containers have those",
+                        net.range(),
+                        net.name
                     )));
                 }
                 if a == net.gateway {
@@ -891,7 +995,9 @@ impl Model {
             change.before.push(HostOp::Attach(Box::new(a.on(net))));
         }
         if let (Some(a), None) = (attachment(&old, mtu), &new.joined) {
-            change.after.push(HostOp::Detach(Box::new(a.on(net))));
+            change
+                .after
+                .push(HostOp::Detach(Box::new(keep_shared(st, a.on(net), &old))));
         }
         change
     }
@@ -908,42 +1014,61 @@ impl Model {
             let eps: Vec<Endpoint> = st.networks.endpoints.values().cloned().collect();
             (nets, eps)
         };
+        // Each step on its own: one that fails is reported, and the others still run.
+        let mut done = Reconciled::default();
         for n in &nets {
             for op in self.network_ops(n) {
-                self.kernel.apply(&op)?;
+                if let Err(e) = self.kernel.apply(&op) {
+                    done.failed.push(format!("network {}: {e}", n.name));
+                }
             }
         }
-        let mut done = Reconciled::default();
         let links: BTreeSet<String> = self.kernel.host_links()?.into_iter().collect();
         for ep in &eps {
             let Some(net) = nets.iter().find(|n| n.id == ep.network) else {
-                log::warn!("endpoint {} names a network that is gone; removed", ep.id);
-                self.remove_endpoint(&ep.id, true)?;
-                done.removed.push(ep.name.clone());
+                match self.remove_endpoint(&ep.id, true) {
+                    Ok(_) => {
+                        log::warn!("endpoint {} named a network that is gone; removed", ep.id);
+                        done.removed.push(ep.name.clone());
+                    }
+                    Err(e) => done.failed.push(format!("endpoint {}: {e}", ep.id)),
+                }
                 continue;
             };
             let (Some(j), Some(a)) = (&ep.joined, attachment(ep, mtu)) else {
                 continue;
             };
-            if !self.liveness.namespace(&j.netns) {
-                log::warn!(
-                    "endpoint {}: the namespace {} of container {} is gone; endpoint removed and {} released",
-                    ep.id,
-                    j.netns.display(),
-                    j.container,
-                    ep.address
-                );
-                self.remove_endpoint(&ep.id, true)?;
-                done.removed.push(j.container.clone());
+            let now = match self.liveness.namespace(&j.netns) {
+                Namespace::Found { dev, ino } => Some((dev, ino)),
+                _ => None,
+            };
+            if now.is_none() || (j.ns_id.is_some() && now != j.ns_id) {
+                match self.remove_endpoint(&ep.id, true) {
+                    Ok(_) => {
+                        log::warn!(
+                            "endpoint {}: the namespace {} of container {} is gone (or is another one now); endpoint removed and {} released",
+                            ep.id,
+                            j.netns.display(),
+                            j.container,
+                            ep.address
+                        );
+                        done.removed.push(j.container.clone());
+                    }
+                    Err(e) => done.failed.push(format!("endpoint {} ({}): {e}", ep.id, j.container)),
+                }
             } else if !links.contains(&ep.host_if()) {
-                log::warn!(
-                    "endpoint {}: veth {} of container {} was missing; made again",
-                    ep.id,
-                    ep.host_if(),
-                    j.container
-                );
-                self.kernel.apply(&HostOp::Attach(Box::new(a.on(net))))?;
-                done.recreated.push(j.container.clone());
+                match self.kernel.apply(&HostOp::Attach(Box::new(a.on(net)))) {
+                    Ok(()) => {
+                        log::warn!(
+                            "endpoint {}: veth {} of container {} was missing; made again",
+                            ep.id,
+                            ep.host_if(),
+                            j.container
+                        );
+                        done.recreated.push(j.container.clone());
+                    }
+                    Err(e) => done.failed.push(format!("endpoint {} ({}): {e}", ep.id, j.container)),
+                }
             }
         }
         let named: BTreeSet<String> = eps
@@ -952,7 +1077,6 @@ impl Model {
             .map(Endpoint::host_if)
             .collect();
         for l in links.iter().filter(|l| !named.contains(*l)) {
-            log::warn!("veth {l} belongs to no stored endpoint (a connect cut short); removed");
             let stray = Attachment {
                 netns: PathBuf::new(),
                 netns_name: None,
@@ -964,8 +1088,16 @@ impl Model {
                 nameserver: None,
                 mtu,
             };
-            self.kernel.apply(&HostOp::Detach(Box::new(stray)))?;
-            done.strays.push(l.clone());
+            match self.kernel.apply(&HostOp::Detach(Box::new(stray))) {
+                Ok(()) => {
+                    log::warn!("veth {l} belonged to no stored endpoint (a connect cut short); removed");
+                    done.strays.push(l.clone());
+                }
+                Err(e) => done.failed.push(format!("stray veth {l}: {e}")),
+            }
+        }
+        for f in &done.failed {
+            log::error!("networks: reconciling: {f}");
         }
         Ok(done)
     }
@@ -1000,6 +1132,8 @@ pub struct Reconciled {
     pub recreated: Vec<String>,
     /// Host ends removed that no endpoint named.
     pub strays: Vec<String>,
+    /// What could not be made right, and why.
+    pub failed: Vec<String>,
 }
 
 /// The host's view of a joined endpoint (`None` when no container joined it).
@@ -1016,6 +1150,22 @@ fn attachment(ep: &Endpoint, mtu: u32) -> Option<Partial> {
         nameserver: None,
         mtu,
     }))
+}
+
+/// A detach that leaves the namespace's resolv.conf alone while another attachment
+/// of the same namespace remains (it names that attachment's gateway).
+fn keep_shared(st: &State, mut a: Attachment, gone: &Endpoint) -> Attachment {
+    let ns = gone.joined.as_ref().map(|j| (&j.netns, j.ns_id));
+    let shared = st.networks.endpoints.values().any(|e| {
+        e.id != gone.id
+            && e.joined.as_ref().is_some_and(|j| {
+                Some((&j.netns, j.ns_id)) == ns || (j.ns_id.is_some() && j.ns_id == ns.and_then(|n| n.1))
+            })
+    });
+    if shared {
+        a.netns_name = None;
+    }
+    a
 }
 
 fn view(st: &State, n: &Network) -> NetworkView {
@@ -1049,7 +1199,8 @@ fn find(st: &State, key: &str) -> Result<Network, Error> {
     if let Some(n) = nets.by_id.get(key).or_else(|| nets.by_name(key)) {
         return Ok(n.clone());
     }
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let default = default_id(&st.default_subnet);
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()) && !default.starts_with(key) {
         let mut m = nets.by_id.values().filter(|n| n.id.starts_with(key));
         if let (Some(n), None) = (m.next(), m.next()) {
             return Ok(n.clone());
@@ -1287,6 +1438,94 @@ mod tests {
         assert!(matches!(host.ops().last(), Some(HostOp::Detach(a)) if a.host_if == ep.host_if()));
         assert_eq!(m.remove_endpoint(&ep.id, false).unwrap().address, ep.address);
         assert_eq!(kind(m.remove_endpoint(&ep.id, false)), Kind::NotFound);
+    }
+
+    #[test]
+    fn subnets_the_host_needs_and_addresses_of_other_hosts_are_refused() {
+        let d = TempDir::new("net-guard");
+        let (m, host) = open(&d.0);
+        host.add_host_route("198.19.230.0/24".parse().unwrap());
+        let with = |name: &str, subnet: &str| NetworkRequest {
+            subnet: Some(subnet.parse().unwrap()),
+            ..named(name)
+        };
+        for (subnet, says) in [
+            ("127.0.0.0/8", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("224.0.0.0/8", "multicast"),
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("255.255.255.0/24", "240.0.0.0/4"),
+        ] {
+            let e = m.create_network(with("x", subnet)).unwrap_err();
+            assert!(
+                e.kind() == Kind::Invalid && e.to_string().contains(says),
+                "{subnet}: {e}"
+            );
+        }
+        let e = m.create_network(with("lan", "198.19.230.0/25")).unwrap_err();
+        assert_eq!(e.kind(), Kind::Conflict, "{e}");
+        assert!(e.to_string().contains("this host routes itself"), "{e}");
+        let empty = NetworkRequest {
+            ip_range: Some("198.19.240.0/32".parse().unwrap()),
+            ..with("e", "198.19.240.0/24")
+        };
+        assert_eq!(
+            kind(m.create_network(empty)),
+            Kind::Invalid,
+            "an IPRange without a usable address"
+        );
+        let big = NetworkRequest {
+            labels: (0..65).map(|i| (i.to_string(), String::new())).collect(),
+            ..named("big")
+        };
+        assert_eq!(kind(m.create_network(big)), Kind::Invalid);
+        assert_eq!(
+            kind(m.create_network(NetworkRequest {
+                driver: "macvlan".into(),
+                ..named("d")
+            })),
+            Kind::NotFound
+        );
+        let half = NetworkRequest {
+            ip_range: Some("198.19.241.0/25".parse().unwrap()),
+            ..with("half", "198.19.241.0/24")
+        };
+        m.create_network(half).unwrap();
+        host.set_namespace(Path::new("/run/netns/c1"), true);
+        let mut far = on("half", "c1");
+        far.address = Some("198.19.241.200".parse().unwrap());
+        let e = m.attach(far).unwrap_err();
+        assert!(e.kind() == Kind::Invalid && e.to_string().contains("IPRange"), "{e}");
+        // A network whose name is a prefix of the default network's id is that network.
+        let def = default_id(&"10.32.0.0/12".parse().unwrap());
+        let prefix = &def[..4];
+        m.create_network(named(prefix)).unwrap();
+        assert_eq!(m.network(prefix).unwrap().network.name, prefix);
+        assert!(m.network(&def[..10]).unwrap().default);
+        // A full network is a conflict, not a failure of the node.
+        let tiny = with("tiny", "198.19.242.0/30");
+        m.create_network(tiny).unwrap();
+        host.set_namespace(Path::new("/run/netns/c2"), true);
+        m.attach(on("tiny", "c1")).unwrap();
+        assert_eq!(kind(m.attach(on("tiny", "c2"))), Kind::Conflict);
+    }
+
+    #[test]
+    fn one_namespace_under_two_paths_is_one_container() {
+        let d = TempDir::new("net-alias");
+        let (m, host) = open(&d.0);
+        m.create_network(named("app")).unwrap();
+        host.set_namespace(Path::new("/run/netns/c1"), true);
+        m.attach(on("app", "c1")).unwrap();
+        let mut again = on("app", "other-name");
+        again.netns = Some("/run/netns/c1".into());
+        assert_eq!(kind(m.attach(again)), Kind::Conflict);
+        let ep = m.create_endpoint(on("app", ""), "e2").unwrap();
+        assert_eq!(
+            kind(m.join(&ep.id, "c1", None)),
+            Kind::Conflict,
+            "joined on another endpoint"
+        );
     }
 
     #[test]

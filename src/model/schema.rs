@@ -242,6 +242,7 @@ mod tests {
                     netns: "/run/netns/c1".into(),
                     netns_name: Some("c1".into()),
                     ifname: None,
+                    ns_id: Some((4, 4026532289)),
                 }),
             })),
         ];

@@ -330,17 +330,28 @@ pub(crate) mod tests {
                 .unwrap();
             v
         };
-        assert!(matches!(verdict(&a, &echo(8)), Verdict::Service { .. }), "an echo request");
+        assert!(
+            matches!(verdict(&a, &echo(8)), Verdict::Service { .. }),
+            "an echo request"
+        );
         assert!(matches!(verdict(&a, &udp(53)), Verdict::Service { .. }), "DNS");
         // An echo reply or another port: to b, which exposed the address.
         for pkt in [echo(0), udp(8080)] {
             let mut buf = in_buf(&pkt);
             let v = process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch);
-            let Verdict::Forward { peer: 0, start, len, .. } = v else { panic!("{v:?}") };
+            let Verdict::Forward {
+                peer: 0, start, len, ..
+            } = v
+            else {
+                panic!("{v:?}")
+            };
             let d = buf[start..start + len].to_vec();
             assert!(b.is_local("198.19.2.1".parse().unwrap()));
             assert!(
-                matches!(outside::process(&b, crate::testkit::A_UNDERLAY.into(), &d), Verdict::Deliver { .. }),
+                matches!(
+                    outside::process(&b, crate::testkit::A_UNDERLAY.into(), &d),
+                    Verdict::Deliver { .. }
+                ),
                 "b delivers what is for the address it exposed"
             );
         }

@@ -29,6 +29,7 @@ const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
+const RTM_GETRULE: u16 = 34;
 const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -54,10 +55,12 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_TABLE: u16 = 15;
+const FRA_SRC: u16 = 2;
 const FRA_IIFNAME: u16 = 3;
 const FRA_PRIORITY: u16 = 6;
 const FRA_TABLE: u16 = 15;
 const FR_ACT_TO_TBL: u8 = 1;
+const FR_ACT_BLACKHOLE: u8 = 6;
 /// The main routing table.
 pub const RT_TABLE_MAIN: u32 = 254;
 const RTPROT_STATIC: u8 = 4;
@@ -65,6 +68,7 @@ const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
+const RTN_UNREACHABLE: u8 = 7;
 const IFF_UP: u32 = 0x1;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -278,6 +282,9 @@ pub struct Route {
     pub table: u32,
     pub oif: Option<u32>,
     pub gateway: Option<IpAddr>,
+    /// An `unreachable` route (the host answers "unreachable" and forwards nothing)
+    /// rather than a unicast one.
+    pub unreachable: bool,
 }
 
 impl Route {
@@ -288,6 +295,18 @@ impl Route {
             table,
             oif: Some(index),
             gateway: None,
+            unreachable: false,
+        }
+    }
+
+    /// `unreachable dst` in `table`.
+    pub fn unreachable(dst: IpNet, table: u32) -> Route {
+        Route {
+            dst,
+            table,
+            oif: None,
+            gateway: None,
+            unreachable: true,
         }
     }
 }
@@ -295,20 +314,28 @@ impl Route {
 /// Encodes "add (replacing) route `r`", or with `add` false, "delete it". A table
 /// past 255 goes in RTA_TABLE (the header's byte holds only 0..=255).
 fn route_msg(seq: u32, r: &Route, add: bool) -> Vec<u8> {
+    route_msg_flags(seq, r, add, NLM_F_REPLACE)
+}
+
+/// [`route_msg`] with `extra` flags on an add: NLM_F_REPLACE, or NLM_F_EXCL to leave
+/// a route already there alone (EEXIST).
+fn route_msg_flags(seq: u32, r: &Route, add: bool, extra: u16) -> Vec<u8> {
     let dst = r.dst.trunc();
     let (family, addr) = addr_bytes(&dst);
     let scope = match (add, r.gateway) {
         // Deleting matches any scope.
         (false, _) => RT_SCOPE_NOWHERE,
+        (true, _) if r.unreachable => RT_SCOPE_UNIVERSE,
         (true, None) => RT_SCOPE_LINK,
         (true, Some(_)) => RT_SCOPE_UNIVERSE,
     };
     let table = u8::try_from(r.table).unwrap_or(0);
     let protocol = if add { RTPROT_STATIC } else { 0 };
-    let mut fixed = vec![family, dst.prefix_len(), 0, 0, table, protocol, scope, RTN_UNICAST];
+    let rtype = if r.unreachable { RTN_UNREACHABLE } else { RTN_UNICAST };
+    let mut fixed = vec![family, dst.prefix_len(), 0, 0, table, protocol, scope, rtype];
     fixed.extend_from_slice(&0u32.to_ne_bytes());
     let (kind, flags) = if add {
-        (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
+        (RTM_NEWROUTE, NLM_F_CREATE | extra)
     } else {
         (RTM_DELROUTE, 0)
     };
@@ -347,6 +374,7 @@ fn parse_route(msg: &[u8]) -> Option<Route> {
         table: u32::from(fixed[4]),
         oif: None,
         gateway: None,
+        unreachable: fixed[7] == RTN_UNREACHABLE,
     };
     for (kind, data) in attrs(&msg[HEADER + RTMSG..]) {
         let v4 = || <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from);
@@ -366,6 +394,9 @@ fn parse_route(msg: &[u8]) -> Option<Route> {
 pub struct Rule<'a> {
     pub priority: u32,
     pub iif: &'a str,
+    /// Only packets from this source (a /32), or any.
+    pub src: Option<Ipv4Addr>,
+    /// The table to look up; 0: drop the packet (a blackhole rule).
     pub table: u32,
 }
 
@@ -374,18 +405,25 @@ pub struct Rule<'a> {
 fn rule_msg(seq: u32, r: &Rule<'_>, add: bool) -> Vec<u8> {
     // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
     let table = u8::try_from(r.table).unwrap_or(0);
-    let mut fixed = vec![AF_INET, 0, 0, 0, table, 0, 0, FR_ACT_TO_TBL];
+    let action = if r.table == 0 { FR_ACT_BLACKHOLE } else { FR_ACT_TO_TBL };
+    let src_len = if r.src.is_some() { 32 } else { 0 };
+    let mut fixed = vec![AF_INET, 0, src_len, 0, table, 0, 0, action];
     fixed.extend_from_slice(&0u32.to_ne_bytes());
     let (kind, flags) = if add {
         (RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL)
     } else {
         (RTM_DELRULE, 0)
     };
-    Msg::new(kind, flags, seq, &fixed)
+    let mut m = Msg::new(kind, flags, seq, &fixed)
         .attr_str(FRA_IIFNAME, r.iif)
-        .attr_u32(FRA_PRIORITY, r.priority)
-        .attr_u32(FRA_TABLE, r.table)
-        .finish()
+        .attr_u32(FRA_PRIORITY, r.priority);
+    if let Some(src) = r.src {
+        m = m.attr(FRA_SRC, &src.octets());
+    }
+    if r.table != 0 {
+        m = m.attr_u32(FRA_TABLE, r.table);
+    }
+    m.finish()
 }
 
 /// What one read of the kernel's answer to request `seq` means.
@@ -530,6 +568,15 @@ impl Netlink {
         self.request(|seq| route_msg(seq, r, true))
     }
 
+    /// Adds route `r` unless one for the same destination is in its table already
+    /// (that one is left alone, and this is not an error).
+    pub fn add_route_if_none(&mut self, r: &Route) -> io::Result<()> {
+        match self.request(|seq| route_msg_flags(seq, r, true, NLM_F_EXCL)) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Deletes route `r` (fields left `None` match anything). A missing route is an
     /// error (ESRCH; see [`is_absent`]).
     pub fn del_route(&mut self, r: &Route) -> io::Result<()> {
@@ -589,6 +636,30 @@ impl Netlink {
         let fixed = ifinfomsg(0, 0, 0);
         let msgs = self.transact(|seq| Msg::dump(RTM_GETLINK, seq, &fixed).finish())?;
         Ok(msgs.iter().filter_map(|m| parse_link(m)).collect())
+    }
+
+    /// The sources of the IPv4 rules at `priority` on input link `iif`.
+    pub fn rules_of(&mut self, iif: &str, priority: u32) -> io::Result<Vec<Ipv4Addr>> {
+        let mut fixed = [0u8; 12];
+        fixed[0] = AF_INET;
+        let msgs = self.transact(|seq| Msg::dump(RTM_GETRULE, seq, &fixed).finish())?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                let (mut name, mut prio, mut src) = (None, 0, None);
+                for (kind, data) in attrs(m.get(HEADER + 12..)?) {
+                    match kind {
+                        FRA_IIFNAME => name = Some(data.split(|b| *b == 0).next().unwrap_or(data)),
+                        FRA_PRIORITY => prio = u32_of(data)?,
+                        FRA_SRC => src = <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from),
+                        _ => {}
+                    }
+                }
+                (name == Some(iif.as_bytes()) && prio == priority)
+                    .then_some(src)
+                    .flatten()
+            })
+            .collect())
     }
 }
 
@@ -670,6 +741,7 @@ mod tests {
         let r = Rule {
             priority: 100,
             iif: "tlc0",
+            src: None,
             table: 6783,
         };
         let m = rule_msg(9, &r, true);
@@ -689,6 +761,23 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([d[4], d[5]]), RTM_DELRULE);
         assert_eq!(u16::from_ne_bytes([d[6], d[7]]), NLM_F_REQUEST | NLM_F_ACK);
         assert_eq!(d[20], 7, "a small table also goes in the header");
+        // From one source; and a blackhole rule, which names no table.
+        let from = rule_msg(
+            9,
+            &Rule {
+                src: Some("198.19.1.5".parse().unwrap()),
+                ..r
+            },
+            true,
+        );
+        assert_eq!(&from[16..24], &[2, 0, 32, 0, 0, 0, 0, 1], "src_len 32");
+        assert!(
+            from.windows(8).any(|w| w == [hdr(8, 2), vec![198, 19, 1, 5]].concat()),
+            "FRA_SRC"
+        );
+        let hole = rule_msg(9, &Rule { table: 0, ..r }, true);
+        assert_eq!(hole[23], FR_ACT_BLACKHOLE);
+        assert!(!hole.windows(4).any(|w| w == hdr(8, 15)), "no FRA_TABLE");
     }
 
     #[test]
@@ -712,6 +801,7 @@ mod tests {
             table: RT_TABLE_MAIN,
             oif: Some(2),
             gateway: Some("198.19.1.1".parse().unwrap()),
+            unreachable: false,
         };
         let m = route_msg(5, &d, true);
         assert_eq!(&m[16..24], &[2, 0, 0, 0, 254, 4, 0, 1]);
@@ -728,6 +818,11 @@ mod tests {
         dumped[..4].copy_from_slice(&len.to_ne_bytes());
         assert_eq!(parse_route(&dumped), Some(d));
         assert_eq!(parse_route(&route_msg(4, &r, true)), Some(r));
+        // `unreachable <subnet>`: its type, universe scope, no link.
+        let u = Route::unreachable("198.19.0.0/24".parse().unwrap(), 6784);
+        let m = route_msg(7, &u, true);
+        assert_eq!(&m[16..24], &[2, 24, 0, 0, 0, 4, 0, RTN_UNREACHABLE]);
+        assert_eq!(parse_route(&m), Some(u));
     }
 
     #[test]
