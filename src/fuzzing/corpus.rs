@@ -403,16 +403,19 @@ fn seeds_control() -> Vec<(&'static str, Vec<u8>)> {
             prefix: "198.19.1.0/24".parse().unwrap(),
             version: 3,
             block: false,
+            vni: 0x00ab_cdef,
         },
         control::Announce {
             prefix: "198.19.64.0/19".parse().unwrap(),
             version: 3,
             block: true,
+            vni: 0,
         },
         control::Announce {
             prefix: "fd00:1::/64".parse().unwrap(),
             version: 1,
             block: false,
+            vni: 7,
         },
     ];
     let r = control::Repr {
