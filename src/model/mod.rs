@@ -378,12 +378,12 @@ impl Model {
                 .filter(|p| p.up)
                 .filter_map(|p| {
                     let data_addr = p.data_addr?;
-                    let prefixes: Vec<IpNet> = p.prefixes.iter().map(|a| a.prefix).collect();
+                    let prefixes: Vec<(IpNet, u32)> = p.prefixes.iter().map(|a| (a.prefix, a.vni)).collect();
                     let entry = PeerEntry {
                         name: p.name.clone(),
                         data_addr,
                         mac: ether::Address::for_node(&p.name),
-                        allowed: Table::build(prefixes.iter().map(|n| (*n, ())).collect()),
+                        allowed: Table::build(prefixes.iter().map(|(n, _)| (*n, ())).collect()),
                     };
                     Some((entry, prefixes))
                 })
