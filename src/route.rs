@@ -267,6 +267,11 @@ impl<V> core::fmt::Debug for Table<V> {
     }
 }
 
+/// Whether two prefixes share an address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Table::build(Vec::new())

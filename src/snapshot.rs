@@ -12,6 +12,13 @@
 //! hosts while each host routes only its own block of it. The networks' VNIs are kept
 //! sorted beside it so the outside path refuses a VNI nobody serves in one binary
 //! search, before it parses the inner packet.
+//!
+//! A peer announces each prefix with the VNI of the network it belongs to (0: none).
+//! Where that network is not one of this node's, the snapshot keeps the VNI beside
+//! the route ([`Snapshot::peer_vni`]), so this node can still reach it under the
+//! right VNI and accept its answers; where it is inside one of this node's networks,
+//! the local network's VNI decides and the peer's is ignored (the peer table counts
+//! and warns about a disagreement, once).
 
 use crate::route::Table;
 use crate::wire::ether;
@@ -19,6 +26,7 @@ use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use ipnet::{IpNet, Ipv4Net};
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,6 +91,10 @@ pub struct Snapshot {
     /// The networks' VNIs, sorted and deduplicated, for the outside path's "is this a
     /// VNI this node serves" before it parses the inner packet.
     network_vnis: Vec<u32>,
+    /// Peers' prefixes in networks this node does not hold, by the VNI they
+    /// announced (non-zero), and those VNIs sorted and deduplicated.
+    peer_vni_by_addr: Table<u32>,
+    peer_vnis: Vec<u32>,
 }
 
 /// What every snapshot of a node carries unchanged: its MAC, its VNI, the overlay MTU.
@@ -101,7 +113,8 @@ pub struct SnapshotSpec {
     pub local: Vec<IpNet>,
     /// Gateway addresses served by the service thread (host routes).
     pub service: Vec<IpNet>,
-    pub peers: Vec<(PeerEntry, Vec<IpNet>)>,
+    /// Each peer that is up and the prefixes it announced, with their VNIs (0: none).
+    pub peers: Vec<(PeerEntry, Vec<(IpNet, u32)>)>,
     pub router_v4: Option<Ipv4Addr>,
     pub router_v6: Option<Ipv6Addr>,
     /// Container networks (IPv4 subnets that do not overlap; the model refuses
@@ -141,22 +154,22 @@ impl Snapshot {
     /// Compiles a spec: local prefixes route to this host, each peer's announced
     /// prefixes to it. A prefix announced both locally and by a peer stays local, and
     /// between peers the one listed first keeps it, so a peer cannot take over this
-    /// node's traffic by announcing its prefixes.
+    /// node's traffic by announcing its prefixes. A peer's prefix keeps the VNI it
+    /// was announced with when it won its route and lies outside this node's
+    /// networks.
     pub fn compile(generation: u64, spec: SnapshotSpec) -> Snapshot {
-        let mut routes: Vec<(IpNet, NextHop)> = Vec::new();
+        // Each prefix's route and VNI: the first peer's, unless local, unless a gateway.
+        let mut best: BTreeMap<IpNet, (NextHop, u32)> = BTreeMap::new();
         let mut peers = Vec::with_capacity(spec.peers.len());
         for (i, (peer, prefixes)) in spec.peers.into_iter().enumerate() {
-            for p in prefixes {
-                routes.push((p.trunc(), NextHop::Peer(i as u16)));
+            for (p, vni) in prefixes {
+                best.entry(p.trunc()).or_insert((NextHop::Peer(i as u16), vni));
             }
             peers.push(peer);
         }
-        // Table::build keeps the last entry for a duplicate prefix: reverse the peer
-        // entries so the first peer wins, and put local prefixes last.
-        routes.reverse();
-        routes.extend(spec.local.iter().map(|p| (p.trunc(), NextHop::Local)));
-        let beneath_service = Table::build(routes.clone());
-        routes.extend(spec.service.iter().map(|p| (p.trunc(), NextHop::Service)));
+        best.extend(spec.local.iter().map(|p| (p.trunc(), (NextHop::Local, 0))));
+        let beneath_service = Table::build(best.iter().map(|(p, (hop, _))| (*p, *hop)).collect());
+        best.extend(spec.service.iter().map(|p| (p.trunc(), (NextHop::Service, 0))));
         let mut peer_by_addr: Vec<(IpAddr, u16)> = peers
             .iter()
             .enumerate()
@@ -176,6 +189,21 @@ impl Snapshot {
         let mut network_vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();
         network_vnis.sort_unstable();
         network_vnis.dedup();
+        let peer_vni_entries: Vec<(IpNet, u32)> = best
+            .iter()
+            .filter(|(p, (hop, vni))| {
+                matches!(hop, NextHop::Peer(_))
+                    && *vni != 0
+                    && !networks
+                        .iter()
+                        .any(|n| crate::route::overlaps(p, &IpNet::V4(n.subnet.trunc())))
+            })
+            .map(|(p, (_, vni))| (*p, *vni))
+            .collect();
+        let mut peer_vnis: Vec<u32> = peer_vni_entries.iter().map(|(_, v)| *v).collect();
+        peer_vnis.sort_unstable();
+        peer_vnis.dedup();
+        let routes = best.into_iter().map(|(p, (hop, _))| (p, hop)).collect();
         Snapshot {
             generation,
             node_mac: spec.node_mac,
@@ -190,6 +218,8 @@ impl Snapshot {
             networks,
             network_by_addr,
             network_vnis,
+            peer_vni_by_addr: Table::build(peer_vni_entries),
+            peer_vnis,
         }
     }
 
@@ -211,10 +241,23 @@ impl Snapshot {
         &self.networks
     }
 
-    /// Whether `vni` is one this node serves: the node's own or a network's.
+    /// Whether `vni` is one this node serves: the node's own, a network's, or one a
+    /// peer announced for a network this node does not hold (its answers come back
+    /// under it).
     #[inline]
     pub fn serves_vni(&self, vni: u32) -> bool {
-        vni == self.vni || self.network_vnis.binary_search(&vni).is_ok()
+        vni == self.vni || self.network_vnis.binary_search(&vni).is_ok() || self.peer_vnis.binary_search(&vni).is_ok()
+    }
+
+    /// The VNI a peer announced for the prefix `ip` is in, when that is a network
+    /// this node does not hold (never one of this node's networks: there the local
+    /// network's VNI decides).
+    #[inline]
+    pub fn peer_vni(&self, ip: IpAddr) -> Option<u32> {
+        if self.peer_vnis.is_empty() {
+            return None;
+        }
+        self.peer_vni_by_addr.lookup(ip).copied()
     }
 
     /// Whether `vni` is some network's.
@@ -372,7 +415,12 @@ mod tests {
         }
     }
 
-    fn spec(peers: Vec<(PeerEntry, Vec<IpNet>)>) -> SnapshotSpec {
+    /// Prefixes announced without a VNI.
+    fn pfx(list: &[&str]) -> Vec<(IpNet, u32)> {
+        list.iter().map(|p| (p.parse().unwrap(), 0)).collect()
+    }
+
+    fn spec(peers: Vec<(PeerEntry, Vec<(IpNet, u32)>)>) -> SnapshotSpec {
         SnapshotSpec {
             local: vec!["198.19.1.0/24".parse().unwrap()],
             peers,
@@ -389,14 +437,8 @@ mod tests {
         let s = Snapshot::compile(
             1,
             spec(vec![
-                (
-                    peer("b", [198, 18, 0, 2]),
-                    vec!["198.19.2.0/24".parse().unwrap(), "198.19.1.0/24".parse().unwrap()],
-                ),
-                (
-                    peer("c", [198, 18, 0, 3]),
-                    vec!["198.19.2.0/24".parse().unwrap(), "198.19.3.0/24".parse().unwrap()],
-                ),
+                (peer("b", [198, 18, 0, 2]), pfx(&["198.19.2.0/24", "198.19.1.0/24"])),
+                (peer("c", [198, 18, 0, 3]), pfx(&["198.19.2.0/24", "198.19.3.0/24"])),
             ]),
         );
         let r = |a: &str| s.routes.lookup(a.parse().unwrap()).copied();
@@ -407,6 +449,47 @@ mod tests {
         assert_eq!(s.peer_by_underlay("198.18.0.3".parse().unwrap()), Some(1));
         assert_eq!(s.peer_by_underlay("::ffff:198.18.0.2".parse().unwrap()), Some(0));
         assert_eq!(s.peer_by_underlay("198.18.0.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_peers_vni_goes_with_the_route_it_won_outside_local_networks() {
+        let with = |list: &[(&str, u32)]| -> Vec<(IpNet, u32)> {
+            list.iter().map(|(p, v)| (p.parse().unwrap(), *v)).collect()
+        };
+        let s = Snapshot::compile(
+            1,
+            SnapshotSpec {
+                networks: vec![Network {
+                    subnet: "198.19.16.0/20".parse().unwrap(),
+                    vni: 7,
+                    internal: false,
+                }],
+                ..spec(vec![
+                    (
+                        peer("b", [198, 18, 0, 2]),
+                        with(&[("198.19.2.0/24", 0), ("198.19.1.0/24", 5), ("198.19.17.0/24", 9)]),
+                    ),
+                    (
+                        peer("c", [198, 18, 0, 3]),
+                        with(&[("198.19.2.0/24", 6), ("198.19.3.0/24", 8), ("198.19.4.0/24", 8)]),
+                    ),
+                ])
+            },
+        );
+        let v = |a: &str| s.peer_vni(a.parse().unwrap());
+        assert_eq!(v("198.19.2.9"), None, "b's route won, and b announced no VNI");
+        assert_eq!(v("198.19.1.9"), None, "a local prefix");
+        assert_eq!(v("198.19.17.9"), None, "inside this node's network: its VNI decides");
+        assert_eq!((v("198.19.3.9"), v("198.19.4.9")), (Some(8), Some(8)));
+        assert!(s.serves_vni(8) && !s.serves_vni(5) && !s.serves_vni(6) && !s.serves_vni(9));
+        assert_eq!(
+            s.routes.lookup("198.19.17.9".parse().unwrap()),
+            Some(&NextHop::Peer(0)),
+            "the route stays"
+        );
+        // Without any VNI, nothing is looked up.
+        let plain = Snapshot::compile(1, spec(vec![(peer("b", [198, 18, 0, 2]), pfx(&["198.19.2.0/24"]))]));
+        assert!(plain.peer_vnis.is_empty());
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn pair_specs() -> (SnapshotSpec, SnapshotSpec) {
                     mac: ether::Address::for_node(other),
                     allowed: Table::build(theirs.iter().map(|p| (*p, ())).collect()),
                 },
-                theirs,
+                theirs.into_iter().map(|p| (p, 0)).collect(),
             )],
             router_v4: Some(router.into()),
             router_v6: None,
@@ -94,8 +94,10 @@ pub fn pair_with_networks() -> (Snapshot, Snapshot) {
     for (spec, mine, theirs) in [(&mut a, &a_nets, &b_nets), (&mut b, &b_nets, &a_nets)] {
         spec.local.extend_from_slice(mine);
         let (peer, announced) = &mut spec.peers[0];
-        announced.extend_from_slice(theirs);
-        peer.allowed = Table::build(announced.iter().map(|p| (*p, ())).collect());
+        // Announced under the networks' VNIs, as a peer does; both nodes hold the
+        // networks, so their own VNIs decide.
+        announced.extend(theirs.iter().zip([7, 8, 9]).map(|(p, vni)| (*p, vni)));
+        peer.allowed = Table::build(announced.iter().map(|(p, _)| (*p, ())).collect());
         spec.networks = networks();
     }
     (Snapshot::compile(1, a), Snapshot::compile(1, b))

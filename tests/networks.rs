@@ -187,6 +187,28 @@ fn containers_on_networks_across_hosts() {
         h.log(1)
     );
     assert!(pings(&b1, &ip_a1, Duration::from_secs(5)), "b1 → a1");
+    // Each host announces its range of `app` under app's VNI (control message
+    // version 2), and the two agree.
+    let (sa, sb) = (h.stats(0).unwrap(), h.stats(1).unwrap());
+    let vni = sa["announced"]["vnis"]["198.19.130.0/25"].as_u64().unwrap_or(0);
+    assert!(vni > 0, "{}", sa["announced"]);
+    assert_eq!(sb["announced"]["vnis"]["198.19.130.128/25"].as_u64(), Some(vni));
+    assert_eq!(
+        sa["peers"][0]["vnis"]["198.19.130.128/25"].as_u64(),
+        Some(vni),
+        "{}",
+        sa["peers"]
+    );
+    assert_eq!(
+        sb["peers"][0]["vnis"]["198.19.130.0/25"].as_u64(),
+        Some(vni),
+        "{}",
+        sb["peers"]
+    );
+    for s in [&sa, &sb] {
+        assert_eq!(s["control"]["vni_conflicts"].as_u64(), Some(0));
+        assert_eq!(s["control"]["dropped_unknown_version"].as_u64(), Some(0));
+    }
     let server = b1
         .command("iperf3", &["-s", "-1", "-B", &ip_b1])
         .stdout(std::process::Stdio::null())

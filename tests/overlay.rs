@@ -225,6 +225,7 @@ fn two_hosts_forward_survive_a_crash_and_shrug_off_garbage() {
             prefix: "198.19.1.0/24".parse().unwrap(),
             version: 1,
             block: false,
+            vni: 0,
         }];
         let forged = control::Repr {
             kind: control::Kind::Hello,

@@ -10,7 +10,7 @@ use crate::dataplane::device::Steering;
 use crate::dataplane::stats::{self, WorkerStats};
 use crate::dataplane::Offloads;
 use crate::model::Model;
-use crate::peers::split_announced;
+use crate::peers::{announced_vnis, split_announced};
 use crate::telemetry::{Latency, Registry};
 use crate::wire::ether;
 use crossbeam_utils::CachePadded;
@@ -285,6 +285,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
                 "last_seen_ms_ago": p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
                 "prefixes": prefixes,
                 "blocks": blocks,
+                "vnis": announced_vnis(&p.prefixes),
                 "static_peer": p.target,
                 "up_events": p.up_events,
                 "down_events": p.down_events,
@@ -325,6 +326,7 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
         "announced": {
             "prefixes": prefixes,
             "blocks": blocks,
+            "vnis": announced_vnis(&announced),
             "state": state,
         },
     })

@@ -403,16 +403,19 @@ fn seeds_control() -> Vec<(&'static str, Vec<u8>)> {
             prefix: "198.19.1.0/24".parse().unwrap(),
             version: 3,
             block: false,
+            vni: 0x00ab_cdef,
         },
         control::Announce {
             prefix: "198.19.64.0/19".parse().unwrap(),
             version: 3,
             block: true,
+            vni: 0,
         },
         control::Announce {
             prefix: "fd00:1::/64".parse().unwrap(),
             version: 1,
             block: false,
+            vni: 7,
         },
     ];
     let r = control::Repr {
@@ -456,8 +459,19 @@ fn seeds_control() -> Vec<(&'static str, Vec<u8>)> {
     bad_magic[0] = b'X';
     let mut bad_family = hello.clone();
     bad_family[38] = 5;
+    // As an older tunloom sends it: version 1, no VNIs.
+    let emit_v1 = |r: &control::Repr, key: Option<&[u8]>| {
+        let mut b = vec![0u8; r.buffer_len_as(1, key.is_some())];
+        r.emit_as(1, &mut b, key).unwrap();
+        b
+    };
+    let mut future = hello.clone();
+    future[4] = control::VERSION + 1;
     vec![
         ("hello", hello.clone()),
+        ("hello-v1", emit_v1(&r, None)),
+        ("hello-v1-signed", emit_v1(&r, Some(b"fuzzing-secret"))),
+        ("unknown-version", future),
         ("hello-signed", signed),
         ("bye", bye),
         ("page-2-of-2-ipv6-underlay", page2),

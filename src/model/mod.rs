@@ -329,8 +329,10 @@ impl Model {
     }
 
     /// Updates what this node announces: the configured prefixes (with host routes
-    /// of configured exposed addresses), the IPAM blocks it owns, and a host route for
-    /// each address exposed through the API that none of those covers.
+    /// of configured exposed addresses), the IPAM blocks it owns, a host route for
+    /// each address exposed through the API that none of those covers, and each
+    /// network's range under the network's VNI (everything else under VNI 0). The
+    /// networks themselves go along, for checking peers' VNIs against.
     fn announce(&self, st: &State) -> u64 {
         let mut prefixes = announced_prefixes(&self.settings.announce, &self.settings.expose);
         let blocks: Vec<IpNet> = st.ipam.owned().iter().map(|b| IpNet::V4(*b)).collect();
@@ -339,15 +341,17 @@ impl Model {
                 add_host_route(&mut prefixes, e.addr());
             }
         }
+        let mut list: Vec<(IpNet, bool, u32)> = prefixes.into_iter().map(|p| (p, false, 0)).collect();
         for n in st.networks.by_id.values() {
             let r = IpNet::V4(n.range());
-            if !prefixes.contains(&r) {
-                prefixes.push(r);
+            match list.iter_mut().find(|(p, _, _)| *p == r) {
+                Some(entry) => entry.2 = n.vni,
+                None => list.push((r, false, n.vni)),
             }
         }
-        let mut list: Vec<(IpNet, bool)> = prefixes.into_iter().map(|p| (p, false)).collect();
-        list.extend(blocks.into_iter().map(|b| (b, true)));
-        self.peers.set_announced(&list)
+        list.extend(blocks.into_iter().map(|b| (b, true, 0)));
+        let networks: Vec<(Ipv4Net, u32)> = st.networks.by_id.values().map(|n| (n.subnet, n.vni)).collect();
+        self.peers.set_announced(&list, &networks)
     }
 
     /// The addresses tunloom answers itself: configured gateways and the default
@@ -371,12 +375,12 @@ impl Model {
                 .filter(|p| p.up)
                 .filter_map(|p| {
                     let data_addr = p.data_addr?;
-                    let prefixes: Vec<IpNet> = p.prefixes.iter().map(|a| a.prefix).collect();
+                    let prefixes: Vec<(IpNet, u32)> = p.prefixes.iter().map(|a| (a.prefix, a.vni)).collect();
                     let entry = PeerEntry {
                         name: p.name.clone(),
                         data_addr,
                         mac: ether::Address::for_node(&p.name),
-                        allowed: Table::build(prefixes.iter().map(|n| (*n, ())).collect()),
+                        allowed: Table::build(prefixes.iter().map(|(n, _)| (*n, ())).collect()),
                     };
                     Some((entry, prefixes))
                 })

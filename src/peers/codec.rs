@@ -5,11 +5,15 @@
 use super::{Announce, Identity};
 use crate::wire::control::{self, Kind, Prefixes};
 
-/// Encodes `kind` with sequence number `seq`, carrying state version `state` (and, for
-/// a hello, its `announced` prefixes) and acknowledging `ack` of the recipient's
-/// state, as pages into `out` (cleared first).
+/// Encodes `kind` in control protocol `version` with sequence number `seq`, carrying
+/// state version `state` (and, for a hello, its `announced` prefixes) and
+/// acknowledging `ack` of the recipient's state, as pages into `out` (cleared first).
+/// Pages are cut for [`control::VERSION`], whose entries are the larger, so they fit
+/// in any version.
+#[allow(clippy::too_many_arguments)]
 pub fn encode(
     id: &Identity,
+    version: u8,
     kind: Kind,
     seq: u64,
     state: u64,
@@ -47,8 +51,8 @@ pub fn encode(
             prefixes: Prefixes::Slice(chunk),
             ..base
         };
-        let mut buf = vec![0u8; r.buffer_len(signed)];
-        match r.emit(&mut buf, id.secret.as_deref()) {
+        let mut buf = vec![0u8; r.buffer_len_as(version, signed)];
+        match r.emit_as(version, &mut buf, id.secret.as_deref()) {
             Ok(n) => {
                 buf.truncate(n);
                 out.push(buf);

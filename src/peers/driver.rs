@@ -12,7 +12,7 @@
 use super::table::{Peer, Table, Time};
 use super::ControlEvent;
 use crate::telemetry::Counters;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::{Condvar, Mutex};
 use std::io;
@@ -79,10 +79,14 @@ impl Peers {
         r
     }
 
-    /// Sets what this node announces (see [`Table::set_announced`]), versioned by
-    /// the wall clock. Returns the state version.
-    pub fn set_announced(&self, list: &[(IpNet, bool)]) -> u64 {
-        self.update(|t| t.set_announced(list, Time::now()))
+    /// Sets this node's networks (see [`Table::set_networks`]) and what it
+    /// announces (see [`Table::set_announced`]), versioned by the wall clock.
+    /// Returns the state version.
+    pub fn set_announced(&self, list: &[(IpNet, bool, u32)], networks: &[(Ipv4Net, u32)]) -> u64 {
+        self.update(|t| {
+            t.set_networks(networks);
+            t.set_announced(list, Time::now())
+        })
     }
 
     /// A copy of every peer.

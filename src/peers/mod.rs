@@ -29,7 +29,7 @@ pub mod table;
 pub use crate::wire::control::Announce;
 pub use addr::{PeerAddr, PeerAddrError};
 pub use driver::Peers;
-pub use table::{Outcome, Peer, Table, Transmit};
+pub use table::{Outcome, Peer, Table, Transmit, VniConflict};
 
 use crate::telemetry::counted_enum;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +49,8 @@ counted_enum! {
         PeerDown => "peer_down_events", "Peers that went down.";
         BadAddress => "dropped_bad_address", "Hellos naming a data address inside the overlay (it would route the tunnel into itself).";
         PeerLimit => "dropped_peer_limit", "Hellos from new peers while the table holds control.max_peers.";
+        UnknownVersion => "dropped_unknown_version", "Messages in a control protocol version this node does not speak (from a newer tunloom).";
+        VniConflict => "vni_conflicts", "Prefixes a peer announced under another VNI than this node's network there (the local network's VNI is used).";
     }
 }
 
@@ -108,4 +110,13 @@ pub fn split_announced(announced: &[Announce]) -> (Vec<String>, Vec<String>) {
     let (blocks, prefixes): (Vec<&Announce>, Vec<&Announce>) = announced.iter().partition(|a| a.block);
     let text = |v: Vec<&Announce>| v.iter().map(|a| a.prefix.to_string()).collect();
     (text(prefixes), text(blocks))
+}
+
+/// The VNIs of `announced`, by prefix, for those that carry one (non-zero).
+pub fn announced_vnis(announced: &[Announce]) -> std::collections::BTreeMap<String, u32> {
+    announced
+        .iter()
+        .filter(|a| a.vni != 0)
+        .map(|a| (a.prefix.to_string(), a.vni))
+        .collect()
 }

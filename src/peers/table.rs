@@ -11,11 +11,12 @@
 
 use super::codec;
 use super::{Announce, Bounds, ControlEvent, Identity, Timing};
+use crate::route::overlaps;
 use crate::snapshot::canonical;
 use crate::telemetry::Counters;
 use crate::wire::control::{self, Kind};
 use crate::wire::Error as WireError;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct Peer {
     pub down_events: u64,
     /// The version of this node's state the peer says it forwards by.
     pub acked: u64,
+    /// The control protocol version its last message came in, which this node
+    /// answers in ([`control::VERSION`] until it is heard).
+    pub speaks: u8,
     /// The version of the peer's state this node received last, and the one it
     /// forwards by (acknowledged in hellos).
     received_state: u64,
@@ -90,6 +94,7 @@ impl Peer {
             up_events: 0,
             down_events: 0,
             acked: 0,
+            speaks: control::VERSION,
             received_state: 0,
             applied_state: 0,
             last_seq: 0,
@@ -108,6 +113,18 @@ pub struct Outcome {
     pub reply: Option<SocketAddr>,
 }
 
+/// A prefix a peer announces under a VNI other than the one this node's network
+/// there has. The local network's VNI is the one used; see [`Table::set_networks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VniConflict {
+    pub peer: String,
+    pub prefix: IpNet,
+    /// The VNI the peer announced.
+    pub theirs: u32,
+    /// The VNI of this node's network the prefix overlaps.
+    pub ours: u32,
+}
+
 /// One datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -122,6 +139,12 @@ pub struct Table {
     bounds: Bounds,
     peers: Vec<Peer>,
     announced: Vec<Announce>,
+    /// This node's container networks: (subnet, VNI).
+    networks: Vec<(Ipv4Net, u32)>,
+    /// Peers' announcements that disagree with `networks`, each warned about once.
+    conflicts: Vec<VniConflict>,
+    /// Addresses already warned about for sending an unknown protocol version.
+    version_warned: Vec<SocketAddr>,
     state: u64,
     seq: u64,
     counters: Arc<Counters<ControlEvent>>,
@@ -153,6 +176,9 @@ impl Table {
             bounds,
             peers: targets.iter().map(|a| Peer::new(*a, true)).collect(),
             announced: Vec::new(),
+            networks: Vec::new(),
+            conflicts: Vec::new(),
+            version_warned: Vec::new(),
             state: now.unix_us,
             seq: 0,
             counters,
@@ -176,23 +202,25 @@ impl Table {
         &self.counters
     }
 
-    /// Sets what this node announces: `(prefix, is IPAM block)`. Unchanged entries
-    /// keep their versions. Returns the state version (new if anything changed).
-    pub fn set_announced(&mut self, list: &[(IpNet, bool)], now: Time) -> u64 {
+    /// Sets what this node announces: `(prefix, is IPAM block, VNI)`, VNI 0 for a
+    /// prefix outside every network. Unchanged entries keep their versions. Returns
+    /// the state version (new if anything changed).
+    pub fn set_announced(&mut self, list: &[(IpNet, bool, u32)], now: Time) -> u64 {
         let version = now.unix_us.max(self.state + 1);
         let next: Vec<Announce> = list
             .iter()
-            .map(|(p, block)| {
+            .map(|&(p, block, vni)| {
                 let p = p.trunc();
                 let v = self
                     .announced
                     .iter()
-                    .find(|a| a.prefix == p && a.block == *block)
+                    .find(|a| a.prefix == p && a.block == block && a.vni == vni)
                     .map_or(version, |a| a.version);
                 Announce {
                     prefix: p,
                     version: v,
-                    block: *block,
+                    block,
+                    vni,
                 }
             })
             .collect();
@@ -201,6 +229,58 @@ impl Table {
             self.state = version;
         }
         self.state
+    }
+
+    /// Sets this node's container networks, `(subnet, VNI)`, which peers'
+    /// announcements are checked against: a peer that announces a prefix inside one
+    /// under another non-zero VNI is in conflict with it, counted and warned about
+    /// once; the snapshot keeps the local network's VNI there.
+    pub fn set_networks(&mut self, networks: &[(Ipv4Net, u32)]) {
+        if self.networks != networks {
+            self.networks = networks.iter().map(|(n, v)| (n.trunc(), *v)).collect();
+            self.check_conflicts();
+        }
+    }
+
+    /// The announcements of peers that disagree with this node's networks now.
+    pub fn conflicts(&self) -> &[VniConflict] {
+        &self.conflicts
+    }
+
+    /// Recomputes the conflicts; counts and warns about each one not already known.
+    fn check_conflicts(&mut self) {
+        let mut now = Vec::new();
+        for p in &self.peers {
+            for a in p.prefixes.iter().filter(|a| a.vni != 0) {
+                for &(net, ours) in &self.networks {
+                    if ours != a.vni && overlaps(&a.prefix, &IpNet::V4(net)) {
+                        now.push(VniConflict {
+                            peer: p.name.clone(),
+                            prefix: a.prefix,
+                            theirs: a.vni,
+                            ours,
+                        });
+                    }
+                }
+            }
+        }
+        for c in now.iter().filter(|c| !self.conflicts.contains(c)) {
+            self.counters.inc(ControlEvent::VniConflict);
+            log::warn!(
+                "control: peer {} announces {} under VNI {}, but this node's network {} there has VNI {}; \
+                 VNI {} is used (create the network with the same VNI on every host)",
+                c.peer,
+                c.prefix,
+                c.theirs,
+                self.networks
+                    .iter()
+                    .find(|(n, v)| *v == c.ours && overlaps(&c.prefix, &IpNet::V4(*n)))
+                    .map_or_else(String::new, |(n, _)| n.to_string()),
+                c.ours,
+                c.ours
+            );
+        }
+        self.conflicts = now;
     }
 
     /// The version of this node's current state.
@@ -223,6 +303,7 @@ impl Table {
         if replace {
             self.peers.retain(|p| addrs.contains(&p.control_addr));
             self.release_memory();
+            self.check_conflicts();
             for p in &mut self.peers {
                 p.target = true;
             }
@@ -260,6 +341,7 @@ impl Table {
         let i = self.position(who)?;
         let p = self.peers.remove(i);
         self.release_memory();
+        self.check_conflicts();
         Some(p)
     }
 
@@ -292,9 +374,17 @@ impl Table {
         self.counters.inc(ControlEvent::Rx);
         let from = SocketAddr::new(canonical(from.ip()), from.port());
         let none = Outcome::default();
-        let Ok(packet) = control::Packet::new_checked(bytes) else {
-            self.counters.inc(ControlEvent::Malformed);
-            return none;
+        let packet = match control::Packet::new_checked(bytes) {
+            Ok(p) => p,
+            Err(WireError::Version(v)) => {
+                self.counters.inc(ControlEvent::UnknownVersion);
+                self.warn_version(from, v);
+                return none;
+            }
+            Err(_) => {
+                self.counters.inc(ControlEvent::Malformed);
+                return none;
+            }
         };
         if let Err(e) = packet.verify(self.id.secret.as_deref()) {
             debug_assert_eq!(e, WireError::Unauthenticated);
@@ -362,6 +452,15 @@ impl Table {
         peer.name = msg.name.to_string();
         peer.nickname = msg.nickname.to_string();
         peer.control_addr = from;
+        if peer.speaks != packet.version() {
+            log::info!(
+                "control: peer {} ({}) speaks version {}; answering in it",
+                peer.name,
+                peer.nickname,
+                packet.version()
+            );
+            peer.speaks = packet.version();
+        }
         if msg.kind == Kind::Bye {
             peer.last_seq = msg.seq;
             peer.pending = None;
@@ -405,7 +504,8 @@ impl Table {
         peer.received_state = msg.state;
         let ip = data_ip;
         let data_addr = Some(SocketAddr::new(ip, msg.data_port));
-        let mut changed = peer.data_addr != data_addr || peer.prefixes != prefixes;
+        let prefixes_moved = peer.prefixes != prefixes;
+        let mut changed = peer.data_addr != data_addr || prefixes_moved;
         peer.data_addr = data_addr;
         peer.prefixes = prefixes;
         if !peer.up {
@@ -427,6 +527,9 @@ impl Table {
         }
         let behind = msg.ack < my_state;
         let fresh = changed || peer.applied_state != peer.received_state;
+        if prefixes_moved {
+            self.check_conflicts();
+        }
         let reply = (fresh || behind).then_some(from);
         if let Some(a) = reply {
             self.hello_now(Some(a));
@@ -494,12 +597,29 @@ impl Table {
         }
     }
 
+    /// Warns, once per address (for as many addresses as the table takes peers),
+    /// that `from` sent a version this node does not speak.
+    fn warn_version(&mut self, from: SocketAddr, version: u8) {
+        if self.version_warned.contains(&from) || self.version_warned.len() >= self.bounds.max_peers {
+            log::debug!("control: message in unknown version {version} from {from}");
+            return;
+        }
+        self.version_warned.push(from);
+        log::warn!(
+            "control: {from} speaks control protocol version {version}; this node speaks {} to {} \
+             (counted as dropped_unknown_version; upgrade this node to peer with it)",
+            control::MIN_VERSION,
+            control::VERSION
+        );
+    }
+
     /// Encodes this node's state for peer `i` and queues its pages.
     fn queue_state(&mut self, kind: Kind, i: usize, now: Time) {
         self.seq = now.unix_us.max(self.seq + 1);
         let (to, ack) = (self.peers[i].control_addr, self.peers[i].applied_state);
         codec::encode(
             &self.id,
+            self.peers[i].speaks,
             kind,
             self.seq,
             self.state,
@@ -567,7 +687,7 @@ mod tests {
 
     fn node(name: &str, announce: &str, secret: Option<&str>, t0: Instant) -> Table {
         let mut t = Table::new(id(name, secret), timing(), bounds(), &[], Arc::default(), at(t0, 0));
-        t.set_announced(&[(announce.parse().unwrap(), false)], at(t0, 0));
+        t.set_announced(&[(announce.parse().unwrap(), false, 0)], at(t0, 0));
         t
     }
 
@@ -575,7 +695,16 @@ mod tests {
     fn hello(from: &mut Table, kind: Kind, t0: Instant) -> Vec<Vec<u8>> {
         let mut pages = Vec::new();
         from.seq = at(t0, 0).unix_us.max(from.seq + 1);
-        codec::encode(&from.id, kind, from.seq, from.state, 0, &from.announced, &mut pages);
+        codec::encode(
+            &from.id,
+            control::VERSION,
+            kind,
+            from.seq,
+            from.state,
+            0,
+            &from.announced,
+            &mut pages,
+        );
         pages
     }
 
@@ -637,8 +766,8 @@ mod tests {
         // b changes its announcements: a new state that a has not acknowledged.
         let s2 = b.set_announced(
             &[
-                ("198.19.2.0/24".parse().unwrap(), false),
-                ("198.19.9.9/32".parse().unwrap(), false),
+                ("198.19.2.0/24".parse().unwrap(), false, 0),
+                ("198.19.9.9/32".parse().unwrap(), false, 0),
             ],
             at(t0, 5),
         );
@@ -647,8 +776,8 @@ mod tests {
         assert_eq!(
             b.set_announced(
                 &[
-                    ("198.19.2.0/24".parse().unwrap(), false),
-                    ("198.19.9.9/32".parse().unwrap(), false)
+                    ("198.19.2.0/24".parse().unwrap(), false, 0),
+                    ("198.19.9.9/32".parse().unwrap(), false, 0)
                 ],
                 at(t0, 9)
             ),
@@ -683,12 +812,126 @@ mod tests {
         assert!(!c.handle(&hello(&mut a, Kind::Hello, t0)[0], from, t0).changed);
         assert_eq!(b.counters().get(ControlEvent::Unauthenticated), 2);
         assert!(b.peers().is_empty());
-        assert_eq!(b.handle(b"TLPC garbage", from, t0), Outcome::default());
+        assert_eq!(b.handle(b"TLPC\x02garbage", from, t0), Outcome::default());
         assert_eq!(b.counters().get(ControlEvent::Malformed), 1);
         // Its own hello, reflected back, is ignored.
         let own = hello(&mut b, Kind::Hello, t0);
         assert_eq!(b.handle(&own[0], from, t0), Outcome::default());
         assert_eq!(b.counters().get(ControlEvent::FromSelf), 1);
+    }
+
+    #[test]
+    fn a_version_1_peer_is_understood_and_answered_in_version_1() {
+        let t0 = Instant::now();
+        let mut a = Table::new(id("a", None), timing(), bounds(), &[], Arc::default(), at(t0, 0));
+        a.set_announced(&[("198.19.16.0/24".parse().unwrap(), false, 7)], at(t0, 0));
+        let mut b = node("b", "198.19.2.0/24", None, t0);
+        // a as an older tunloom sends it: version 1, no VNIs.
+        a.seq += 1;
+        let mut v1 = Vec::new();
+        codec::encode(&a.id, 1, Kind::Hello, a.seq, a.state, 0, &a.announced, &mut v1);
+        assert_eq!(v1[0][4], 1);
+        assert!(b.handle(&v1[0], A.parse().unwrap(), t0).changed);
+        b.applied();
+        let p = &b.peers()[0];
+        assert_eq!((p.state_name(), p.speaks), ("up", 1));
+        assert_eq!(
+            p.prefixes
+                .iter()
+                .map(|a| (a.prefix.to_string(), a.vni))
+                .collect::<Vec<_>>(),
+            vec![("198.19.16.0/24".to_string(), 0)]
+        );
+        // b answers in version 1, which the old peer parses.
+        let tx = b.poll_transmit(at(t0, 1)).unwrap();
+        assert_eq!(tx.payload[4], 1);
+        assert!(control::Packet::new_checked(&tx.payload[..]).is_ok());
+        // Upgraded, a speaks version 2: its VNI arrives, and b answers in version 2.
+        let v2 = hello(&mut a, Kind::Hello, t0);
+        assert!(b.handle(&v2[0], A.parse().unwrap(), t0).changed, "the VNI is news");
+        b.applied();
+        assert_eq!(b.peers()[0].speaks, 2);
+        assert_eq!(b.peers()[0].prefixes[0].vni, 7);
+        b.hello_now(None);
+        assert_eq!(b.poll_transmit(at(t0, 2)).unwrap().payload[4], 2);
+    }
+
+    #[test]
+    fn unknown_versions_are_counted_apart_from_garbage() {
+        let t0 = Instant::now();
+        let mut a = node("a", "198.19.1.0/24", None, t0);
+        let mut b = node("b", "198.19.2.0/24", None, t0);
+        let mut p = hello(&mut a, Kind::Hello, t0).remove(0);
+        p[4] = 3;
+        for _ in 0..3 {
+            assert_eq!(b.handle(&p, A.parse().unwrap(), t0), Outcome::default());
+        }
+        assert_eq!(b.counters().get(ControlEvent::UnknownVersion), 3);
+        assert_eq!(b.counters().get(ControlEvent::Malformed), 0);
+        assert_eq!(b.version_warned.len(), 1, "warned once for the address");
+        assert!(b.peers().is_empty());
+    }
+
+    #[test]
+    fn vnis_travel_with_prefixes_and_conflicts_are_warned_once() {
+        let t0 = Instant::now();
+        let mut a = Table::new(id("a", None), timing(), bounds(), &[], Arc::default(), at(t0, 0));
+        a.set_announced(
+            &[
+                ("198.19.16.0/24".parse().unwrap(), false, 7),
+                ("198.19.1.0/24".parse().unwrap(), false, 0),
+            ],
+            at(t0, 0),
+        );
+        let mut b = node("b", "198.19.2.0/24", None, t0);
+        // b holds the same network's subnet, under VNI 9.
+        b.set_networks(&[("198.19.16.0/20".parse().unwrap(), 9)]);
+        assert!(
+            b.handle(&hello(&mut a, Kind::Hello, t0)[0], A.parse().unwrap(), t0)
+                .changed
+        );
+        b.applied();
+        let got = super::super::announced_vnis(&b.peers()[0].prefixes);
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![("198.19.16.0/24".to_string(), 7)]
+        );
+        let conflict = VniConflict {
+            peer: "a".into(),
+            prefix: "198.19.16.0/24".parse().unwrap(),
+            theirs: 7,
+            ours: 9,
+        };
+        assert_eq!(b.conflicts(), std::slice::from_ref(&conflict));
+        assert_eq!(b.counters().get(ControlEvent::VniConflict), 1);
+        // The same state again, or another change of a's, is not a new conflict.
+        b.handle(&hello(&mut a, Kind::Hello, t0)[0], A.parse().unwrap(), t0);
+        a.set_announced(
+            &[
+                ("198.19.16.0/24".parse().unwrap(), false, 7),
+                ("198.19.3.0/24".parse().unwrap(), false, 0),
+            ],
+            at(t0, 1),
+        );
+        assert!(
+            b.handle(&hello(&mut a, Kind::Hello, t0)[0], A.parse().unwrap(), t0)
+                .changed
+        );
+        assert_eq!(b.counters().get(ControlEvent::VniConflict), 1);
+        // Resolved when the networks agree; warned again if they part once more.
+        b.set_networks(&[("198.19.16.0/20".parse().unwrap(), 7)]);
+        assert!(b.conflicts().is_empty());
+        b.set_networks(&[("198.19.16.0/20".parse().unwrap(), 9)]);
+        assert_eq!(b.conflicts(), &[conflict]);
+        assert_eq!(b.counters().get(ControlEvent::VniConflict), 2);
+        // Gone with the peer.
+        assert!(b.remove("a").is_some());
+        assert!(b.conflicts().is_empty());
+        // A VNI change of this node's own prefix is a new state.
+        let s1 = b.state();
+        let s2 = b.set_announced(&[("198.19.2.0/24".parse().unwrap(), false, 5)], at(t0, 7));
+        assert!(s2 > s1);
+        assert_eq!(b.announced()[0].vni, 5);
     }
 
     #[test]
@@ -722,8 +965,8 @@ mod tests {
     fn large_states_are_paged_and_applied_only_when_complete() {
         let t0 = Instant::now();
         let mut big = Table::new(id("big", None), timing(), bounds(), &[], Arc::default(), at(t0, 0));
-        let nets: Vec<(IpNet, bool)> = (0..200u32)
-            .map(|i| (format!("fd00:{i:x}::/64").parse().unwrap(), i % 2 == 0))
+        let nets: Vec<(IpNet, bool, u32)> = (0..200u32)
+            .map(|i| (format!("fd00:{i:x}::/64").parse().unwrap(), i % 2 == 0, i))
             .collect();
         big.set_announced(&nets, at(t0, 0));
         let mut b = node("b", "198.19.2.0/24", None, t0);
@@ -765,7 +1008,7 @@ mod tests {
                     at(t0, 0),
                 );
                 t.set_announced(
-                    &[(format!("198.19.{}.0/24", name.len()).parse().unwrap(), false)],
+                    &[(format!("198.19.{}.0/24", name.len()).parse().unwrap(), false, 0)],
                     at(t0, 0),
                 );
                 t
@@ -834,8 +1077,8 @@ mod tests {
         // acknowledgement comes back at once.
         let s2 = n.nodes[0].set_announced(
             &[
-                ("198.19.1.0/24".parse().unwrap(), false),
-                ("198.19.77.1/32".parse().unwrap(), false),
+                ("198.19.1.0/24".parse().unwrap(), false, 0),
+                ("198.19.77.1/32".parse().unwrap(), false, 0),
             ],
             at(n.t0, 50),
         );

@@ -70,6 +70,14 @@ pub fn process(
     if isolated(sn, dn) {
         return Verdict::Drop(DropReason::Isolated);
     }
+    // A destination in a network only a peer holds, under that network's VNI.
+    let peer_vni = if dn.is_none() { snap.peer_vni(hdr.dst) } else { None };
+    if let (Some(s), Some(v)) = (sn, peer_vni) {
+        if s.vni != v {
+            // From one of this node's networks into another network.
+            return Verdict::Drop(DropReason::Isolated);
+        }
+    }
     let route = match snap.routes.lookup(hdr.dst) {
         // A gateway address is shared: tunloom answers echo requests and DNS there,
         // and whatever else is for it goes to the peer whose host has that address
@@ -123,8 +131,13 @@ pub fn process(
     let start = off - ENCAP_LEN;
     let encap = &mut buf[start..off];
     // The packet's network: the source's, else the destination's (equal when both
-    // are set, or the packet was isolated above), so a peer expects the VNI it sees.
-    let vni = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    // are set, or the packet was isolated above), so a peer expects the VNI it sees;
+    // for a destination in a network this node does not hold, the VNI its peer
+    // announced for it.
+    let vni = match sn.or(dn) {
+        Some(n) => n.vni,
+        None => peer_vni.unwrap_or(snap.vni),
+    };
     vxlan::Packet::new_unchecked(&mut encap[..vxlan::HEADER_LEN]).set_header(vni);
     ether::Repr {
         src: snap.node_mac,

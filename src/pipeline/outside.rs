@@ -118,9 +118,11 @@ pub fn process_memo(snap: &Snapshot, src: IpAddr, dgram: &[u8], memo: &mut Memo)
 
 /// The network rules for a datagram carrying `vni` from inner `src` to `dst`: the
 /// VNI must be the packet's network's (the source's, else the destination's), the
-/// node's own when it is in none, and the packet must not cross networks. The
-/// sending node encapsulates by the same rule, so what one node sends the other
-/// accepts, and a peer cannot use a VNI to carry a packet into another network.
+/// node's own when it is in none, and the packet must not cross networks. A source
+/// in a network only a peer holds is in that network, by the VNI the peer announced
+/// for it. The sending node encapsulates by the same rule, so what one node sends
+/// the other accepts, and a peer cannot use a VNI to carry a packet into another
+/// network.
 fn network_check(snap: &Snapshot, vni: u32, src: IpAddr, dst: IpAddr) -> Option<DropReason> {
     let (sn, dn) = (snap.network(src), snap.network(dst));
     if sn.is_some_and(|n| n.vni != vni) {
@@ -130,7 +132,14 @@ fn network_check(snap: &Snapshot, vni: u32, src: IpAddr, dst: IpAddr) -> Option<
     if inside::isolated(sn, dn) {
         return Some(DropReason::Isolated);
     }
-    let expected = sn.or(dn).map_or(snap.vni, |n| n.vni);
+    let peer_net = if sn.is_none() { snap.peer_vni(src) } else { None };
+    let expected = match (sn, peer_net, dn) {
+        (Some(n), _, _) => n.vni,
+        // From a peer's network into another one of this node's.
+        (None, Some(v), Some(d)) if v != d.vni => return Some(DropReason::Isolated),
+        (None, Some(v), _) => v,
+        (None, None, d) => d.map_or(snap.vni, |n| n.vni),
+    };
     if vni == expected {
         None
     } else if dn.is_some() && snap.is_network_vni(vni) {
@@ -370,6 +379,124 @@ mod tests {
             process(&plain, a_ip(), &dgram([198, 19, 1, 5], [198, 19, 2, 7], 7)),
             Verdict::Drop(DropReason::UnknownVni)
         );
+    }
+
+    /// Node a holds `a_nets` (with its first /24 of each local); node b holds
+    /// [`crate::testkit::networks`] and announces its /24 of each to a under `vnis`
+    /// (blue, green, red), as a version 2 peer does with their VNIs.
+    fn only_b_holds(a_nets: &[(&str, u32)], vnis: [u32; 3]) -> (Snapshot, Snapshot) {
+        use crate::route::Table;
+        use crate::snapshot::{Network, SnapshotSpec};
+        use ipnet::IpNet;
+        let (mut a, mut b): (SnapshotSpec, SnapshotSpec) = crate::testkit::pair_specs();
+        let theirs = ["198.19.17.0/24", "198.19.33.0/24", "198.19.49.0/24"];
+        let (peer, announced) = &mut a.peers[0];
+        announced.extend(theirs.iter().zip(vnis).map(|(p, v)| (p.parse().unwrap(), v)));
+        peer.allowed = Table::build(announced.iter().map(|(p, _)| (*p, ())).collect());
+        for (subnet, vni) in a_nets {
+            let n: ipnet::Ipv4Net = subnet.parse().unwrap();
+            a.networks.push(Network {
+                subnet: n,
+                vni: *vni,
+                internal: false,
+            });
+            a.local.push(IpNet::V4(ipnet::Ipv4Net::new(n.network(), 24).unwrap()));
+            // b routes a's part of it to a, under a's VNI.
+            let (_, to_a) = &mut b.peers[0];
+            to_a.push((IpNet::V4(ipnet::Ipv4Net::new(n.network(), 24).unwrap()), *vni));
+        }
+        let to_a = b.peers[0].1.clone();
+        b.peers[0].0.allowed = Table::build(to_a.iter().map(|(p, _)| (*p, ())).collect());
+        b.local.extend(theirs.iter().map(|p| p.parse::<IpNet>().unwrap()));
+        b.networks = crate::testkit::networks();
+        (Snapshot::compile(1, a), Snapshot::compile(1, b))
+    }
+
+    /// A datagram from node b to node a, built by hand.
+    fn dgram_from_b(src: [u8; 4], dst: [u8; 4], vni: u32) -> Vec<u8> {
+        let mut d = dgram(src, dst, vni);
+        ether::Repr {
+            src: ether::Address::for_node("b"),
+            dst: ether::Address::for_node("a"),
+            ethertype: ether::ethertype::IPV4,
+        }
+        .emit(&mut ether::Frame::new_unchecked(&mut d[vxlan::HEADER_LEN..]));
+        d
+    }
+
+    fn b_ip() -> IpAddr {
+        "198.18.0.2".parse().unwrap()
+    }
+
+    #[test]
+    fn a_network_only_a_peer_holds_is_reached_under_the_vni_it_announced() {
+        let (a, b) = only_b_holds(&[], [7, 8, 9]);
+        assert_eq!(a.peer_vni("198.19.17.7".parse().unwrap()), Some(7));
+        assert_eq!(
+            a.peer_vni("198.19.2.7".parse().unwrap()),
+            None,
+            "announced without a VNI"
+        );
+        assert!(a.serves_vni(7) && a.serves_vni(9) && !a.serves_vni(1234));
+        // From a's host into blue on b: blue's VNI, which b takes.
+        let d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 17, 7], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 7]);
+        assert!(matches!(process(&b, a_ip(), &d), Verdict::Deliver { .. }));
+        // Outside networks, still a's own VNI.
+        let d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 2, 7], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 42]);
+        // The answer comes back under blue's VNI, and a takes it.
+        let back = encapsulated(&b, &udp4([198, 19, 17, 7], [198, 19, 1, 5], 64, 10));
+        assert_eq!(&back[4..7], &[0, 0, 7]);
+        assert!(matches!(process(&a, b_ip(), &back), Verdict::Deliver { .. }));
+        // Green is internal on b (a cannot know): b refuses what a sends into it.
+        let d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 33, 7], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 8]);
+        assert_eq!(process(&b, a_ip(), &d), Verdict::Drop(DropReason::Isolated));
+        // A blue source under another VNI, or red's under blue's, is refused at a.
+        for (src, vni, want) in [
+            ([198, 19, 17, 7], 42, DropReason::UnknownVni),
+            ([198, 19, 17, 7], 9, DropReason::UnknownVni),
+            ([198, 19, 2, 7], 7, DropReason::UnknownVni),
+        ] {
+            let d = dgram_from_b(src, [198, 19, 1, 5], vni);
+            assert_eq!(process(&a, b_ip(), &d), Verdict::Drop(want), "{src:?} under {vni}");
+        }
+        // Before VNIs were announced (a version 1 peer), a sent the node's VNI and b
+        // refused it.
+        let (old_a, _) = only_b_holds(&[], [0, 0, 0]);
+        let d = encapsulated(&old_a, &udp4([198, 19, 1, 5], [198, 19, 17, 7], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 42]);
+        assert_eq!(process(&b, a_ip(), &d), Verdict::Drop(DropReason::UnknownVni));
+    }
+
+    #[test]
+    fn a_peers_network_is_isolated_from_this_nodes_and_the_local_vni_wins() {
+        // a holds "violet" 198.19.64.0/20 (VNI 11), which b does not.
+        let (a, b) = only_b_holds(&[("198.19.64.0/20", 11)], [7, 8, 9]);
+        let mut scratch = [0u8; 1500];
+        let pkt = udp4([198, 19, 64, 5], [198, 19, 17, 7], 64, 10);
+        let mut buf = in_buf(&pkt);
+        assert_eq!(
+            inside::process(&a, &mut buf, HEADROOM, pkt.len(), None, &mut scratch),
+            Verdict::Drop(DropReason::Isolated),
+            "violet to b's blue"
+        );
+        // b sends violet's way under the VNI a announced for it; a takes it only
+        // from outside networks, not from blue.
+        let d = encapsulated(&b, &udp4([198, 19, 2, 7], [198, 19, 64, 5], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 11]);
+        assert!(matches!(process(&a, b_ip(), &d), Verdict::Deliver { .. }));
+        let d = dgram_from_b([198, 19, 17, 7], [198, 19, 64, 5], 7);
+        assert_eq!(process(&a, b_ip(), &d), Verdict::Drop(DropReason::Isolated));
+        // a holds blue too, under VNI 12 (the hosts disagree): a's own VNI is used, and
+        // b's is not taken for blue's addresses.
+        let (a, _) = only_b_holds(&[("198.19.16.0/20", 12)], [7, 8, 9]);
+        assert_eq!(a.peer_vni("198.19.17.7".parse().unwrap()), None);
+        assert_eq!(a.peer_vni("198.19.49.7".parse().unwrap()), Some(9));
+        let d = encapsulated(&a, &udp4([198, 19, 1, 5], [198, 19, 17, 7], 64, 10));
+        assert_eq!(&d[4..7], &[0, 0, 12]);
+        assert!(!a.serves_vni(7));
     }
 
     #[test]

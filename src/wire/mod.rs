@@ -34,6 +34,10 @@ pub enum Error {
     /// The output buffer is too small for what was to be emitted.
     #[error("output buffer too small")]
     Exhausted,
+    /// A versioned format (the peer control message) in a version this build does
+    /// not speak: from a newer tunloom, or garbage that happens to carry the magic.
+    #[error("unsupported version {0}")]
+    Version(u8),
     /// The message's authentication code is missing or wrong.
     #[error("authentication failed")]
     Unauthenticated,
