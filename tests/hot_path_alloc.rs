@@ -273,8 +273,17 @@ fn live_workers(tag: &str, offload: bool) {
     .unwrap();
     h.start(1).unwrap();
     h.wait_peers("up", Duration::from_secs(15)).unwrap();
-    let tids: Vec<i32> = daemon.workers().iter().map(|w| w.tid.load(Ordering::Relaxed)).collect();
-    assert!(tids.iter().all(|t| *t > 0));
+    // A worker records its thread id when it first runs, which on a busy machine may
+    // be a moment after the daemon started it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let tids = loop {
+        let tids: Vec<i32> = daemon.workers().iter().map(|w| w.tid.load(Ordering::Relaxed)).collect();
+        if tids.iter().all(|t| *t > 0) || std::time::Instant::now() > deadline {
+            break tids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(tids.iter().all(|t| *t > 0), "{tids:?}");
     let traffic = |secs| {
         assert_eq!(h.ping(0, OVERLAY[1], 20, "0.01").unwrap().len(), 20);
         assert_eq!(h.ping(0, GATEWAY[0], 10, "0.01").unwrap().len(), 10);

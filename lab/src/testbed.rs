@@ -275,6 +275,7 @@ pub fn spawn_daemon_under(
         "--state-dir",
         state.to_str().unwrap_or_default(),
     ]);
+    credentials(&ns.name, exe, state);
     let child = ns
         .command(argv[0], &argv[1..])
         .env("RUST_LOG", "info")
@@ -283,6 +284,66 @@ pub fn spawn_daemon_under(
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start {exe}: {e}")))?;
     Ok(Proc::new(child, format!("tunloom in {}", ns.name)))
+}
+
+/// How to get an admin token for the daemon in a namespace: its binary and state
+/// directory (`tunloom auth token mint` reads only the signing key there), and the
+/// token once minted.
+struct Credentials {
+    exe: String,
+    state: PathBuf,
+    token: Option<String>,
+}
+
+static CREDENTIALS: std::sync::Mutex<Vec<(String, Credentials)>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers how to mint a token for the daemon in namespace `ns` (a new daemon there
+/// replaces the old one's entry).
+fn credentials(ns: &str, exe: &str, state: &Path) {
+    let mut all = CREDENTIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.retain(|(n, _)| n != ns);
+    all.push((
+        ns.to_string(),
+        Credentials {
+            exe: exe.to_string(),
+            state: state.to_path_buf(),
+            token: None,
+        },
+    ));
+}
+
+/// An admin token for the management API of the daemon in `ns`, minted on first use
+/// with the daemon's own binary (`tunloom auth token mint`); `None` when that binary
+/// has no such command or no daemon was started there through this testbed.
+pub fn admin_token(ns: &str) -> Option<String> {
+    let mut all = CREDENTIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let c = &mut all.iter_mut().find(|(n, _)| n == ns)?.1;
+    if c.token.is_none() {
+        let out = std::process::Command::new(&c.exe)
+            .args([
+                "auth",
+                "token",
+                "mint",
+                "--sub",
+                "testbed",
+                "--role",
+                "admin",
+                "--ttl",
+                "24h",
+                "--state-dir",
+            ])
+            .arg(&c.state)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let token = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        if !out.status.success() || token.is_empty() {
+            return None;
+        }
+        c.token = Some(token);
+    }
+    c.token.clone()
 }
 
 /// Waits until the daemon `p` in `ns` answers on its management API; fails with its
@@ -334,7 +395,18 @@ pub fn api_request(
     let ns = ns.to_string();
     let url = format!("http://127.0.0.1:{port}{path}");
     let method = method.to_string();
-    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // The management API wants a token: the testbed's own admin one, unless the
+    // caller brings credentials (or deliberately none: an empty Authorization).
+    let brings = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie"));
+    if port == 6786 && !brings {
+        if let Some(t) = admin_token(&ns) {
+            headers.push(("Authorization".into(), format!("Bearer {t}")));
+        }
+    }
+    headers.retain(|(k, v)| !(k.eq_ignore_ascii_case("authorization") && v.is_empty()));
     std::thread::spawn(move || -> io::Result<(u16, Vec<u8>)> {
         netns::enter(&ns)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
