@@ -293,6 +293,8 @@ struct Credentials {
     exe: String,
     state: PathBuf,
     token: Option<String>,
+    /// Minting was tried (a binary without the command is asked only once).
+    tried: bool,
 }
 
 static CREDENTIALS: std::sync::Mutex<Vec<(String, Credentials)>> = std::sync::Mutex::new(Vec::new());
@@ -308,6 +310,7 @@ fn credentials(ns: &str, exe: &str, state: &Path) {
             exe: exe.to_string(),
             state: state.to_path_buf(),
             token: None,
+            tried: false,
         },
     ));
 }
@@ -318,7 +321,8 @@ fn credentials(ns: &str, exe: &str, state: &Path) {
 pub fn admin_token(ns: &str) -> Option<String> {
     let mut all = CREDENTIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let c = &mut all.iter_mut().find(|(n, _)| n == ns)?.1;
-    if c.token.is_none() {
+    if c.token.is_none() && !c.tried {
+        c.tried = true;
         let out = std::process::Command::new(&c.exe)
             .args([
                 "auth",
