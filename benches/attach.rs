@@ -428,6 +428,7 @@ fn main() {
     );
     let all = row("tunloom connect", &connect);
     let first = row(&format!("tunloom connect, first {m}"), &connect[..m]);
+    row(&format!("tunloom connect, last {m}"), &connect[n - m..]);
     let step = row("iproute2, one process per step (9)", &hand_step);
     let batch = row("iproute2, batched (3 processes)", &hand_batch);
     let off = row("tunloom disconnect", &disconnect);
