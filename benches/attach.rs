@@ -22,12 +22,16 @@
 //! Run: `cargo bench --bench attach` (root, iproute2, nftables: scripts/setup).
 //! TUNLOOM_BENCH_CONTAINERS=N (default 1000), TUNLOOM_BENCH_BY_HAND=M (default 100).
 //! Every namespace it makes carries the prefix `tl-batt-<pid>-` and is deleted when
-//! the bench ends, also when it fails or panics.
+//! the bench ends, also when it fails, panics or is interrupted (Ctrl-C, SIGTERM: the
+//! loops stop at the next container and unwind); those of a run that was killed
+//! outright (its pid gone) are deleted by the next run.
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunloom_lab::netns::{self, Netns};
 use tunloom_lab::testbed::{vm_rss_kib, OneHost};
@@ -39,6 +43,42 @@ const SUBNET: &str = "198.19.160.0/21";
 /// The by-hand attachments' addresses (in their own host namespace).
 const HAND_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 168, 0);
 const HAND_GATEWAY: &str = "198.19.168.1";
+
+/// Set by SIGINT and SIGTERM; every loop checks it before its next container.
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Unwinds (so every guard deletes what it made) once a signal asked to stop.
+fn go_on() {
+    if STOP.get().is_some_and(|s| s.load(Ordering::Relaxed)) {
+        panic!("interrupted; deleting what the bench made");
+    }
+}
+
+/// Deletes the namespaces of earlier runs that were killed outright
+/// (`tl-batt-<pid>-…` whose pid no longer runs).
+fn sweep_dead_runs() {
+    let mut dead = Vec::new();
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("tl-batt-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            dead.push(name);
+        }
+    }
+    if !dead.is_empty() {
+        eprintln!("attach bench: deleting {} namespaces of killed runs", dead.len());
+        let _ = ip_batch(
+            None,
+            true,
+            &dead.iter().map(|n| format!("netns del {n}")).collect::<Vec<_>>(),
+        );
+        for n in &dead {
+            netns::remove_tunloom_etc(n);
+        }
+    }
+}
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -195,6 +235,7 @@ fn through_api(host: &str, names: &[String], action: &str) -> Vec<Duration> {
         names
             .iter()
             .map(|name| {
+                go_on();
                 let body = serde_json::json!({ "container": name }).to_string();
                 let t0 = Instant::now();
                 let mut r = agent
@@ -339,6 +380,7 @@ fn ip_words(ns: &str, line: &str) -> io::Result<()> {
 fn timed(n: usize, mut f: impl FnMut(usize) -> io::Result<()>) -> Vec<Duration> {
     (0..n)
         .map(|i| {
+            go_on();
             let t0 = Instant::now();
             f(i).unwrap_or_else(|e| panic!("by hand, container {i}: {e}"));
             t0.elapsed()
@@ -360,6 +402,12 @@ fn main() {
             return;
         }
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).expect("a signal handler");
+    }
+    let _ = STOP.set(stop);
+    sweep_dead_runs();
     let n = count("TUNLOOM_BENCH_CONTAINERS", 1000).clamp(1, 2000);
     let m = count("TUNLOOM_BENCH_BY_HAND", 100).clamp(1, n.min(1000));
     let pid = std::process::id();
