@@ -439,15 +439,20 @@ fn main() {
     // The attachments are real: the first and the last container reach their gateway
     // (tunloom answers it).
     for name in [&containers.names[0], &containers.names[n - 1]] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", name, "ping", "-c", "1", "-W", "2", "198.19.160.1"])
-            .output()
-            .expect("ping");
-        assert!(
-            out.status.success(),
-            "{name} does not reach its gateway\n{}",
-            host.log()
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reached = || {
+            Command::new("ip")
+                .args(["netns", "exec", name, "ping", "-c", "1", "-W", "1", "198.19.160.1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        while !reached() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} does not reach its gateway\n{}",
+                host.log()
+            );
+        }
     }
     let disconnect = through_api(&host.ns.name, &containers.names, "disconnect");
     let rss_detached = vm_rss_kib(daemon).expect("VmRSS");
