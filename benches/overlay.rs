@@ -32,6 +32,7 @@ fn main() {
             offload,
             pings: 200,
             dataplane: Vec::new(),
+            containers: false,
         };
         match lab::run(&o, exe, Arc::new(AtomicBool::new(false))) {
             Ok(r) => {

@@ -75,6 +75,11 @@ enum Cmd {
         /// for A/B measurements, e.g. `--dataplane steering=\"hash\"`).
         #[arg(long, value_name = "KEY=VALUE", value_parser = dataplane_key)]
         dataplane: Vec<String>,
+        /// Also measure container to container across the hosts: a container network
+        /// made on both through the Container Station API, one container namespace
+        /// per host attached to it (ping and one TCP stream, beside the host figures).
+        #[arg(long)]
+        containers: bool,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
             no_offload,
             shared_cpus,
             dataplane,
+            containers,
             json,
         } => {
             init_logging("warn");
@@ -193,10 +199,11 @@ fn main() -> ExitCode {
                 offload: !no_offload,
                 pings,
                 dataplane,
+                containers,
             };
             eprintln!(
                 "tunloom lab: two hosts in network namespaces; {duration} s per iperf3 run; this takes about {} s",
-                10 * duration + 30
+                10 * duration + 30 + if containers { duration + 10 } else { 0 }
             );
             match lab::run(&opts, &exe, signals()) {
                 Ok(report) => {

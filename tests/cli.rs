@@ -39,7 +39,10 @@ fn help_explains_every_command() {
     let o = tunloom(&["lab", "--help"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains("--duration") && text.contains("--json") && text.contains("--no-offload"),
+        text.contains("--duration")
+            && text.contains("--json")
+            && text.contains("--no-offload")
+            && text.contains("--containers"),
         "{text}"
     );
 }

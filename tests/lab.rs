@@ -1,5 +1,6 @@
-//! `tunloom lab`, the main job, end to end but short: both paths measured, the JSON
-//! document complete, and nothing left behind — after a run and after Ctrl-C.
+//! `tunloom lab`, the main job, end to end but short: both paths measured (and, with
+//! `--containers`, container to container across the hosts), the JSON document
+//! complete, and nothing left behind — after a run and after Ctrl-C.
 //! Needs root, iperf3 and ping (ignored without root unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
@@ -22,6 +23,13 @@ fn leftovers(pid: u32) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("tunloom-lab-{pid}"));
     if dir.exists() {
         left.push(dir.display().to_string());
+    }
+    // What tunloom writes for an attached container (`--containers`).
+    for e in std::fs::read_dir("/etc/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            left.push(e.path().display().to_string());
+        }
     }
     left
 }
@@ -65,6 +73,7 @@ fn lab_measures_both_paths_and_cleans_up() {
             "20",
             "--dataplane",
             "tx_ports=2",
+            "--containers",
             "--json",
         ])
         .stdout(Stdio::piped())
@@ -101,6 +110,22 @@ fn lab_measures_both_paths_and_cleans_up() {
         (ratio - want).abs() < 0.01,
         "ratio {ratio} is not tunloom / kernel ({want})"
     );
+    // --containers: container to container across the hosts, beside both paths.
+    let c = &v["containers"];
+    for key in [
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "tcp_gbps",
+        "rtt_loaded_p50_us",
+        "cpu_s_per_gb",
+    ] {
+        assert!(c[key].as_f64() > Some(0.0), "containers.{key} = {}", c[key]);
+    }
+    for against in ["vs_kernel_vxlan", "vs_tunloom_hosts"] {
+        for key in ["tcp_gbps", "rtt_p50_us"] {
+            assert!(c[against][key].as_f64() > Some(0.0), "containers.{against}.{key}: {c}");
+        }
+    }
     assert_eq!(v["setup"]["pings"], 20);
     assert_eq!(v["setup"]["dataplane"], serde_json::json!(["tx_ports = 2"]));
     assert!(

@@ -10,15 +10,26 @@
 //! Each figure is measured for tunloom and then at once for the kernel, so drift on a
 //! shared machine hits both alike; the ratio is tunloom / kernel. Everything the lab
 //! makes is removed by name or pid on success, failure and Ctrl-C.
+//!
+//! With [`LabOptions::containers`] both hosts also get a container network (`lab`,
+//! 198.19.140.0/24, the same name and subnet on both, each host allocating from its
+//! own half as Docker's `IPRange`) through the Container Station API, and one
+//! container namespace each, attached to it. Container to container across the hosts
+//! is then measured right after the host-to-host figures of the same kind:
+//!
+//! ```text
+//!  ns …-ca eth0 198.19.140.2 ─veth─ host a ─tl0─VXLAN─▶ host b ─tl0─veth─ eth0 198.19.140.128 ns …-cb
+//! ```
 
-use crate::testbed::{iperf_gbps, HostSpec, TwoHosts, OVERLAY, UNDERLAY};
+use crate::netns::Netns;
+use crate::testbed::{api_request, iperf_gbps, ping_from, HostSpec, TwoHosts, OVERLAY, UNDERLAY};
 use serde::Serialize;
 use std::io;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -32,6 +43,9 @@ pub struct LabOptions {
     /// `key = value` lines added to both daemons' `[dataplane]` section (for A/B
     /// measurements of a dataplane setting).
     pub dataplane: Vec<String>,
+    /// Also measure container to container across the hosts, on a container network
+    /// made through the Container Station API.
+    pub containers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +101,18 @@ struct Loaded {
     daemon_cpu_s_per_gb: f64,
 }
 
+/// `x / y` to three decimals; 0 when `y` is 0 (not measured).
+fn ratio_of(x: f64, y: f64) -> f64 {
+    if y > 0.0 {
+        (x / y * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
+
 impl Figures {
     fn ratio(a: &Figures, b: &Figures) -> Figures {
-        let r = |x: f64, y: f64| {
-            if y > 0.0 {
-                (x / y * 1000.0).round() / 1000.0
-            } else {
-                0.0
-            }
-        };
+        let r = ratio_of;
         Figures {
             rtt_p50_us: r(a.rtt_p50_us, b.rtt_p50_us),
             rtt_p99_us: r(a.rtt_p99_us, b.rtt_p99_us),
@@ -108,6 +125,54 @@ impl Figures {
             rtt_loaded_p99_us: r(a.rtt_loaded_p99_us, b.rtt_loaded_p99_us),
             cpu_s_per_gb: r(a.cpu_s_per_gb, b.cpu_s_per_gb),
         }
+    }
+}
+
+/// Container to container across the hosts (`--containers`): one namespace per host
+/// on one container network, measured as the host-to-host figures of the same name.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct Containers {
+    pub rtt_p50_us: f64,
+    pub rtt_p99_us: f64,
+    /// One TCP stream, with 100 pings a second beside it (as `tunloom.tcp_gbps`).
+    pub tcp_gbps: f64,
+    pub rtt_loaded_p50_us: f64,
+    pub rtt_loaded_p99_us: f64,
+    /// Busy CPU time of the whole machine per gigabyte of the single stream.
+    pub cpu_s_per_gb: f64,
+    pub tcp_retransmits: u64,
+    /// Containers / the kernel's VXLAN between the hosts.
+    pub vs_kernel_vxlan: PathRatio,
+    /// Containers / tunloom host to host (what the veth and the policy routing add).
+    pub vs_tunloom_hosts: PathRatio,
+}
+
+/// Ratios of the container figures against one host-to-host path.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct PathRatio {
+    pub rtt_p50_us: f64,
+    pub tcp_gbps: f64,
+    pub rtt_loaded_p50_us: f64,
+    pub cpu_s_per_gb: f64,
+}
+
+impl PathRatio {
+    fn of(c: &Containers, f: &Figures) -> PathRatio {
+        PathRatio {
+            rtt_p50_us: ratio_of(c.rtt_p50_us, f.rtt_p50_us),
+            tcp_gbps: ratio_of(c.tcp_gbps, f.tcp_gbps),
+            rtt_loaded_p50_us: ratio_of(c.rtt_loaded_p50_us, f.rtt_loaded_p50_us),
+            cpu_s_per_gb: ratio_of(c.cpu_s_per_gb, f.cpu_s_per_gb),
+        }
+    }
+}
+
+impl Containers {
+    /// Fills in the ratios against tunloom host to host (`t`) and the kernel (`k`).
+    fn with_ratios(mut self, t: &Figures, k: &Figures) -> Containers {
+        self.vs_tunloom_hosts = PathRatio::of(&self, t);
+        self.vs_kernel_vxlan = PathRatio::of(&self, k);
+        self
     }
 }
 
@@ -137,6 +202,9 @@ pub struct Report {
     pub tunloom: Figures,
     pub kernel_vxlan: Figures,
     pub ratio: Figures,
+    /// Only with `--containers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Containers>,
     pub setup: Setup,
 }
 
@@ -169,6 +237,9 @@ impl Report {
                 get(&self.ratio)
             ));
         }
+        if let Some(c) = &self.containers {
+            s.push_str(&self.containers_table(c));
+        }
         s.push_str(&format!(
             "\n{} s per iperf3 run, {} pings, {} tunloom worker(s), offloads {}, {} CPU(s), kernel {}\n",
             self.setup.duration_s,
@@ -192,12 +263,47 @@ impl Report {
         ));
         s
     }
+
+    /// The container rows beside the host-to-host paths.
+    fn containers_table(&self, c: &Containers) -> String {
+        type Row = (&'static str, fn(&Containers) -> f64, fn(&Figures) -> f64);
+        let rows: [Row; 5] = [
+            ("ping RTT p50 (us)", |c| c.rtt_p50_us, |f| f.rtt_p50_us),
+            ("ping RTT p99 (us)", |c| c.rtt_p99_us, |f| f.rtt_p99_us),
+            ("TCP, 1 stream (Gbit/s)", |c| c.tcp_gbps, |f| f.tcp_gbps),
+            (
+                "ping p50 under load (us)",
+                |c| c.rtt_loaded_p50_us,
+                |f| f.rtt_loaded_p50_us,
+            ),
+            ("CPU s per GB (1 stream)", |c| c.cpu_s_per_gb, |f| f.cpu_s_per_gb),
+        ];
+        let mut s = format!(
+            "\ncontainer to container across the hosts (network {NETWORK}, {SUBNET}):\n{:<26}{:>12}{:>10}{:>14}{:>11}{:>10}\n",
+            "figure", "containers", "tunloom", "kernel VXLAN", "/tunloom", "/kernel"
+        );
+        for (name, own, path) in rows {
+            let (t, k) = (path(&self.tunloom), path(&self.kernel_vxlan));
+            s.push_str(&format!(
+                "{name:<26}{:>12.2}{t:>10.2}{k:>14.2}{:>11.3}{:>10.3}\n",
+                own(c),
+                ratio_of(own(c), t),
+                ratio_of(own(c), k)
+            ));
+        }
+        s.push_str(&format!(
+            "TCP retransmissions (containers, 1 stream): {}\n",
+            c.tcp_retransmits
+        ));
+        s
+    }
 }
 
 const KV: [&str; 2] = ["198.19.129.1", "198.19.129.2"];
 
-fn rtts(hosts: &TwoHosts, dst: &str, count: u32) -> Result<(f64, f64), LabError> {
-    let mut r = hosts.ping(0, dst, count, "0.005")?;
+/// RTT p50 and p99 (µs) of `count` pings from `from` (host a or a container).
+fn rtts(hosts: &TwoHosts, from: &Netns, dst: &str, count: u32) -> Result<(f64, f64), LabError> {
+    let mut r = ping_from(from, dst, count, "0.005")?;
     go_on(hosts)?;
     if r.len() < (count as usize) / 2 {
         return Err(LabError::Failed(format!(
@@ -249,8 +355,9 @@ fn process_ticks(pid: Option<u32>) -> u64 {
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
 
-/// A single-stream TCP run with ping beside it, and the CPU time spent during it.
-fn loaded(hosts: &TwoHosts, dst: &str, secs: u32) -> Result<Loaded, LabError> {
+/// A single-stream TCP run from `client` to `dst` in `server` (host a to host b, or
+/// container to container) with ping beside it, and the CPU time spent during it.
+fn loaded(hosts: &TwoHosts, client: &Netns, server: &Netns, dst: &str, secs: u32) -> Result<Loaded, LabError> {
     // 100 pings a second, from 0.3 s after iperf3 starts (connected and sending) to
     // about 0.5 s before it ends.
     let pings = (secs * 100).saturating_sub(80).max(10);
@@ -259,9 +366,9 @@ fn loaded(hosts: &TwoHosts, dst: &str, secs: u32) -> Result<Loaded, LabError> {
     let (run, rtt) = std::thread::scope(|s| {
         let pinger = s.spawn(|| {
             std::thread::sleep(Duration::from_millis(300));
-            hosts.ping(0, dst, pings, "0.01")
+            ping_from(client, dst, pings, "0.01")
         });
-        let run = hosts.iperf(0, dst, secs, 1, false);
+        let run = crate::testbed::iperf_between(client, server, dst, secs, &["-P", "1"], hosts.stop_flag());
         (run, pinger.join())
     });
     let (m1, d1) = (machine_busy_ticks(), daemons());
@@ -310,6 +417,101 @@ fn go_on(hosts: &TwoHosts) -> Result<(), LabError> {
     }
 }
 
+/// The container network `--containers` makes on both hosts.
+const NETWORK: &str = "lab";
+const SUBNET: &str = "198.19.140.0/24";
+/// Each host allocates from its own half (Docker's `IPRange`).
+const RANGE: [&str; 2] = ["198.19.140.0/25", "198.19.140.128/25"];
+const CS: &str = "/container-station/api/v1/networks";
+
+/// One container namespace per host, attached to [`NETWORK`]; deleted on drop (which
+/// takes its veth, and so the attachment's host end, with it).
+struct Attached {
+    ns: [Netns; 2],
+    /// Their addresses on the network.
+    addr: [String; 2],
+}
+
+/// A Container Station request to host `i` that must answer 200; its JSON body.
+fn station(
+    hosts: &TwoHosts,
+    i: usize,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, LabError> {
+    let (status, bytes) = api_request(
+        &hosts.ns(i).name,
+        6786,
+        method,
+        path,
+        body.map(|b| b.to_string().into_bytes()),
+        &[("Content-Type", "application/json")],
+    )?;
+    if status != 200 {
+        return Err(LabError::Failed(format!(
+            "{method} {path} on host {i}: HTTP {status}: {}\n{}",
+            String::from_utf8_lossy(&bytes),
+            hosts.log(i)
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| LabError::Failed(format!("{method} {path}: {e}")))
+}
+
+/// Makes [`NETWORK`] on both hosts, one container namespace per host attached to it,
+/// and waits until the first container reaches the second.
+fn attach_containers(hosts: &TwoHosts) -> Result<Attached, LabError> {
+    let pid = std::process::id();
+    let ns = [
+        Netns::create(&format!("tl-lab-{pid}-ca"))?,
+        Netns::create(&format!("tl-lab-{pid}-cb"))?,
+    ];
+    let mut addr = [String::new(), String::new()];
+    for i in 0..2 {
+        let config = serde_json::json!({"Subnet": SUBNET, "IPRange": RANGE[i]});
+        station(
+            hosts,
+            i,
+            "POST",
+            CS,
+            Some(serde_json::json!({"name": NETWORK, "ipam": {"Config": [config]}})),
+        )?;
+        station(
+            hosts,
+            i,
+            "POST",
+            &format!("{CS}/{NETWORK}/connect"),
+            Some(serde_json::json!({"container": ns[i].name})),
+        )?;
+        let net = station(hosts, i, "GET", &format!("{CS}/{NETWORK}"), None)?;
+        addr[i] = container_address(&net, &ns[i].name)
+            .ok_or_else(|| LabError::Failed(format!("{} has no address on {NETWORK}: {net}", ns[i].name)))?;
+    }
+    // Host b's range reaches host a with its next hello.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ping_from(&ns[0], &addr[1], 1, "0.2")?.is_empty() {
+        go_on(hosts)?;
+        if Instant::now() > deadline {
+            return Err(LabError::Failed(format!(
+                "container {} does not reach {} on host b\n--- a:\n{}\n--- b:\n{}",
+                ns[0].name,
+                addr[1],
+                hosts.log(0),
+                hosts.log(1)
+            )));
+        }
+    }
+    Ok(Attached { ns, addr })
+}
+
+/// A container's address (without its prefix length) from a Container Station
+/// network document (`Containers.<name>.IPv4Address`, "198.19.140.2/24").
+fn container_address(network: &serde_json::Value, container: &str) -> Option<String> {
+    let a = network["Containers"][container]["IPv4Address"].as_str()?;
+    let ip = a.split('/').next()?;
+    ip.parse::<std::net::Ipv4Addr>().ok().map(|ip| ip.to_string())
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -351,10 +553,28 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
         dataplane: o.dataplane.join("\n"),
         ..HostSpec::default()
     };
+    let spec = if o.containers {
+        // Container networks come from a pool beside the Weave range, which must not
+        // overlap it: the range keeps the lower half (both hosts' blocks are in it).
+        HostSpec {
+            ipam_range: "198.19.0.0/17".into(),
+            extra: "[networks]\npool = \"198.19.128.0/17\"\n".into(),
+            ..spec
+        }
+    } else {
+        spec
+    };
     let mut hosts = TwoHosts::create("lab", exe, &spec, stop)?;
     hosts.start(0)?;
     hosts.start(1)?;
     hosts.wait_peers("up", Duration::from_secs(20))?;
+    go_on(&hosts)?;
+    // Declared after the hosts, so dropped (namespaces deleted) before them.
+    let containers = if o.containers {
+        Some(attach_containers(&hosts)?)
+    } else {
+        None
+    };
     go_on(&hosts)?;
     // The kernel's VXLAN between the same namespaces, over the same veth.
     for (i, dev) in [(0usize, "tlva"), (1, "tlvb")] {
@@ -387,19 +607,30 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     let _ = hosts.ping(0, tl, 5, "0.01");
     let _ = hosts.ping(0, kv, 5, "0.01");
     go_on(&hosts)?;
-    (t.rtt_p50_us, t.rtt_p99_us) = rtts(&hosts, tl, o.pings)?;
+    (t.rtt_p50_us, t.rtt_p99_us) = rtts(&hosts, hosts.ns(0), tl, o.pings)?;
     go_on(&hosts)?;
-    (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, kv, o.pings)?;
+    (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, hosts.ns(0), kv, o.pings)?;
+    let mut c = Containers::default();
+    if let Some(ct) = &containers {
+        go_on(&hosts)?;
+        (c.rtt_p50_us, c.rtt_p99_us) = rtts(&hosts, &ct.ns[0], &ct.addr[1], o.pings)?;
+    }
     let mut retransmits = [[0u64; 3]; 2];
     let mut daemon_cpu = 0.0;
     for (dst, f, re) in [(tl, &mut t, 0usize), (kv, &mut k, 1)] {
-        let l = loaded(&hosts, dst, o.duration)?;
+        let l = loaded(&hosts, hosts.ns(0), hosts.ns(1), dst, o.duration)?;
         (f.tcp_gbps, retransmits[re][0]) = (l.gbps, l.retransmits);
         (f.rtt_loaded_p50_us, f.rtt_loaded_p99_us) = l.rtt;
         f.cpu_s_per_gb = l.cpu_s_per_gb;
         if re == 0 {
             daemon_cpu = l.daemon_cpu_s_per_gb;
         }
+        go_on(&hosts)?;
+    }
+    if let Some(ct) = &containers {
+        let l = loaded(&hosts, &ct.ns[0], &ct.ns[1], &ct.addr[1], o.duration)?;
+        (c.tcp_gbps, c.tcp_retransmits, c.cpu_s_per_gb) = (l.gbps, l.retransmits, l.cpu_s_per_gb);
+        (c.rtt_loaded_p50_us, c.rtt_loaded_p99_us) = l.rtt;
         go_on(&hosts)?;
     }
     (t.tcp_parallel_gbps, retransmits[0][1]) = gbps(&hosts, tl, o.duration, o.parallel, false)?;
@@ -429,6 +660,7 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     }
     Ok(Report {
         ratio: Figures::ratio(&t, &k),
+        containers: containers.is_some().then(|| c.with_ratios(&t, &k)),
         tunloom: t,
         kernel_vxlan: k,
         setup: Setup {
@@ -471,5 +703,103 @@ mod tests {
         assert_eq!((r.rtt_p50_us, r.tcp_gbps, r.tcp_reverse_gbps), (2.0, 0.5, 0.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn container_addresses_are_read_from_the_network_document() {
+        let net = serde_json::json!({"Name": "lab", "Containers": {
+            "tl-lab-1-ca": {"Name": "tl-lab-1-ca", "IPv4Address": "198.19.140.2/24"},
+            "odd": {"IPv4Address": "not-an-address/24"}
+        }});
+        assert_eq!(container_address(&net, "tl-lab-1-ca").as_deref(), Some("198.19.140.2"));
+        assert_eq!(container_address(&net, "odd"), None);
+        assert_eq!(container_address(&net, "absent"), None);
+        assert_eq!(container_address(&serde_json::json!({}), "x"), None);
+    }
+
+    fn report(containers: Option<Containers>) -> Report {
+        let t = Figures {
+            rtt_p50_us: 200.0,
+            tcp_gbps: 6.0,
+            cpu_s_per_gb: 2.0,
+            ..Default::default()
+        };
+        let k = Figures {
+            rtt_p50_us: 25.0,
+            tcp_gbps: 10.0,
+            cpu_s_per_gb: 1.0,
+            ..Default::default()
+        };
+        Report {
+            ratio: Figures::ratio(&t, &k),
+            containers: containers.map(|c| c.with_ratios(&t, &k)),
+            tunloom: t,
+            kernel_vxlan: k,
+            setup: Setup {
+                duration_s: 1,
+                parallel: 2,
+                workers: 1,
+                offload: true,
+                pings: 20,
+                cpus: 2,
+                kernel: "6.18".into(),
+                tunloom_drops: serde_json::json!({}),
+                tunloom_retransmits: [0; 3],
+                kernel_retransmits: [0; 3],
+                tunloom_daemon_cpu_s_per_gb: 1.3,
+                dataplane: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn container_figures_sit_beside_both_paths_in_table_and_json() {
+        let c = Containers {
+            rtt_p50_us: 250.0,
+            tcp_gbps: 4.5,
+            cpu_s_per_gb: 2.5,
+            tcp_retransmits: 7,
+            ..Default::default()
+        };
+        let r = report(Some(c));
+        let got = r.containers.unwrap();
+        assert_eq!(
+            (got.vs_tunloom_hosts.tcp_gbps, got.vs_kernel_vxlan.tcp_gbps),
+            (0.75, 0.45)
+        );
+        assert_eq!(
+            (got.vs_tunloom_hosts.rtt_p50_us, got.vs_kernel_vxlan.rtt_p50_us),
+            (1.25, 10.0)
+        );
+        assert_eq!(got.vs_kernel_vxlan.rtt_loaded_p50_us, 0.0, "not measured: no ratio");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["containers"]["tcp_gbps"], 4.5);
+        assert_eq!(j["containers"]["rtt_p50_us"], 250.0);
+        assert_eq!(j["containers"]["vs_kernel_vxlan"]["tcp_gbps"], 0.45);
+        assert_eq!(j["containers"]["vs_tunloom_hosts"]["cpu_s_per_gb"], 1.25);
+        let table = r.table();
+        assert!(
+            table.contains("container to container across the hosts (network lab, 198.19.140.0/24)"),
+            "{table}"
+        );
+        let tcp = table
+            .lines()
+            .filter(|l| l.starts_with("TCP, 1 stream (Gbit/s)"))
+            .nth(1)
+            .expect("a container TCP row");
+        let cells: Vec<&str> = tcp.split_whitespace().collect();
+        assert_eq!(
+            &cells[cells.len() - 5..],
+            ["4.50", "6.00", "10.00", "0.750", "0.450"],
+            "{tcp}"
+        );
+        assert!(
+            table.contains("TCP retransmissions (containers, 1 stream): 7"),
+            "{table}"
+        );
+
+        let plain = report(None);
+        assert!(serde_json::to_value(&plain).unwrap().get("containers").is_none());
+        assert!(!plain.table().contains("container"));
     }
 }

@@ -108,14 +108,26 @@ impl Drop for Netns {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("warning: could not delete network namespace {}: {e}", self.name);
         }
-        // What `ip netns exec` would mount for it (a resolv.conf tunloom wrote for an
-        // attachment still there when the test ended) goes with it.
-        let etc = std::path::Path::new("/etc/netns").join(&self.name);
-        if etc.exists() {
-            let _ = std::fs::remove_dir_all(etc);
-        }
+        remove_tunloom_etc(&self.name);
     }
 }
+
+/// Removes the `resolv.conf` tunloom wrote for namespace `name` under
+/// `/etc/netns/<name>/` (an attachment whose daemon never detached it: killed, or
+/// still holding it at exit) and the directory if nothing else is in it. A file
+/// tunloom did not write is left alone.
+pub fn remove_tunloom_etc(name: &str) {
+    let dir = std::path::Path::new("/etc/netns").join(name);
+    let resolv = dir.join("resolv.conf");
+    if std::fs::read_to_string(&resolv).is_ok_and(|t| t.starts_with(TUNLOOM_MARK)) {
+        let _ = std::fs::remove_file(&resolv);
+    }
+    // Only succeeds when empty.
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// What starts every file tunloom writes under `/etc/netns/` (`host::attach`).
+const TUNLOOM_MARK: &str = "# written by tunloom";
 
 /// Waits for `child` at most `limit`, killing it (by its pid) when time runs out.
 pub fn wait_limited(mut child: Child, limit: Duration) -> io::Result<Output> {

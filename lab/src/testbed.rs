@@ -476,6 +476,11 @@ impl TwoHosts {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// What Ctrl-C sets (for the free functions that take it).
+    pub fn stop_flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
     /// Starts daemon `i` (its log goes to `<dir>/<name>.log`, appended).
     pub fn start(&mut self, i: usize) -> io::Result<()> {
         let log = self.dir.0.join(format!("{}.log", NAMES[i]));
@@ -574,16 +579,7 @@ impl TwoHosts {
 
     /// Pings `dst` from host `from`: RTTs (µs) of the replies that came back.
     pub fn ping(&self, from: usize, dst: &str, count: u32, interval: &str) -> io::Result<Vec<f64>> {
-        let n = count.to_string();
-        let limit = Duration::from_secs(10 + u64::from(count) / 10);
-        let child = self
-            .ns(from)
-            .command("ping", &["-n", "-c", &n, "-i", interval, "-W", "1", dst])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let out = netns::wait_limited(child, limit)?;
-        Ok(parse_ping(&String::from_utf8_lossy(&out.stdout)))
+        ping_from(self.ns(from), dst, count, interval)
     }
 
     /// Runs iperf3 TCP from host `client` to `dst` (a server is started on the other
@@ -613,53 +609,78 @@ impl TwoHosts {
 
     /// Runs iperf3 from host `client` to `dst` with `extra` client arguments.
     pub fn iperf_with(&self, client: usize, dst: &str, secs: u32, extra: &[&str]) -> io::Result<serde_json::Value> {
-        let server_ns = self.ns(1 - client);
-        let mut server = Proc::new(
-            server_ns
-                .command("iperf3", &["-s", "-1", "-B", dst, "-p", "5201"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot run iperf3: {e}")))?,
-            "iperf3 server",
-        );
-        let t = secs.to_string();
-        let mut args = vec!["-c", dst, "-p", "5201", "-t", &t, "-J", "--connect-timeout", "2000"];
-        args.extend_from_slice(extra);
-        let limit = Duration::from_secs(u64::from(secs) + 20);
-        let mut last = String::new();
-        for _ in 0..10 {
-            if self.interrupted() {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
-            }
-            let child = self
-                .ns(client)
-                .command("iperf3", &args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let out = netns::wait_limited(child, limit)?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(v) if v["end"]["sum_received"]["bytes"].is_u64() => {
-                    server.stop(Duration::from_secs(3));
-                    return Ok(v);
-                }
-                // iperf3 -J reports "unable to connect" with exit status 0; the
-                // server may not be listening yet.
-                Ok(v) => last = v["error"].as_str().unwrap_or("no result").to_string(),
-                Err(_) => {
-                    last = format!(
-                        "{} {}",
-                        text.chars().take(200).collect::<String>(),
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(io::Error::other(format!("iperf3 to {dst} failed: {last}")))
+        iperf_between(self.ns(client), self.ns(1 - client), dst, secs, extra, &self.stop)
     }
+}
+
+/// Pings `dst` from namespace `from`: RTTs (µs) of the replies that came back.
+pub fn ping_from(from: &Netns, dst: &str, count: u32, interval: &str) -> io::Result<Vec<f64>> {
+    let n = count.to_string();
+    let limit = Duration::from_secs(10 + u64::from(count) / 10);
+    let child = from
+        .command("ping", &["-n", "-c", &n, "-i", interval, "-W", "1", dst])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = netns::wait_limited(child, limit)?;
+    Ok(parse_ping(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Runs iperf3 from namespace `client` to `dst`, an address of namespace `server`,
+/// where a one-off server is started for the run; iperf3's JSON result. Retries while
+/// the server is not listening yet; `stop` (Ctrl-C) ends the retries.
+pub fn iperf_between(
+    client: &Netns,
+    server: &Netns,
+    dst: &str,
+    secs: u32,
+    extra: &[&str],
+    stop: &AtomicBool,
+) -> io::Result<serde_json::Value> {
+    let mut server = Proc::new(
+        server
+            .command("iperf3", &["-s", "-1", "-B", dst, "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run iperf3: {e}")))?,
+        "iperf3 server",
+    );
+    let t = secs.to_string();
+    let mut args = vec!["-c", dst, "-p", "5201", "-t", &t, "-J", "--connect-timeout", "2000"];
+    args.extend_from_slice(extra);
+    let limit = Duration::from_secs(u64::from(secs) + 20);
+    let mut last = String::new();
+    for _ in 0..10 {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        let child = client
+            .command("iperf3", &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let out = netns::wait_limited(child, limit)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v["end"]["sum_received"]["bytes"].is_u64() => {
+                server.stop(Duration::from_secs(3));
+                return Ok(v);
+            }
+            // iperf3 -J reports "unable to connect" with exit status 0; the
+            // server may not be listening yet.
+            Ok(v) => last = v["error"].as_str().unwrap_or("no result").to_string(),
+            Err(_) => {
+                last = format!(
+                    "{} {}",
+                    text.chars().take(200).collect::<String>(),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(io::Error::other(format!("iperf3 to {dst} failed: {last}")))
 }
 
 /// One tunloom host in its own namespace, with a configuration given as text, that
@@ -757,6 +778,19 @@ pub fn parse_ping(out: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Resident memory in KiB from the text of `/proc/<pid>/status` (its `VmRSS:` line).
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut f = line["VmRSS:".len()..].split_whitespace();
+    let n: u64 = f.next()?.parse().ok()?;
+    (f.next() == Some("kB")).then_some(n)
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS`), if it runs.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    parse_vm_rss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
 /// Received throughput in Gbit/s from iperf3's `-J` output.
 pub fn iperf_gbps(v: &serde_json::Value) -> Option<f64> {
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64()?;
@@ -771,6 +805,16 @@ mod tests {
     fn ping_lines_are_read_in_microseconds() {
         let out = "PING 198.19.2.1 (198.19.2.1) 56(84) bytes of data.\n64 bytes from 198.19.2.1: icmp_seq=1 ttl=63 time=0.052 ms\n64 bytes from 198.19.2.1: icmp_seq=2 ttl=63 time=1.10 ms\n\n--- 198.19.2.1 ping statistics ---\nrtt min/avg/max/mdev = 0.052/0.576/1.100/0.524 ms\n";
         assert_eq!(parse_ping(out), vec![52.0, 1100.0]);
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status =
+            "Name:\ttunloom\nVmPeak:\t  812344 kB\nVmHWM:\t   21104 kB\nVmRSS:\t   20736 kB\nRssAnon:\t    9000 kB\n";
+        assert_eq!(parse_vm_rss_kib(status), Some(20736));
+        assert_eq!(parse_vm_rss_kib("Name:\tkthreadd\n"), None, "kernel threads have none");
+        assert_eq!(parse_vm_rss_kib("VmRSS:\t12 MB\n"), None, "only kB is known");
+        assert!(vm_rss_kib(std::process::id()).is_some_and(|k| k > 0));
     }
 
     #[test]
