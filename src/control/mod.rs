@@ -30,4 +30,4 @@ pub mod router;
 pub mod tls;
 pub mod weave;
 
-pub use http::{serve, Limits};
+pub use http::{serve, serve_tls, Limits};
