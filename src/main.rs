@@ -85,9 +85,20 @@ enum Cmd {
         json: bool,
     },
     /// Check a configuration file and print the settings it resolves to.
+    ///
+    /// With TLS on the management API it also reads the certificate: the files of
+    /// `api.tls_cert_file` and `api.tls_key_file`, or, for `api.tls = "self-signed"`,
+    /// the CA in the state directory that clients are to trust (made by `tunloom
+    /// run` on its first start; `check` writes nothing).
+    #[command(
+        after_help = "Example:\n  tunloom check -c /etc/tunloom/tunloom.toml --state-dir /var/lib/tunloom\n  curl --cacert /var/lib/tunloom/tls/ca.pem https://127.0.0.1:6786/health"
+    )]
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// The state directory `tunloom run` uses (where a self-signed CA is kept).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tunloom")]
+        state_dir: PathBuf,
     },
     /// Check a state directory, or copy it consistently (also while tunloom runs).
     State {
@@ -256,7 +267,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config } => match Config::load(&config) {
+        Cmd::Check { config, state_dir } => match Config::load(&config) {
             Ok(s) => {
                 let m = &s.model;
                 let list = |v: &[ipnet::IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -276,6 +287,10 @@ fn main() -> ExitCode {
                     m.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>()
                 );
                 println!("static peers {:?}", s.peers.static_peers);
+                if let Err(e) = print_tls(&s.api, &state_dir) {
+                    eprintln!("tunloom: config file {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
                 println!("configuration OK");
                 ExitCode::SUCCESS
             }
@@ -285,6 +300,60 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// What `tunloom check` says of the management listener's TLS; reads, never writes.
+fn print_tls(
+    api: &tunloom::config::api::Api,
+    state_dir: &std::path::Path,
+) -> Result<(), tunloom::control::tls::TlsError> {
+    use tunloom::config::api::Tls;
+    use tunloom::control::tls;
+    let listen = api.listen;
+    match &api.tls {
+        Tls::Off => println!("management API http://{listen} (api.tls = \"off\")"),
+        Tls::Files { cert, key } => {
+            // Loading checks the PEM and that the key is the certificate's.
+            let loaded = tls::load(&api.tls, listen, state_dir)?;
+            let fp = loaded.map(|l| l.cert_fingerprint).unwrap_or_default();
+            println!(
+                "management API https://{listen} with {} (SHA-256 {fp}), key {}",
+                cert.display(),
+                key.display()
+            );
+        }
+        Tls::SelfSigned => {
+            let files = tls::SelfSignedFiles::under(state_dir);
+            println!("management API https://{listen}, self-signed (api.tls = \"self-signed\")");
+            if files.ca.exists() {
+                let fp = tls::fingerprint_of(&files.ca, "api.tls")?;
+                println!("  clients trust the CA {} (SHA-256 {fp})", files.ca.display());
+                println!(
+                    "  curl --cacert {} https://{}/health",
+                    files.ca.display(),
+                    curl_host(listen)
+                );
+            } else {
+                println!(
+                    "  the CA clients are to trust is made at {} on the first start of tunloom run --state-dir {}",
+                    files.ca.display(),
+                    state_dir.display()
+                );
+            }
+            println!("  the certificate names {}", tls::names_for(listen).join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `listen` as a client addresses it (loopback for the wildcard).
+fn curl_host(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port()).to_string()
 }
 
 /// `KEY=VALUE` for `tunloom lab --dataplane`, as a TOML line; the daemons' own

@@ -169,6 +169,108 @@ fn prometheus_metrics_match_the_stats_and_pass_promtool() {
     );
 }
 
+/// Runs curl with `args` inside the host's namespace: (exit code, stdout, stderr).
+fn curl(h: &OneHost, args: &[&str]) -> (i32, String, String) {
+    let child =
+        h.ns.command("curl", args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl runs");
+    let out = tunloom_lab::netns::wait_limited(child, std::time::Duration::from_secs(20)).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The line of the daemon's log that names the certificate, and the CA's
+/// fingerprint in it.
+fn ca_fingerprint_logged(h: &OneHost, nth: usize) -> String {
+    let log = std::fs::read_to_string(h.dir.0.join("tunloom.log")).unwrap();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("api: TLS with"))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no TLS line #{nth} in:\n{log}"));
+    let fp = line.rsplit("SHA-256 ").next().unwrap();
+    fp.split(')').next().unwrap().to_string()
+}
+
+/// `api.tls = "self-signed"`: curl trusting the CA in the state directory reaches
+/// /health over https, plain http:// gets a 400 that says to use https, the CA and
+/// certificate are reused after a restart, `tunloom check` shows the CA, and a
+/// client that opens a connection and sends nothing is cut off by the head deadline.
+fn tls_self_signed_serves_https_and_keeps_its_certificate() {
+    let config = "[node]\nname = \"tls-node\"\n[api]\ntls = \"self-signed\"\nheader_timeout_ms = 500\n";
+    let mut h = OneHost::create("tls", &common::exe(), config).unwrap();
+    h.start_tls().unwrap();
+    let ca = h.state_dir().join("tls/ca.pem");
+    let ca_arg = ca.to_str().unwrap();
+    let (code, body, err) = curl(&h, &["-sS", "--cacert", ca_arg, "https://127.0.0.1:6786/health"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(body.as_bytes())["node"], "tls-node");
+    // By name too: the certificate names localhost.
+    let (code, _, err) = curl(&h, &["-sSf", "--cacert", ca_arg, "https://localhost:6786/health"]);
+    assert_eq!(code, 0, "{err}");
+    // Without the CA: refused by curl.
+    let (code, _, err) = curl(&h, &["-sS", "https://127.0.0.1:6786/health"]);
+    assert_eq!(code, 60, "curl without --cacert: {err}");
+    // Plain HTTP: a clear failure.
+    let (code, body, err) = curl(&h, &["-sS", "-w", "\n%{http_code}", "http://127.0.0.1:6786/health"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.ends_with("\n400") && body.contains("use https://"), "{body}");
+    let (code, _, _) = curl(&h, &["-sSf", "http://127.0.0.1:6786/health"]);
+    assert_eq!(code, 22);
+
+    // The key files are the daemon's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for k in ["tls/ca.key", "tls/key.pem"] {
+        let mode = std::fs::metadata(h.state_dir().join(k)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{k}");
+    }
+
+    // A client that connects and sends nothing is closed after the head deadline.
+    let ns = h.ns.name.clone();
+    let took = common::in_ns(&ns, || {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect("127.0.0.1:6786").unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut b = [0u8; 64];
+        let n = c.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "the server sent something to a client that said nothing");
+        t0.elapsed()
+    });
+    assert!(
+        took >= std::time::Duration::from_millis(400) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Restart: the same CA and certificate.
+    let fp = ca_fingerprint_logged(&h, 0);
+    let cert = std::fs::read(h.state_dir().join("tls/cert.pem")).unwrap();
+    h.stop(false);
+    h.start_tls().unwrap();
+    assert_eq!(ca_fingerprint_logged(&h, 1), fp);
+    assert_eq!(std::fs::read(h.state_dir().join("tls/cert.pem")).unwrap(), cert);
+    let (code, _, err) = curl(&h, &["-sSf", "--cacert", ca_arg, "https://127.0.0.1:6786/health"]);
+    assert_eq!(code, 0, "{err}");
+
+    // tunloom check shows the CA to trust and the same fingerprint.
+    let out = std::process::Command::new(common::exe())
+        .args(["check", "-c"])
+        .arg(h.config_path())
+        .arg("--state-dir")
+        .arg(h.state_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(ca_arg) && text.contains(&fp), "{text}");
+}
+
 fn main() -> std::process::ExitCode {
     common::main(&[
         (
@@ -185,6 +287,11 @@ fn main() -> std::process::ExitCode {
             "the_weave_face_beyond_loopback_needs_the_opt_in_and_says_so",
             Needs::Netns,
             the_weave_face_beyond_loopback_needs_the_opt_in_and_says_so,
+        ),
+        (
+            "tls_self_signed_serves_https_and_keeps_its_certificate",
+            Needs::NetnsWith(&["curl"]),
+            tls_self_signed_serves_https_and_keeps_its_certificate,
         ),
         (
             "prometheus_metrics_match_the_stats_and_pass_promtool",

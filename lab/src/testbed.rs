@@ -353,8 +353,19 @@ pub fn admin_token(ns: &str) -> Option<String> {
 /// Waits until the daemon `p` in `ns` answers on its management API; fails with its
 /// log (`log()`) when it exits or does not come up in time, and then forgets it.
 fn wait_api(ns: &Netns, p: &mut Option<Proc>, timeout: Duration, log: impl Fn() -> String) -> io::Result<()> {
+    wait_until(ns, p, timeout, log, || api_get(&ns.name, "/health").is_ok())
+}
+
+/// [`wait_api`] with the question asked by `up`.
+fn wait_until(
+    ns: &Netns,
+    p: &mut Option<Proc>,
+    timeout: Duration,
+    log: impl Fn() -> String,
+    up: impl Fn() -> bool,
+) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
-    while api_get(&ns.name, "/health").is_err() {
+    while !up() {
         if let Some(status) = p.as_mut().and_then(Proc::exited) {
             *p = None;
             return Err(io::Error::other(format!(
@@ -728,6 +739,44 @@ impl OneHost {
         wait_api(&self.ns, &mut self.daemon, Duration::from_secs(15), || {
             std::fs::read_to_string(dir.join("tunloom.log")).unwrap_or_default()
         })
+    }
+
+    /// Starts the daemon with TLS on its management API (`api.tls`) and waits until
+    /// it answers `https://127.0.0.1:6786/health` (curl, certificate not checked).
+    pub fn start_tls(&mut self) -> io::Result<()> {
+        let log = self.dir.0.join("tunloom.log");
+        self.daemon = Some(spawn_daemon(
+            &self.ns,
+            &self.exe,
+            &self.config_path(),
+            &self.state_dir(),
+            &log,
+        )?);
+        let (dir, ns) = (&self.dir.0, &self.ns);
+        let up = || {
+            ns.command(
+                "curl",
+                &[
+                    "-sfk",
+                    "--max-time",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "https://127.0.0.1:6786/health",
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        };
+        wait_until(
+            &self.ns,
+            &mut self.daemon,
+            Duration::from_secs(15),
+            || std::fs::read_to_string(dir.join("tunloom.log")).unwrap_or_default(),
+            up,
+        )
     }
 
     /// Stops the daemon: cleanly (SIGTERM) or as a crash (SIGKILL).

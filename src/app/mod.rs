@@ -56,6 +56,8 @@ pub enum StartError {
     StateDir { path: PathBuf, message: String },
     #[error("preparing container attachments' routing: {0}")]
     Host(#[from] crate::host::HostError),
+    #[error("config: {0}")]
+    Tls(#[from] control::tls::TlsError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -119,6 +121,32 @@ impl Daemon {
         let lock = lock_state_dir(state_dir)?;
         // The state first: a damaged one stops the start before anything is made.
         let store = RedbStore::open(state_dir)?;
+        // The management listener's certificate, made in the state directory the
+        // first time when self-signed: a bad one stops the start here too.
+        let tls = control::tls::load(&settings.api.tls, settings.api.listen, state_dir)?;
+        if let Some(t) = &tls {
+            let made = if t.made.is_empty() {
+                String::new()
+            } else {
+                format!(" (made now: {})", t.made.join(" and "))
+            };
+            if t.trust == t.cert {
+                log::info!(
+                    "api: TLS with {} (SHA-256 {}){made}",
+                    t.cert.display(),
+                    t.cert_fingerprint
+                );
+            } else {
+                log::info!(
+                    "api: TLS with {} (SHA-256 {}), issued by the CA clients trust: {} (SHA-256 {}){made}",
+                    t.cert.display(),
+                    t.cert_fingerprint,
+                    t.trust.display(),
+                    t.trust_fingerprint
+                );
+            }
+        }
+        let api_scheme = if tls.is_some() { "https" } else { "http" };
 
         let control_addr = SocketAddr::new(settings.peers.bind, settings.peers.port);
         let control_sock = UdpSocket::bind(control_addr).map_err(bind_err("control port", control_addr))?;
@@ -343,7 +371,11 @@ impl Daemon {
         }
         let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-api", move || {
-            if let Err(e) = control::serve("api", api, management::router(), face, limits, sd) {
+            let served = match tls {
+                Some(t) => control::serve_tls("api", api, t.config, management::router(), face, limits, sd),
+                None => control::serve("api", api, management::router(), face, limits, sd),
+            };
+            if let Err(e) = served {
                 log::error!("management API stopped: {e}");
             }
         })?);
@@ -369,7 +401,7 @@ impl Daemon {
         })?);
 
         log::info!(
-            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API http://{api_addr}, Weave API http://{weave_listen}, libnetwork API http://{libnetwork_listen}, metrics {metrics_at}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
+            "tunloom up: node {} ({}), {} with {n} queues, overlay MTU {}, VNI {}; data {data_addr}, control {control_addr}, API {api_scheme}://{api_addr}, Weave API http://{weave_listen}, libnetwork API http://{libnetwork_listen}, metrics {metrics_at}; offloads: TSO {} USO {} UDP-GSO {} UDP-GRO {}; steering: TUN {}, sockets {}",
             settings.node.name,
             settings.node.nickname,
             tun.name,

@@ -4,6 +4,7 @@ use super::Invalid;
 use crate::control::Limits;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +31,12 @@ pub struct ApiSection {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub handler_threads: usize,
+    /// `"off"` (plain HTTP) or `"self-signed"` (a CA and certificate made in
+    /// `<state-dir>/tls/`); unset: TLS exactly when the two files below are set.
+    pub tls: Option<String>,
+    /// PEM certificate (chain, leaf first) and key for the management listener.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ApiSection {
@@ -52,6 +59,9 @@ impl Default for ApiSection {
             max_header_bytes: l.max_head,
             max_headers: l.max_headers,
             handler_threads: l.handlers,
+            tls: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -68,6 +78,28 @@ pub struct Api {
     /// `api.allow_unauthenticated`.
     pub unauthenticated_exposed: bool,
     pub limits: Limits,
+    /// What the management listener (`listen`) serves TLS with; every other
+    /// listener is plain HTTP.
+    pub tls: Tls,
+}
+
+/// Where the management listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP.
+    Off,
+    /// `api.tls_cert_file` and `api.tls_key_file`.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `api.tls = "self-signed"`: made once into `<state-dir>/tls/`
+    /// ([`crate::control::tls`]).
+    SelfSigned,
+}
+
+impl Api {
+    /// Whether the management listener speaks TLS (so its cookies may be `Secure`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls != Tls::Off
+    }
 }
 
 /// Whether two listeners would claim the same port: the same port on the same
@@ -124,6 +156,7 @@ impl ApiSection {
                 }
             }
         }
+        let tls = self.tls()?;
         let within = Invalid::within::<u64>;
         let ms = |key, v| within(key, v, 100, 3_600_000).map(Duration::from_millis);
         Ok(Api {
@@ -149,6 +182,113 @@ impl ApiSection {
                 handlers: within("api.handler_threads", self.handler_threads as u64, 1, 256)? as usize,
                 ..Limits::default()
             },
+            tls,
         })
+    }
+
+    fn tls(&self) -> Result<Tls, Invalid> {
+        for (key, path) in [
+            ("api.tls_cert_file", &self.tls_cert_file),
+            ("api.tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(p) = path {
+                if !p.is_absolute() {
+                    return Err(Invalid::new(key, format!("{} is not an absolute path", p.display())));
+                }
+            }
+        }
+        let files = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Invalid::new(
+                    "api.tls_key_file",
+                    "is missing: api.tls_cert_file is set, and the two go together".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Invalid::new(
+                    "api.tls_cert_file",
+                    "is missing: api.tls_key_file is set, and the two go together".into(),
+                ))
+            }
+        };
+        match (self.tls.as_deref(), files) {
+            (None, None) | (Some("off"), None) => Ok(Tls::Off),
+            (None, Some(f)) => Ok(f),
+            (Some("self-signed"), None) => Ok(Tls::SelfSigned),
+            (Some(mode @ ("off" | "self-signed")), Some(_)) => Err(Invalid::new(
+                "api.tls",
+                format!("is \"{mode}\" but api.tls_cert_file and api.tls_key_file are set; remove one or the other"),
+            )),
+            (Some(other), _) => Err(Invalid::new(
+                "api.tls",
+                format!(
+                    "{other:?} is neither \"off\" nor \"self-signed\" (for a certificate of your own, set api.tls_cert_file and api.tls_key_file)"
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(text: &str) -> Result<Api, Invalid> {
+        let s: ApiSection = toml::from_str(text).unwrap();
+        s.validate()
+    }
+
+    #[test]
+    fn tls_is_off_unless_asked_for() {
+        let a = api("").unwrap();
+        assert_eq!(a.tls, Tls::Off);
+        assert!(!a.tls_enabled());
+        assert_eq!(api("tls = \"off\"").unwrap().tls, Tls::Off);
+    }
+
+    #[test]
+    fn tls_self_signed_or_from_files() {
+        let a = api("tls = \"self-signed\"").unwrap();
+        assert_eq!(a.tls, Tls::SelfSigned);
+        assert!(a.tls_enabled());
+        let a = api("tls_cert_file = \"/etc/t/c.pem\"\ntls_key_file = \"/etc/t/k.pem\"").unwrap();
+        assert_eq!(
+            a.tls,
+            Tls::Files {
+                cert: "/etc/t/c.pem".into(),
+                key: "/etc/t/k.pem".into()
+            }
+        );
+        assert!(a.tls_enabled());
+    }
+
+    #[test]
+    fn tls_errors_name_their_key() {
+        let key = |t: &str| api(t).unwrap_err();
+        let e = key("tls_cert_file = \"/c.pem\"");
+        assert_eq!(e.key, "api.tls_key_file", "{e:?}");
+        let e = key("tls_key_file = \"/k.pem\"");
+        assert_eq!(e.key, "api.tls_cert_file", "{e:?}");
+        let e = key("tls_cert_file = \"c.pem\"\ntls_key_file = \"/k.pem\"");
+        assert_eq!(e.key, "api.tls_cert_file", "{e:?}");
+        assert!(e.message.contains("absolute"));
+        let e = key("tls = \"on\"");
+        assert_eq!(e.key, "api.tls");
+        assert!(
+            e.message.contains("\"on\"") && e.message.contains("self-signed"),
+            "{e:?}"
+        );
+        for mode in ["off", "self-signed"] {
+            let e = key(&format!(
+                "tls = \"{mode}\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\""
+            ));
+            assert_eq!(e.key, "api.tls");
+            assert!(e.message.contains("remove one"), "{e:?}");
+        }
     }
 }

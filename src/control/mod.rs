@@ -11,6 +11,8 @@
 //!   (seed 002), on the management listener.
 //! - [`libnetwork`]: the 2015 libnetwork API (seed 001), on a loopback listener of
 //!   its own.
+//! - [`tls`]: the management listener's certificate (files, or a self-signed CA
+//!   kept in the state directory) and its rustls configuration.
 //! - [`metrics`]: `/metrics` for Prometheus, on a listener of its own, from the
 //!   same sources as the stats.
 //!
@@ -25,6 +27,7 @@ pub mod libnetwork;
 pub mod management;
 pub mod metrics;
 pub mod router;
+pub mod tls;
 pub mod weave;
 
-pub use http::{serve, Limits};
+pub use http::{serve, serve_tls, Limits};

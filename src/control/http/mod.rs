@@ -25,6 +25,15 @@
 //! - A connection's memory is bounded by the limits and returned when it closes;
 //!   pipelined requests are read one at a time, after the previous answer is written.
 //!
+//! - **TLS** ([`serve_tls`], the management listener with `api.tls`): each
+//!   connection carries a rustls `ServerConnection`, driven by the same reactor
+//!   without blocking. The handshake is one more phase, bounded by the head
+//!   deadline; every other bound holds as for plain HTTP (sizes count decrypted
+//!   bytes; a connection over the limits still gets its 503, after a handshake, from
+//!   a few slots kept for refusals). A client that speaks plain HTTP to it gets a
+//!   plain 400 that says to use https. Plain listeners take none of this path: one
+//!   branch on an empty `Option` per read and write.
+//!
 //! Long-lived responses (Server-Sent Events, later) fit the same reactor: a
 //! connection that streams is one more state, fed from a queue, without a thread.
 //! This module touches only the listener and connections it is given.
@@ -36,6 +45,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parse::{encode_response, HttpError, ParseLimits, Parsed, Parser, RawRequest};
+use rustls::{ServerConfig, ServerConnection};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -112,6 +122,9 @@ struct Done {
 }
 
 enum Phase {
+    /// The TLS handshake is under way; `sniffed` once the first byte has been seen
+    /// to be TLS, not plain HTTP.
+    Handshake { sniffed: bool },
     /// Waiting for a request.
     Idle,
     /// Reading a request (head or body).
@@ -148,6 +161,10 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Connections accepted per pass of the reactor, so that a flood of connects cannot
 /// starve the connections already open.
 const ACCEPT_BUDGET: usize = 64;
+/// Connections a TLS listener takes beyond its limits only to answer them 503 after
+/// the handshake (a plain listener writes its 503 at once); past these, a
+/// connection over the limits is closed without an answer.
+const REFUSING_MAX: usize = 32;
 
 struct Conn {
     stream: TcpStream,
@@ -156,6 +173,12 @@ struct Conn {
     phase: Phase,
     deadline: Instant,
     generation: u64,
+    /// The TLS session, on a TLS listener.
+    tls: Option<Box<ServerConnection>>,
+    /// Why this connection is answered 503 once its TLS handshake is done (taken
+    /// in over the limits, from [`REFUSING_MAX`]).
+    refusal: Option<String>,
+    refused: bool,
 }
 
 /// Serves `router` over `state` on `listener` with `limits` until `shutdown` is set,
@@ -163,6 +186,31 @@ struct Conn {
 pub fn serve<S: Send + Sync + 'static>(
     face: &'static str,
     listener: std::net::TcpListener,
+    router: Router<S>,
+    state: Arc<S>,
+    limits: Limits,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
+    run(face, listener, None, router, state, limits, shutdown)
+}
+
+/// [`serve`] over TLS with `tls`: HTTP/1.1 inside, every bound the same.
+pub fn serve_tls<S: Send + Sync + 'static>(
+    face: &'static str,
+    listener: std::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router<S>,
+    state: Arc<S>,
+    limits: Limits,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
+    run(face, listener, Some(tls), router, state, limits, shutdown)
+}
+
+fn run<S: Send + Sync + 'static>(
+    face: &'static str,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     router: Router<S>,
     state: Arc<S>,
     limits: Limits,
@@ -190,6 +238,8 @@ pub fn serve<S: Send + Sync + 'static>(
         backoff: Duration::from_millis(50),
         spare: spare_fd(),
         last_accept_error: None,
+        tls,
+        refusing: 0,
     };
     let mut events = Events::with_capacity(256);
     while !shutdown.load(Ordering::Relaxed) {
@@ -310,6 +360,10 @@ struct Reactor {
     backoff: Duration,
     spare: Option<std::fs::File>,
     last_accept_error: Option<Instant>,
+    /// The TLS configuration, on a TLS listener.
+    tls: Option<Arc<ServerConfig>>,
+    /// Connections taken in only to be refused after their handshake.
+    refusing: usize,
 }
 
 impl Reactor {
@@ -399,17 +453,39 @@ impl Reactor {
         } else {
             None
         };
-        if let Some(message) = refuse {
-            log::warn!("{}: {peer} refused: {message}", self.face);
-            let r = router.error(503, &message);
-            // Best effort: the socket buffer of a fresh connection takes it. Reading
-            // what already arrived keeps the close from resetting the answer away.
-            let _ = stream.write(&encode_response(503, r.content_type, &r.headers, &r.body, false, true));
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            let mut sink = [0u8; 4096];
-            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
-            return;
-        }
+        let refusal = match (refuse, &self.tls) {
+            (None, _) => None,
+            // TLS: the 503 can only be said inside a session, after a handshake.
+            (Some(message), Some(_)) if self.refusing < REFUSING_MAX => {
+                log::warn!("{}: {peer} refused: {message}", self.face);
+                Some(message)
+            }
+            (Some(message), Some(_)) => {
+                log::warn!("{}: {peer} closed unanswered: {message}", self.face);
+                return;
+            }
+            (Some(message), None) => {
+                log::warn!("{}: {peer} refused: {message}", self.face);
+                let r = router.error(503, &message);
+                // Best effort: the socket buffer of a fresh connection takes it. Reading
+                // what already arrived keeps the close from resetting the answer away.
+                let _ = stream.write(&encode_response(503, r.content_type, &r.headers, &r.body, false, true));
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                return;
+            }
+        };
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => match ServerConnection::new(config.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    log::warn!("{}: cannot start TLS for {peer}: {e}", self.face);
+                    return;
+                }
+            },
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -425,6 +501,17 @@ impl Reactor {
         let _ = stream.set_nodelay(true);
         *self.per_client.entry(ip).or_default() += 1;
         self.next_generation += 1;
+        let refused = refusal.is_some();
+        self.refusing += usize::from(refused);
+        // The handshake is bounded like a request head.
+        let (phase, deadline) = if tls.is_some() {
+            (
+                Phase::Handshake { sniffed: false },
+                Instant::now() + self.limits.head_timeout,
+            )
+        } else {
+            (Phase::Idle, Instant::now() + self.limits.idle_timeout)
+        };
         self.conns[slot] = Some(Conn {
             stream,
             peer,
@@ -433,9 +520,12 @@ impl Reactor {
                 max_headers: self.limits.max_headers,
                 max_body: self.limits.max_body,
             }),
-            phase: Phase::Idle,
-            deadline: Instant::now() + self.limits.idle_timeout,
+            phase,
+            deadline,
             generation: self.next_generation,
+            tls,
+            refusal,
+            refused,
         });
         // Data may have arrived with the connection.
         self.ready(reg, slot, router, lanes);
@@ -444,6 +534,7 @@ impl Reactor {
     fn close(&mut self, reg: &mio::Registry, slot: usize) {
         if let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) {
             let _ = reg.deregister(&mut c.stream);
+            self.refusing -= usize::from(c.refused);
             let ip = c.peer.ip();
             if let Some(n) = self.per_client.get_mut(&ip) {
                 *n -= 1;
@@ -517,6 +608,9 @@ impl Reactor {
                 answer_and_close(c, &e, router, self.limits);
                 self.ready(reg, slot, router, lanes);
             } else {
+                if matches!(c.phase, Phase::Handshake { .. }) {
+                    log::info!("{}: {} timed out in the TLS handshake", self.face, c.peer);
+                }
                 self.close(reg, slot);
             }
         }
@@ -547,14 +641,69 @@ enum Step {
 fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &Router<S>, lanes: &[Lane; 2]) -> Step {
     loop {
         match &mut c.phase {
+            Phase::Handshake { sniffed } => {
+                if !*sniffed {
+                    match sniff(&c.stream) {
+                        Ok(Sniff::Tls) => *sniffed = true,
+                        Ok(Sniff::PlainHttp) => {
+                            // Answered in plain text, which is what it can read.
+                            log::info!("{face}: {} sent plain HTTP to the TLS listener", c.peer);
+                            c.tls = None;
+                            let e = HttpError {
+                                status: 400,
+                                message: "this listener speaks TLS only (api.tls): use https://".into(),
+                            };
+                            answer_and_close(c, &e, router, limits);
+                            continue;
+                        }
+                        Ok(Sniff::Wait) => return Step::Open,
+                        Err(_) => return Step::Close,
+                    }
+                }
+                let Some(tls) = c.tls.as_deref_mut() else {
+                    return Step::Close;
+                };
+                match handshake(tls, &mut c.stream) {
+                    Ok(true) => {}
+                    Ok(false) => return Step::Open,
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::UnexpectedEof {
+                            log::info!("{face}: {} TLS handshake failed: {e}", c.peer);
+                        }
+                        return Step::Close;
+                    }
+                }
+                match c.refusal.take() {
+                    Some(message) => {
+                        let e = HttpError { status: 503, message };
+                        answer_and_close(c, &e, router, limits);
+                    }
+                    None => {
+                        c.phase = Phase::Idle;
+                        c.deadline = Instant::now() + limits.idle_timeout;
+                    }
+                }
+            }
             Phase::Handling => return Step::Open,
             Phase::Writing { out, at, close, then } => {
                 while *at < out.len() {
-                    match c.stream.write(&out[*at..]) {
+                    match write_to(&mut c.stream, &mut c.tls, &out[*at..]) {
                         Ok(0) => return Step::Close,
                         Ok(n) => *at += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Open,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Step::Close,
+                    }
+                }
+                if let Some(tls) = c.tls.as_deref_mut() {
+                    // What the session still holds goes out first (and, before a
+                    // close, the close_notify alert).
+                    if *close {
+                        tls.send_close_notify();
+                    }
+                    match flush_tls(tls, &mut c.stream) {
+                        Ok(true) => {}
+                        Ok(false) => return Step::Open,
                         Err(_) => return Step::Close,
                     }
                 }
@@ -628,7 +777,7 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
                 let buf = &mut c.parser.buffer;
                 let len = buf.len();
                 buf.resize(len + room, 0);
-                match c.stream.read(&mut buf[len..]) {
+                match read_from(&mut c.stream, &mut c.tls, &mut buf[len..]) {
                     Ok(0) => {
                         buf.truncate(len);
                         return Step::Close;
@@ -652,6 +801,110 @@ fn progress<S>(c: &mut Conn, slot: usize, limits: Limits, face: &str, router: &R
             }
         }
     }
+}
+
+/// What the first byte of a connection to a TLS listener says.
+enum Sniff {
+    /// A TLS handshake record.
+    Tls,
+    /// An upper-case letter, as a request line starts: plain HTTP.
+    PlainHttp,
+    /// Nothing yet.
+    Wait,
+}
+
+fn sniff(stream: &TcpStream) -> io::Result<Sniff> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first) {
+        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) if first[0].is_ascii_uppercase() => Ok(Sniff::PlainHttp),
+        // Anything else is for rustls to judge (and refuse with an alert).
+        Ok(_) => Ok(Sniff::Tls),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(Sniff::Wait),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drives a TLS handshake as far as the socket allows: `Ok(true)` once it is
+/// complete (and what it had to send is sent), `Ok(false)` to wait for readiness.
+fn handshake(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<bool> {
+    loop {
+        if !flush_tls(tls, stream)? {
+            return Ok(false);
+        }
+        if !tls.is_handshaking() {
+            return Ok(true);
+        }
+        match tls.read_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => process(tls, stream)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Decrypts what `read_tls` took; on a protocol error the alert rustls queued is
+/// sent (best effort) before the error is returned.
+fn process(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
+    if let Err(e) = tls.process_new_packets() {
+        let _ = tls.write_tls(stream);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    Ok(())
+}
+
+/// Writes what the TLS session holds: `Ok(true)` when nothing is left.
+fn flush_tls(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads request bytes: from the socket, or decrypted from the TLS session.
+/// `Ok(0)` is the end of the stream (for TLS, close_notify or the TCP end).
+fn read_from(stream: &mut TcpStream, tls: &mut Option<Box<ServerConnection>>, buf: &mut [u8]) -> io::Result<usize> {
+    let Some(tls) = tls.as_deref_mut() else {
+        return stream.read(buf);
+    };
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        // Anything the session must say (a key update, tickets) goes first.
+        flush_tls(tls, stream)?;
+        match tls.read_tls(stream)? {
+            0 => return Ok(0),
+            _ => process(tls, stream)?,
+        }
+    }
+}
+
+/// Writes response bytes: to the socket, or encrypted through the TLS session
+/// (which takes up to its buffer limit and sends as much as the socket takes; the
+/// rest goes with [`flush_tls`]).
+fn write_to(stream: &mut TcpStream, tls: &mut Option<Box<ServerConnection>>, buf: &[u8]) -> io::Result<usize> {
+    let Some(tls) = tls.as_deref_mut() else {
+        return stream.write(buf);
+    };
+    if !flush_tls(tls, stream)? {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let n = tls.writer().write(buf)?;
+    flush_tls(tls, stream)?;
+    if n == 0 {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(n)
 }
 
 /// Answers with `e` in the face's style and closes after it.

@@ -37,6 +37,10 @@ fn limits() -> Limits {
 }
 
 fn start(limits: Limits) -> Server {
+    start_with(limits, None)
+}
+
+fn start_with(limits: Limits, tls: Option<Arc<ServerConfig>>) -> Server {
     let mut r: Router<()> = Router::new(ErrorStyle::Json, open_gate());
     r.add("GET", "/hello", |_, _| Response::text(200, "hi"))
         .add("POST", "/echo", |_, c| {
@@ -53,7 +57,7 @@ fn start(limits: Limits) -> Server {
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let thread = std::thread::spawn(move || serve("test", listener, r, Arc::new(()), limits, s).unwrap());
+    let thread = std::thread::spawn(move || run("test", listener, tls, r, Arc::new(()), limits, s).unwrap());
     Server {
         addr,
         stop,
@@ -68,7 +72,7 @@ fn connect(s: &Server) -> Client {
 }
 
 /// Reads one response: (status, body).
-fn response(r: &mut BufReader<Client>) -> (u16, Vec<u8>) {
+fn response(r: &mut impl BufRead) -> (u16, Vec<u8>) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status = line
@@ -278,5 +282,148 @@ fn slow_routes_have_their_own_threads() {
     assert!(t0.elapsed() < Duration::from_millis(200), "{:?}", t0.elapsed());
     for w in waiting {
         assert_eq!(w.join().unwrap(), 200);
+    }
+}
+
+/// TLS: the same server through rustls, with a self-signed CA the client trusts.
+mod tls {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+    struct Certs {
+        dir: std::path::PathBuf,
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    }
+
+    impl Drop for Certs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn certs(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("tunloom-http-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = crate::control::tls::SelfSignedFiles::under(&dir);
+        let loaded =
+            crate::control::tls::self_signed(&files, "127.0.0.1:6786".parse().unwrap(), std::time::SystemTime::now())
+                .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&files.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Certs {
+            dir,
+            server: loaded.config,
+            client: Arc::new(client),
+        }
+    }
+
+    type Tls = BufReader<StreamOwned<ClientConnection, Client>>;
+
+    /// A TLS client, handshake done.
+    fn tls_connect(s: &Server, c: &Certs) -> Tls {
+        let conn = ClientConnection::new(c.client.clone(), ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+        let mut stream = StreamOwned::new(conn, connect(s));
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        }
+        BufReader::new(stream)
+    }
+
+    fn send(t: &mut Tls, raw: &[u8]) {
+        let s = t.get_mut();
+        s.write_all(raw).unwrap();
+        s.flush().unwrap();
+    }
+
+    #[test]
+    fn requests_over_tls_are_answered_with_keep_alive_and_large_bodies() {
+        let c = certs("serve");
+        let s = start_with(limits(), Some(c.server.clone()));
+        let t0 = Instant::now();
+        let mut t = tls_connect(&s, &c);
+        eprintln!("TLS handshake (debug build, loopback): {:?}", t0.elapsed());
+        for _ in 0..3 {
+            send(&mut t, b"GET /hello HTTP/1.1\r\n\r\n");
+            assert_eq!(response(&mut t), (200, b"hi".to_vec()));
+        }
+        let body = vec![b'y'; 4000];
+        let mut req = format!("POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.extend_from_slice(&body);
+        send(&mut t, &req);
+        assert_eq!(response(&mut t), (200, body));
+        // 8 MiB out through the session's bounded buffer.
+        send(&mut t, b"GET /big HTTP/1.1\r\n\r\n");
+        let (status, big) = response(&mut t);
+        assert_eq!((status, big.len()), (200, 8 << 20));
+        // The limits hold on decrypted bytes: a body past max_body is a 413.
+        send(&mut t, b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n");
+        assert_eq!(response(&mut t).0, 413);
+    }
+
+    #[test]
+    fn a_client_that_stalls_the_handshake_is_cut_off_by_the_head_deadline() {
+        let c = certs("stall");
+        let l = limits();
+        let s = start_with(l, Some(c.server.clone()));
+        // Nothing at all, and half a ClientHello: both closed after the head
+        // deadline (300 ms), well before the idle deadline (600 ms).
+        for sent in [&b""[..], &b"\x16\x03\x01\x02\x00\x01"[..]] {
+            let mut raw = connect(&s);
+            raw.write_all(sent).unwrap();
+            let t0 = Instant::now();
+            assert!(closed(&mut raw));
+            let took = t0.elapsed();
+            assert!(took >= l.head_timeout - Duration::from_millis(50), "{took:?}");
+            assert!(took < l.idle_timeout, "{took:?}");
+        }
+        // The listener still serves.
+        let mut t = tls_connect(&s, &c);
+        send(&mut t, b"GET /hello HTTP/1.1\r\n\r\n");
+        assert_eq!(response(&mut t).0, 200);
+    }
+
+    #[test]
+    fn plain_http_to_the_tls_listener_gets_a_plain_400_that_says_https() {
+        let c = certs("plain");
+        let s = start_with(limits(), Some(c.server.clone()));
+        let (status, body) = ask(&s, b"GET /hello HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 400);
+        assert!(String::from_utf8_lossy(&body).contains("https://"));
+        // Garbage that is neither: closed after rustls's alert.
+        let mut raw = connect(&s);
+        raw.write_all(b"\x00\x01\x02\x03\x04\x05\x06\x07").unwrap();
+        assert!(closed(&mut raw));
+    }
+
+    #[test]
+    fn tls_clients_over_their_limit_get_a_503_inside_the_session() {
+        let c = certs("limit");
+        let s = start_with(
+            Limits {
+                max_per_client: 2,
+                ..limits()
+            },
+            Some(c.server.clone()),
+        );
+        let mut a = tls_connect(&s, &c);
+        let _b = tls_connect(&s, &c);
+        let mut third = tls_connect(&s, &c);
+        let (status, body) = response(&mut third);
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&body).contains("per client"));
+        // The first two still work.
+        send(&mut a, b"GET /hello HTTP/1.1\r\n\r\n");
+        assert_eq!(response(&mut a).0, 200);
     }
 }
