@@ -72,6 +72,12 @@ impl KeySet {
     /// Reads `<state-dir>/auth/keys.json`, creating it (and the `auth` directory,
     /// 0700) when there is none.
     pub fn load_or_create(state_dir: &Path, now: u64) -> Result<KeySet, AuthError> {
+        Self::load_or_create_with(state_dir, now, rand::random(), &new_id())
+    }
+
+    /// [`KeySet::load_or_create`] with the key and kid given, should it create one
+    /// (fixtures and fuzzing need a known kid).
+    pub fn load_or_create_with(state_dir: &Path, now: u64, seed: [u8; 32], kid: &str) -> Result<KeySet, AuthError> {
         let dir = auth_dir(state_dir)?;
         let path = dir.join(FILE);
         match std::fs::read(&path) {
@@ -79,7 +85,7 @@ impl KeySet {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&path, "reading", e)),
         }
-        let text = generate(now)?;
+        let text = generate(now, seed, kid)?;
         let tmp = dir.join(format!(".{FILE}.{}.{}", std::process::id(), new_id()));
         let written = write_new(&tmp, text.as_bytes());
         let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
@@ -136,15 +142,13 @@ pub fn sync_dir(dir: &Path) {
 }
 
 /// A new keyset with one fresh Ed25519 key, as the file's text.
-fn generate(now: u64) -> Result<String, AuthError> {
-    let seed: [u8; 32] = rand::random();
+fn generate(now: u64, seed: [u8; 32], kid: &str) -> Result<String, AuthError> {
     let key = SigningKey::from_bytes(&seed);
-    let kid = new_id();
     let file = KeyFile {
         version: 1,
-        active: kid.clone(),
+        active: kid.into(),
         keys: vec![StoredKey {
-            kid,
+            kid: kid.into(),
             alg: "EdDSA".into(),
             created_at: rfc3339(now),
             seed: hex(&seed),
