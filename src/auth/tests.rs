@@ -579,3 +579,19 @@ fn identity_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Identity>();
 }
+
+#[test]
+fn logout_with_a_service_account_token_revokes_it() {
+    let f = Fixture::new("logout-sa");
+    let a = f.id.create_account("ui", "", Role::Readonly, "admin").unwrap();
+    let (meta, tok) =
+        f.id.mint_account_token(&a.id, "cookie", None, false, None, "admin")
+            .unwrap();
+    let c = f.id.verify(&tok).unwrap();
+    f.id.logout(None, Some(&c)).unwrap();
+    assert_eq!(why(f.id.verify(&tok)), "jwt revoked");
+    let t = f.id.tokens(&a.id).unwrap();
+    assert_eq!((t[0].id.as_str(), t[0].status.as_str()), (meta.id.as_str(), "revoked"));
+    assert!(f.id.state.read().revoked.is_empty(), "kept in the token's metadata");
+    f.id.logout(Some("not-a-refresh-token"), None).unwrap();
+}
