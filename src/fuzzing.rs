@@ -651,6 +651,40 @@ pub fn dns(data: &[u8]) {
     }
 }
 
+/// The kid of the fuzz identity's keyset (the corpus signs with another key under
+/// it, so inputs reach the signature check).
+pub const TOKEN_KID: &str = "fuzz-kid";
+
+/// One identity per process, on a state directory of its own with a known kid.
+fn identity() -> &'static crate::auth::Identity {
+    static ID: OnceLock<crate::auth::Identity> = OnceLock::new();
+    ID.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tunloom-fuzz-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::auth::keys::KeySet::load_or_create_with(&dir, 0, [0x42; 32], TOKEN_KID).expect("fuzz keyset");
+        crate::auth::Identity::open(&dir, crate::auth::Settings::default()).expect("fuzz identity")
+    })
+}
+
+/// Tokens: arbitrary bytes as a bearer token, a refresh token, a duration and a
+/// role. Nothing arbitrary verifies or refreshes (a forger would need the key), and
+/// nothing panics.
+pub fn token(data: &[u8]) {
+    let id = identity();
+    let text = String::from_utf8_lossy(data);
+    match id.verify(&text) {
+        Ok(c) => panic!("an arbitrary token verified: {c:?}"),
+        Err(e) => assert!(e.status() == 401, "verify answered {} ({e})", e.status()),
+    }
+    assert!(id.refresh(&text).is_err(), "an arbitrary refresh token was accepted");
+    if let Ok(d) = crate::auth::parse_duration(&text) {
+        assert!(d.as_secs() <= 999_999_999_999 * 86400);
+    }
+    if let Ok(r) = text.parse::<crate::auth::Role>() {
+        assert_eq!(r.as_str(), text, "a role is its name");
+    }
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("inside", inside),
     ("outside", outside),
@@ -662,6 +696,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http", http),
     ("dns", dns),
     ("networks", networks),
+    ("token", token),
 ];
 
 #[cfg(test)]

@@ -44,6 +44,9 @@
 //! - [`peers`]: the peer control protocol — a pure table and the driver that owns its
 //!   socket.
 //!
+//! - [`auth`]: identity — users, service accounts, EdDSA bearer tokens, refresh
+//!   tokens, the failed-login limit; its own store; no HTTP.
+//!
 //! Around both: [`app`] assembles the daemon, [`config`] validates the file into each
 //! part's settings, [`telemetry`] counts, [`names`] holds the naming rules, and
 //! [`sys`] makes every raw system call — the only module with `unsafe`. The modules
@@ -55,6 +58,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod dataplane;

@@ -1,5 +1,6 @@
 //! The `tunloom` command: `run` (the daemon), `lab` (measure an overlay in
-//! namespaces), `check` (validate a configuration).
+//! namespaces), `check` (validate a configuration), `state` (check or back up the
+//! state), `auth` (mint a token offline).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -105,6 +106,48 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StateCmd,
     },
+    /// Identity: tokens for the management API.
+    Auth {
+        #[command(subcommand)]
+        cmd: AuthCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a token with this node's signing key, offline: for automation and
+    /// recovery. Prints only the token. Needs no running daemon and works while one
+    /// runs on the state directory (the keyset file is all it reads); on a state
+    /// directory without a keyset it creates one (0600), which the daemon then uses.
+    #[command(
+        after_help = "Example:\n  TOKEN=$(tunloom auth token mint --sub ops --role admin --ttl 30m)\n  curl -s -H \"Authorization: Bearer $TOKEN\" 127.0.0.1:6786/api/v1/auth/whoami"
+    )]
+    Mint {
+        /// The token's subject (`sub`).
+        #[arg(long, value_name = "NAME")]
+        sub: String,
+        /// `admin` or `readonly`.
+        #[arg(long, value_name = "ROLE", value_parser = parse_role)]
+        role: tunloom::auth::Role,
+        /// Lifetime: 45 or 3600s (seconds), 30m, 12h, 90d.
+        #[arg(long, value_name = "DURATION", value_parser = tunloom::auth::parse_duration)]
+        ttl: Duration,
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tunloom")]
+        state_dir: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<tunloom::auth::Role, String> {
+    s.parse()
 }
 
 #[derive(Subcommand)]
@@ -263,6 +306,30 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("tunloom: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Auth {
+            cmd:
+                AuthCmd::Token {
+                    cmd:
+                        TokenCmd::Mint {
+                            sub,
+                            role,
+                            ttl,
+                            state_dir,
+                        },
+                },
+        } => {
+            init_logging("warn");
+            match tunloom::auth::mint_offline(&state_dir, &sub, role, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunloom auth token mint: {e}");
                     ExitCode::FAILURE
                 }
             }

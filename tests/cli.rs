@@ -277,8 +277,77 @@ fn stops_cleanly(ns: &Netns, dir: &TempDir, p: Proc, name: &str, signal: Signal)
     );
 }
 
+/// `tunloom auth token mint` on a fresh state directory: it creates the keyset
+/// (0600), prints only the token, and the identity the daemon opens there accepts it;
+/// bad arguments are one line on stderr and a non-zero exit.
+fn auth_token_mint_offline() {
+    use std::os::unix::fs::PermissionsExt;
+    use tunloom::auth::{Identity, Role, Settings};
+    let dir = TempDir::new(&format!("tunloom-cli-auth-{}", std::process::id())).unwrap();
+    let state = dir.0.join("state");
+    let state_arg = state.to_str().unwrap();
+    let o = tunloom(&[
+        "auth",
+        "token",
+        "mint",
+        "--sub",
+        "ops",
+        "--role",
+        "admin",
+        "--ttl",
+        "30m",
+        "--state-dir",
+        state_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let token = out.trim_end_matches('\n');
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let keys = state.join("auth/keys.json");
+    let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&keys).unwrap();
+    let o = tunloom(&[
+        "auth",
+        "token",
+        "mint",
+        "--sub",
+        "ci",
+        "--role",
+        "readonly",
+        "--ttl",
+        "3600",
+        "--state-dir",
+        state_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(std::fs::read(&keys).unwrap(), before, "the keyset is made once");
+    let id = Identity::open(&state, Settings::default()).unwrap();
+    let c = id.verify(token).unwrap();
+    assert_eq!(
+        (c.sub.as_str(), c.role(), c.exp.unwrap() - c.iat),
+        ("ops", Role::Admin, 1800)
+    );
+    assert_eq!(id.verify(second.trim()).unwrap().role(), Role::Readonly);
+    for (args, word) in [
+        (["--role", "root", "--ttl", "30m"], "root"),
+        (["--role", "admin", "--ttl", "30x"], "30x"),
+        (["--role", "admin", "--ttl", "0"], "ttl"),
+    ] {
+        let mut all = vec!["auth", "token", "mint", "--sub", "x", "--state-dir", state_arg];
+        all.extend(args);
+        let o = tunloom(&all);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(stderr(&o).contains(word), "{args:?}: {}", stderr(&o));
+    }
+}
+
 fn main() -> std::process::ExitCode {
     common::main(&[
+        ("auth_token_mint_offline", Needs::Nothing, auth_token_mint_offline),
         (
             "configuration_promises_are_kept",
             Needs::Nothing,

@@ -762,6 +762,7 @@ fn write_seed_corpus() {
         ("config", seeds_config()),
         ("http", seeds_http()),
         ("dns", seeds_dns()),
+        ("token", seeds_token()),
     ];
     for (target, seeds) in all {
         let d = dir("corpus", target);
@@ -929,4 +930,78 @@ fn seeds_dns() -> Vec<(&'static str, Vec<u8>)> {
             with(9, answer("www.example.com", Rcode::SERVFAIL, false)),
         ),
     ]
+}
+
+/// Tokens under the fuzz identity's kid signed by another key, the classic forgeries
+/// (`alg: none`, HS256 with the public key as secret), refresh tokens and durations.
+fn seeds_token() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::auth::keys::KeySet;
+    use crate::auth::{Claims, Role};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let dir = crate::testkit::TempDir::new("token-seeds");
+    let other = KeySet::load_or_create_with(&dir.0, 0, [0x07; 32], super::TOKEN_KID).unwrap();
+    let claims = |sa: Option<&str>, exp: Option<u64>| Claims {
+        iss: "tunloom".into(),
+        aud: "tunloom-api".into(),
+        sub: "admin".into(),
+        iat: 1_770_000_000,
+        exp,
+        jti: "0f8c6f1e-5b6a-4c1d-9f1e-2a3b4c5d6e7f".into(),
+        roles: vec![Role::Admin.as_str().into()],
+        sa_id: sa.map(Into::into),
+    };
+    let signed = |c: &Claims| {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(super::TOKEN_KID.into());
+        h.typ = Some("JWT".into());
+        jsonwebtoken::encode(&h, c, other.signing_key()).unwrap().into_bytes()
+    };
+    let user = signed(&claims(None, Some(4_000_000_000)));
+    let text = String::from_utf8(user.clone()).unwrap();
+    let parts: Vec<&str> = text.split('.').collect();
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(super::TOKEN_KID.into());
+    let hs256 = jsonwebtoken::encode(&hs, &claims(None, None), &EncodingKey::from_secret(&[0x42; 32]))
+        .unwrap()
+        .into_bytes();
+    // {"alg":"none","typ":"JWT","kid":"fuzz-kid"}
+    let none = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiZnV6ei1raWQifQ.{}.",
+        parts[1]
+    );
+    vec![
+        ("foreign-signature-user", user.clone()),
+        (
+            "foreign-signature-eternal-sa",
+            signed(&claims(Some("5d1f0e6a-0000-4000-8000-000000000001"), None)),
+        ),
+        ("alg-none", none.into_bytes()),
+        ("hs256", hs256),
+        ("no-signature", format!("{}.{}.", parts[0], parts[1]).into_bytes()),
+        (
+            "refresh-shaped",
+            format!("0f8c6f1e-5b6a-4c1d-9f1e-2a3b4c5d6e7f.{}", "ab".repeat(32)).into_bytes(),
+        ),
+        ("garbage", b"\x00\xff not a token".to_vec()),
+        ("duration-30m", b"30m".to_vec()),
+        ("duration-seconds", b"3600".to_vec()),
+        ("role-readonly", b"readonly".to_vec()),
+    ]
+}
+
+/// The token seeds get as far as they were made to: the foreign signatures to the
+/// signature check, the forgeries to the algorithm check.
+#[test]
+fn token_seeds_reach_the_signature_check() {
+    let id = super::identity();
+    let why = |name: &str| {
+        let seeds: std::collections::HashMap<_, _> = seeds_token().into_iter().collect();
+        id.verify(std::str::from_utf8(&seeds[name]).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(why("foreign-signature-user"), "invalid jwt signature");
+    assert_eq!(why("foreign-signature-eternal-sa"), "invalid jwt signature");
+    assert_eq!(why("hs256"), "unsupported jwt algorithm");
+    assert_eq!(why("no-signature"), "invalid jwt signature");
 }
