@@ -23,9 +23,14 @@ const CLIENTS: usize = 16;
 /// starts of its requests (zero: none); every request's latency in µs.
 fn clients(ns: &str, secs: u64, gap: Duration) -> Histogram<u64> {
     let stop = Arc::new(AtomicBool::new(false));
+    // Authenticated, as every client of this API is: each request's token is verified.
+    let bearer = format!(
+        "Bearer {}",
+        tunloom_lab::testbed::admin_token(ns).expect("an admin token (tunloom auth token mint)")
+    );
     let threads: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (ns, stop) = (ns.to_string(), stop.clone());
+            let (ns, stop, bearer) = (ns.to_string(), stop.clone(), bearer.clone());
             std::thread::spawn(move || {
                 tunloom_lab::netns::enter(&ns).expect("enter the namespace");
                 let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -43,6 +48,7 @@ fn clients(ns: &str, secs: u64, gap: Duration) -> Histogram<u64> {
                     let t0 = Instant::now();
                     let mut r = agent
                         .get("http://127.0.0.1:6786/api/v1/stats")
+                        .header("Authorization", &bearer)
                         .call()
                         .expect("GET /api/v1/stats");
                     let body = r.body_mut().read_to_vec().expect("a body");

@@ -104,7 +104,10 @@ fn configuration_promises_are_kept() {
         // The Weave face has no authentication: loopback only, unless opted in.
         ("[api]\nweave_listen = \"0.0.0.0:6784\"\n", "api.allow_unauthenticated"),
         ("[api]\nlibnetwork_listen = \"0.0.0.0:6785\"\n", "api.libnetwork_listen"),
-        ("[api]\nlisten = \"0.0.0.0:6786\"\n", "api.listen"),
+        (
+            "[auth]\nadmin_password_file = \"relative.pw\"\n",
+            "auth.admin_password_file",
+        ),
         (
             "[api]\nlibnetwork_listen = \"127.0.0.1:6784\"\n",
             "api.libnetwork_listen",

@@ -29,6 +29,10 @@ fn the_served_api_never_answers_with_a_server_error() {
     .unwrap();
     h.start().unwrap();
     let st = schemathesis();
+    // The management face with an admin token (minted offline, as an operator would),
+    // so schemathesis reaches past the gate; the other faces have no authentication.
+    let token = tunloom_lab::testbed::admin_token(&h.ns.name).expect("tunloom auth token mint works");
+    let bearer = format!("Authorization: Bearer {token}");
     // Each face on its own port: the management face's paths, then the rest.
     for (base, filter) in [
         (
@@ -58,6 +62,8 @@ fn the_served_api_never_answers_with_a_server_error() {
                     "7",
                     "--request-timeout",
                     "10",
+                    "--header",
+                    &bearer,
                 ],
             )
             .env("SCHEMATHESIS_HOOKS", "")

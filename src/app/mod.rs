@@ -54,6 +54,8 @@ pub enum StartError {
     Model(#[from] OpenError),
     #[error("state directory {path}: {message}")]
     StateDir { path: PathBuf, message: String },
+    #[error("identity: {0}")]
+    Identity(#[from] crate::auth::AuthError),
     #[error("preparing container attachments' routing: {0}")]
     Host(#[from] crate::host::HostError),
     #[error("config: {0}")]
@@ -121,6 +123,10 @@ impl Daemon {
         let lock = lock_state_dir(state_dir)?;
         // The state first: a damaged one stops the start before anything is made.
         let store = RedbStore::open(state_dir)?;
+        // Users, tokens and service accounts: the first start makes the signing key
+        // and the admin user (its password from auth.admin_password_file, or
+        // generated into <state-dir>/admin-password, which the log names).
+        let identity = Arc::new(crate::auth::Identity::open(state_dir, settings.auth.clone())?);
         // The management listener's certificate, made in the state directory the
         // first time when self-signed: a bad one stops the start here too.
         let tls = control::tls::load(&settings.api.tls, settings.api.listen, state_dir)?;
@@ -155,11 +161,6 @@ impl Daemon {
         let libnetwork_listen = settings.api.libnetwork_listen;
         if settings.api.unauthenticated_exposed {
             for (face, addr, can) in [
-                (
-                    "MANAGEMENT",
-                    settings.api.listen,
-                    "create networks and attach containers (Container Station API)",
-                ),
                 (
                     "WEAVE",
                     weave_listen,
@@ -348,6 +349,8 @@ impl Daemon {
             model: model.clone(),
             workers: stats.clone(),
             registry: Arc::new(registry),
+            identity: identity.clone(),
+            tls: settings.api.tls_enabled(),
             dataplane: management::DataplaneInfo {
                 tun: d.tun_name.clone(),
                 mtu: d.mtu,

@@ -60,7 +60,7 @@ pub fn backup(state_dir: &Path, to: &Path, api: SocketAddr) -> Result<Checked, S
         return Err(StateError::NotEmpty(to.display().to_string()));
     }
     let (entries, revision) = if super::state_dir_in_use(state_dir) {
-        from_api(api)?
+        from_api(api, state_dir)?
     } else {
         RedbStore::open(state_dir)?.range("")?
     };
@@ -73,8 +73,17 @@ pub fn backup(state_dir: &Path, to: &Path, api: SocketAddr) -> Result<Checked, S
 }
 
 /// The running daemon's state, read in one transaction.
-fn from_api(api: SocketAddr) -> Result<(Vec<Entry>, Revision), StateError> {
+fn from_api(api: SocketAddr, state_dir: &Path) -> Result<(Vec<Entry>, Revision), StateError> {
     let fail = |message: String| StateError::Api { api, message };
+    // A short readonly token from the node's own signing key: whoever may read the
+    // state directory may read the state.
+    let token = crate::auth::mint_offline(
+        state_dir,
+        "tunloom-state-backup",
+        crate::auth::Role::Readonly,
+        std::time::Duration::from_secs(300),
+    )
+    .map_err(|e| fail(format!("minting a token from {}: {e}", state_dir.display())))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(60)))
         .http_status_as_error(false)
@@ -82,6 +91,7 @@ fn from_api(api: SocketAddr) -> Result<(Vec<Entry>, Revision), StateError> {
         .into();
     let mut resp = agent
         .get(&format!("http://{api}/api/v1/state/backup"))
+        .header("Authorization", &format!("Bearer {token}"))
         .call()
         .map_err(|e| fail(e.to_string()))?;
     let status = resp.status().as_u16();

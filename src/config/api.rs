@@ -83,17 +83,7 @@ pub struct Api {
     pub tls: Tls,
 }
 
-/// Where the management listener's certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tls {
-    /// Plain HTTP.
-    Off,
-    /// `api.tls_cert_file` and `api.tls_key_file`.
-    Files { cert: PathBuf, key: PathBuf },
-    /// `api.tls = "self-signed"`: made once into `<state-dir>/tls/`
-    /// ([`crate::control::tls`]).
-    SelfSigned,
-}
+pub use crate::control::tls::Tls;
 
 impl Api {
     /// Whether the management listener speaks TLS (so its cookies may be `Secure`).
@@ -110,10 +100,9 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 impl ApiSection {
     pub fn validate(&self) -> Result<Api, Invalid> {
-        // The management listener carries the Container Station face's writes, and
-        // there is no authentication yet: it is held to loopback like the others.
+        // The management listener authenticates every route but a few public ones;
+        // these two have no authentication, as their originals have none.
         let open = [
-            ("api.listen", "management", self.listen),
             ("api.weave_listen", "Weave", self.weave_listen),
             ("api.libnetwork_listen", "libnetwork", self.libnetwork_listen),
         ];

@@ -16,6 +16,7 @@
 //! machine and tests and fuzz targets answer themselves.
 
 pub mod api;
+pub mod auth;
 pub mod control;
 pub mod dataplane;
 pub mod dns;
@@ -154,6 +155,8 @@ pub struct Config {
     #[serde(default)]
     pub dns: dns::DnsSection,
     #[serde(default)]
+    pub auth: auth::AuthSection,
+    #[serde(default)]
     pub networks: networks::NetworksSection,
     #[serde(default)]
     pub egress: networks::EgressSection,
@@ -170,6 +173,7 @@ pub struct Settings {
     pub api: api::Api,
     pub model: model::Settings,
     pub dns: crate::dns::Settings,
+    pub auth: crate::auth::Settings,
 }
 
 impl Config {
@@ -243,6 +247,7 @@ impl Config {
         let ipam = self.ipam.validate()?;
         let networks = networks::validate(&self.networks, &self.egress, ipam.range)?;
         let api = self.api.validate()?;
+        let auth = self.auth.validate()?;
         let dns = self.dns.validate(env)?;
         let static_peers = control::static_peers(&self.peers, c.port)?;
         let node = self.node.validate(env)?;
@@ -301,6 +306,7 @@ impl Config {
             api,
             model,
             dns,
+            auth,
         })
     }
 }

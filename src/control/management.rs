@@ -5,7 +5,7 @@
 //! [`Management`], holds exactly those. Later issues grow it into the full
 //! management API over the same router.
 
-use super::router::{open_gate, Ctx, ErrorStyle, Response, Router};
+use super::router::{Ctx, ErrorStyle, Response, Router};
 use crate::dataplane::device::Steering;
 use crate::dataplane::stats::{self, WorkerStats};
 use crate::dataplane::Offloads;
@@ -36,6 +36,20 @@ pub struct Management {
     pub registry: Arc<Registry>,
     pub dataplane: DataplaneInfo,
     pub started: Instant,
+    /// Users, tokens and service accounts: what the gate checks credentials against.
+    pub identity: Arc<crate::auth::Identity>,
+    /// The listener speaks TLS (session cookies get `Secure`).
+    pub tls: bool,
+}
+
+impl super::identity::HasIdentity for Management {
+    fn identity(&self) -> &Arc<crate::auth::Identity> {
+        &self.identity
+    }
+
+    fn tls(&self) -> bool {
+        self.tls
+    }
 }
 
 /// The dataplane as it was set up.
@@ -58,9 +72,8 @@ impl AsRef<Model> for Management {
 }
 
 pub fn router() -> Router<Management> {
-    // No authentication yet: the listener is loopback by default. The identity
-    // issue puts its token gate here; /health and the document stay public.
-    let mut r = Router::new(ErrorStyle::Json, open_gate());
+    // Every route needs a token but health, readiness, the document and the logins.
+    let mut r = Router::new(ErrorStyle::Json, super::identity::token_gate());
     r.add_public("GET", "/health", health)
         .add_public("GET", "/ready", ready)
         .add("GET", "/api/v1/stats", stats_handler)
@@ -68,6 +81,7 @@ pub fn router() -> Router<Management> {
         .add("GET", "/api/v1/dns-cache", dns_cache)
         .add_public("GET", "/api/v1/openapi.json", openapi);
     super::container_station::mount(&mut r);
+    super::identity::mount(&mut r);
     r
 }
 

@@ -11,6 +11,9 @@
 //!   (seed 002), on the management listener.
 //! - [`libnetwork`]: the 2015 libnetwork API (seed 001), on a loopback listener of
 //!   its own.
+//! - [`identity`]: the management listener's token gate, and the routes that hand
+//!   out and manage credentials (Weka's login, Neuwerk's sessions and service
+//!   accounts, Container Station's login).
 //! - [`tls`]: the management listener's certificate (files, or a self-signed CA
 //!   kept in the state directory) and its rustls configuration.
 //! - [`metrics`]: `/metrics` for Prometheus, on a listener of its own, from the
@@ -23,6 +26,7 @@
 
 pub mod container_station;
 pub mod http;
+pub mod identity;
 pub mod libnetwork;
 pub mod management;
 pub mod metrics;

@@ -13,13 +13,15 @@ use serde::Serialize;
 use std::net::SocketAddr;
 
 /// Who a request comes from, as the face's gate established it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// The local operator, on a face without authentication of its own that only
     /// listens on loopback: allowed everything.
     Local,
     /// Nobody: no credentials were presented. Allowed public routes only.
     Anonymous,
+    /// The holder of a verified token: reads with any role, writes with admin.
+    Token(Box<crate::auth::Claims>),
 }
 
 /// What a route requires of the principal.
@@ -39,6 +41,8 @@ impl Principal {
             (_, Permission::Public) => true,
             (Principal::Local, _) => true,
             (Principal::Anonymous, _) => false,
+            (Principal::Token(_), Permission::Read) => true,
+            (Principal::Token(c), Permission::Write) => c.is_admin(),
         }
     }
 }
@@ -362,10 +366,11 @@ impl<S> Router<S> {
                     (Err(refusal), _) => return refusal,
                 };
                 if !principal.may(m.need) {
-                    return self.error(
-                        403,
-                        &format!("{} {} needs {:?} permission", req.method, req.path, m.need),
-                    );
+                    let why = match m.need {
+                        Permission::Write => "admin role required".to_string(),
+                        _ => format!("{} {} needs {:?} permission", req.method, req.path, m.need),
+                    };
+                    return self.error(403, &why);
                 }
                 let ctx = Ctx { req, params, principal };
                 return (m.handler)(state, &ctx);

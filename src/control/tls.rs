@@ -22,7 +22,17 @@
 //! Keys are ECDSA P-256; the protocol versions are TLS 1.3 and 1.2 with rustls's safe
 //! defaults, over the `ring` provider; ALPN offers `http/1.1` only.
 
-use crate::config::api::Tls;
+/// Where the management listener's certificate comes from (`[api]`: `tls`,
+/// `tls_cert_file`, `tls_key_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP.
+    Off,
+    /// `api.tls_cert_file` and `api.tls_key_file`.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `api.tls = "self-signed"`: made once into `<state-dir>/tls/`.
+    SelfSigned,
+}
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
