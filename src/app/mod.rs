@@ -340,6 +340,13 @@ impl Daemon {
                 log::error!("peer control stopped: {e}");
             }
         })?);
+        if let (Some(stored), Some(configured)) = (model.performance_mode(), settings.api.performance_mode) {
+            if stored != configured {
+                log::warn!(
+                    "api.performance_mode = {configured}, but {stored} was set through the API and is kept in the state: the API's value holds (PUT /api/v1/settings/performance-mode to change it)"
+                );
+            }
+        }
         let face = management::Management {
             node: management::NodeInfo {
                 name: settings.node.name.clone(),
@@ -351,6 +358,7 @@ impl Daemon {
             registry: Arc::new(registry),
             identity: identity.clone(),
             tls: settings.api.tls_enabled(),
+            performance_mode: settings.api.performance_mode,
             dataplane: management::DataplaneInfo {
                 tun: d.tun_name.clone(),
                 mtu: d.mtu,

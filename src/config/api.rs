@@ -37,6 +37,9 @@ pub struct ApiSection {
     /// PEM certificate (chain, leaf first) and key for the management listener.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// Performance mode (seed 003) as configured: unset, the built-in default (on)
+    /// holds; a value written through the API wins over both.
+    pub performance_mode: Option<bool>,
 }
 
 impl Default for ApiSection {
@@ -62,6 +65,7 @@ impl Default for ApiSection {
             tls: None,
             tls_cert_file: None,
             tls_key_file: None,
+            performance_mode: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Api {
     /// What the management listener (`listen`) serves TLS with; every other
     /// listener is plain HTTP.
     pub tls: Tls,
+    /// `api.performance_mode` when set explicitly.
+    pub performance_mode: Option<bool>,
 }
 
 pub use crate::control::tls::Tls;
@@ -172,6 +178,7 @@ impl ApiSection {
                 ..Limits::default()
             },
             tls,
+            performance_mode: self.performance_mode,
         })
     }
 

@@ -40,6 +40,8 @@ pub struct Management {
     pub identity: Arc<crate::auth::Identity>,
     /// The listener speaks TLS (session cookies get `Secure`).
     pub tls: bool,
+    /// `api.performance_mode` when the configuration sets it.
+    pub performance_mode: Option<bool>,
 }
 
 impl super::identity::HasIdentity for Management {
@@ -79,6 +81,8 @@ pub fn router() -> Router<Management> {
         .add("GET", "/api/v1/stats", stats_handler)
         .add("GET", "/api/v1/state/backup", backup)
         .add("GET", "/api/v1/dns-cache", dns_cache)
+        .add("GET", "/api/v1/settings/performance-mode", get_performance_mode)
+        .add("PUT", "/api/v1/settings/performance-mode", put_performance_mode)
         .add_public("GET", "/api/v1/openapi.json", openapi);
     super::container_station::mount(&mut r);
     super::identity::mount(&mut r);
@@ -235,6 +239,45 @@ fn dns_cache(s: &Management, _: &Ctx) -> Response {
         .map(|(hostname, ips, last_seen)| json!({"hostname": hostname, "ips": ips, "last_seen": last_seen}))
         .collect();
     Response::json(200, &json!({ "entries": entries }))
+}
+
+/// Performance mode and where its value comes from: written through the API (kept
+/// in the state), else `api.performance_mode`, else the built-in default (on).
+/// tunloom has no audit or wiretap routes yet, so the flag is stored and reported
+/// and nothing else depends on it.
+pub fn performance_mode(s: &Management) -> (bool, &'static str) {
+    match (s.model.performance_mode(), s.performance_mode) {
+        (Some(on), _) => (on, "api"),
+        (None, Some(on)) => (on, "config"),
+        (None, None) => (true, "default"),
+    }
+}
+
+fn performance_mode_response(s: &Management) -> Response {
+    let (enabled, source) = performance_mode(s);
+    Response::json(200, &json!({"enabled": enabled, "source": source}))
+}
+
+fn get_performance_mode(s: &Management, _: &Ctx) -> Response {
+    performance_mode_response(s)
+}
+
+/// The body of `PUT /api/v1/settings/performance-mode`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceMode {
+    pub enabled: bool,
+}
+
+fn put_performance_mode(s: &Management, c: &Ctx) -> Response {
+    let body: PerformanceMode = match serde_json::from_slice(&c.req.body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, &format!("invalid json: {e}")),
+    };
+    match s.model.set_performance_mode(body.enabled) {
+        Ok(()) => performance_mode_response(s),
+        Err(e) => Response::error(503, &format!("storing performance mode: {e}")),
+    }
 }
 
 fn stats_handler(s: &Management, _: &Ctx) -> Response {

@@ -135,6 +135,8 @@ pub(crate) struct State {
     yielded: Vec<Ipv4Net>,
     /// Container networks and their endpoints.
     networks: network::Networks,
+    /// Performance mode as written through the API; `None` if it never was.
+    performance_mode: Option<bool>,
 }
 
 /// What the Weave status page shows.
@@ -296,6 +298,7 @@ impl Model {
                 taken,
                 yielded,
                 networks: network::restore(&rows),
+                performance_mode: meta(Meta::PerformanceMode).and_then(|v| v.parse().ok()),
             }),
             store: Committer::start(store, commits),
             settings,
@@ -461,6 +464,25 @@ impl Model {
     /// Whether a commit failed, so that writes are refused until restart.
     pub fn store_failed(&self) -> bool {
         self.store.failed()
+    }
+
+    /// Performance mode as written through the management API; `None` if it never
+    /// was (the configuration or the default decides then).
+    pub fn performance_mode(&self) -> Option<bool> {
+        self.state.lock().performance_mode
+    }
+
+    /// Stores performance mode; returns once it is durable.
+    pub fn set_performance_mode(&self, enabled: bool) -> Result<(), Error> {
+        self.write(|st| {
+            let row = Row::Meta(Meta::PerformanceMode, enabled.to_string());
+            let before = st.performance_mode.replace(enabled);
+            if before == Some(enabled) {
+                return Ok(txn::Change::guarded((), row.stored()));
+            }
+            let undo = move |st: &mut State| st.performance_mode = before;
+            Ok(txn::Change::stored((), Txn::ops(vec![row.put()]), undo))
+        })
     }
 
     pub fn status(&self) -> Status {

@@ -4,7 +4,7 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `meta/` | `range`, `default_subnet`, `domain` | the setting as text |
+//! | `meta/` | `range`, `default_subnet`, `domain`, `performance_mode` | the setting as text |
 //! | `peers/` | a control address (`198.18.0.2:6783`) | empty |
 //! | `allocations/` | an address (`10.32.0.2`) | `<prefix length> <container id>` |
 //! | `blocks/` | an IPAM block taken over from a removed peer | empty |
@@ -44,6 +44,8 @@ pub enum Meta {
     Range,
     DefaultSubnet,
     Domain,
+    /// Performance mode as written through the management API (`true`/`false`).
+    PerformanceMode,
 }
 
 impl Meta {
@@ -52,6 +54,7 @@ impl Meta {
             Meta::Range => "range",
             Meta::DefaultSubnet => "default_subnet",
             Meta::Domain => "domain",
+            Meta::PerformanceMode => "performance_mode",
         }
     }
 }
@@ -148,7 +151,7 @@ impl Row {
         };
         let k = e.key.as_str();
         let row = if let Some(name) = k.strip_prefix(META) {
-            let m = [Meta::Range, Meta::DefaultSubnet, Meta::Domain]
+            let m = [Meta::Range, Meta::DefaultSubnet, Meta::Domain, Meta::PerformanceMode]
                 .into_iter()
                 .find(|m| m.name() == name)
                 .ok_or_else(bad)?;

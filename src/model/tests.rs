@@ -82,6 +82,24 @@ fn everything_comes_back_after_a_restart() {
 }
 
 #[test]
+fn performance_mode_is_unset_until_written_and_survives_a_restart() {
+    let d = dir("perf");
+    {
+        let m = open(&d.0);
+        assert_eq!(m.performance_mode(), None);
+        m.set_performance_mode(false).unwrap();
+        assert_eq!(m.performance_mode(), Some(false));
+        // Writing the same value again is answered, and changes nothing.
+        m.set_performance_mode(false).unwrap();
+    }
+    let m = open(&d.0);
+    assert_eq!(m.performance_mode(), Some(false));
+    m.set_performance_mode(true).unwrap();
+    drop(m);
+    assert_eq!(open(&d.0).performance_mode(), Some(true));
+}
+
+#[test]
 fn a_changed_range_with_allocations_is_refused() {
     let d = dir("range");
     {
