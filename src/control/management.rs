@@ -350,6 +350,18 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
         })
         .collect();
     let d = &s.dataplane;
+    let totals = json!(total.counters);
+    let counter = |name: &str| totals[name].as_u64().unwrap_or(0);
+    let count = |state: &str| st.peers.iter().filter(|p| p.state_name() == state).count();
+    let cluster = json!({
+        "node": s.node.name,
+        "peers": st.peers.len(),
+        "peers_up": count("up"),
+        "peers_down": count("down"),
+        "peers_unknown": count("unknown"),
+        "leader": null,
+        "note": "no leader election and no replicated state: every node decides for itself and peers exchange announcements",
+    });
     json!({
         "node": {
             "name": s.node.name,
@@ -366,7 +378,32 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
             "generation": published.load().generation,
             "offloads": d.offloads,
             "steering": d.steering,
+            // The seed's dataplane figures, from the totals below.
+            "packets": {
+                "from_tun": counter("inside_packets"),
+                "to_peers": counter("forwarded_packets"),
+                "from_peers": counter("outside_packets"),
+                "to_tun": counter("delivered_packets"),
+            },
+            "bytes": {
+                "from_tun": counter("inside_bytes"),
+                "to_peers": counter("forwarded_bytes"),
+                "from_peers": counter("outside_bytes"),
+                "to_tun": counter("delivered_bytes"),
+            },
+            "drops": total.total_drops(),
+            "flows": null,
+            "not_counted": "flows: tunloom forwards by route and keeps no connection table",
         },
+        "tls": {
+            "enabled": s.tls,
+            "not_counted": "handshakes and handshake failures on the management listener (each failure is logged); tunloom inspects no TLS in the dataplane",
+        },
+        "dhcp": {
+            "enabled": false,
+            "note": "tunloom has no DHCP server: containers get addresses from IPAM (see ipam)",
+        },
+        "cluster": cluster,
         "total": {
             "counters": total.counters,
             "drops": total.drops,
@@ -415,6 +452,15 @@ mod tests {
         assert!(!c.ok);
         assert_eq!(c.detail, "announcements not yet applied from a");
         assert!(peers_check(&[]).ok);
+    }
+
+    #[test]
+    fn performance_mode_request_body_is_strict() {
+        let ok: PerformanceMode = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
+        assert!(!ok.enabled);
+        for bad in [r#"{}"#, r#"{"enabled": "yes"}"#, r#"{"enabled": true, "x": 1}"#, "[]"] {
+            assert!(serde_json::from_str::<PerformanceMode>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
