@@ -177,10 +177,17 @@ enum StateCmd {
     },
 }
 
+/// env_logger to stderr, with the lines it writes also kept in memory for the
+/// sysdump (`tunloom::telemetry::recent_log`).
 fn init_logging(default: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+    use tunloom::telemetry::recent_log::{Tee, RECENT};
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp_millis()
-        .init();
+        .build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(Tee::new(logger, &RECENT))).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 fn signals() -> Arc<AtomicBool> {

@@ -359,6 +359,7 @@ impl Daemon {
             identity: identity.clone(),
             tls: settings.api.tls_enabled(),
             performance_mode: settings.api.performance_mode,
+            config: settings.file.clone(),
             dataplane: management::DataplaneInfo {
                 tun: d.tun_name.clone(),
                 mtu: d.mtu,

@@ -174,6 +174,43 @@ pub struct Settings {
     pub model: model::Settings,
     pub dns: crate::dns::Settings,
     pub auth: crate::auth::Settings,
+    /// The file as loaded, as JSON with its secrets redacted ([`redacted`]): what a
+    /// sysdump shows. `Null` until [`Config::parse_in`] sets it.
+    pub file: serde_json::Value,
+}
+
+/// What a redacted value reads.
+pub const REDACTED: &str = "<redacted>";
+
+/// The configuration text as JSON, every secret replaced by [`REDACTED`]: the value of
+/// any key whose name says secret, password, token or private key (`control.secret`),
+/// but not of one naming a file (`control.secret_file`, `auth.admin_password_file`:
+/// their paths are shown, their contents are never read for this). A text that is
+/// not TOML gives `Null`.
+pub fn redacted(text: &str) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    let k = k.to_ascii_lowercase();
+                    let secret = ["secret", "password", "token", "private"].iter().any(|w| k.contains(w));
+                    if secret && !k.ends_with("_file") {
+                        *v = serde_json::Value::String(REDACTED.into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(t) = toml::from_str::<toml::Table>(text) else {
+        return serde_json::Value::Null;
+    };
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    walk(&mut v);
+    v
 }
 
 impl Config {
@@ -214,11 +251,13 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        config.validate(env).map_err(|i| ConfigError::Invalid {
+        let mut settings = config.validate(env).map_err(|i| ConfigError::Invalid {
             path: path.to_owned(),
             key: i.key,
             message: i.message,
-        })
+        })?;
+        settings.file = redacted(text);
+        Ok(settings)
     }
 
     fn validate(&self, env: &dyn Env) -> Result<Settings, Invalid> {
@@ -307,6 +346,7 @@ impl Config {
             model,
             dns,
             auth,
+            file: serde_json::Value::Null,
         })
     }
 }
@@ -318,6 +358,22 @@ mod tests {
 
     fn parse(s: &str) -> Result<Settings, ConfigError> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn the_file_as_loaded_has_its_secrets_redacted() {
+        let text =
+            "[control]\nsecret = \"s3cret-s3cret\"\n[auth]\nadmin_password_file = \"/etc/pw\"\n[node]\nname = \"n1\"\n";
+        let s = parse(text).unwrap();
+        assert_eq!(s.file["control"]["secret"], REDACTED);
+        assert_eq!(s.file["auth"]["admin_password_file"], "/etc/pw");
+        assert_eq!(s.file["node"]["name"], "n1");
+        assert!(!s.file.to_string().contains("s3cret"));
+        assert_eq!(
+            redacted("[control]\nsecret_file = \"/k\"\n")["control"]["secret_file"],
+            "/k"
+        );
+        assert!(redacted("not toml [").is_null());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Management {
     pub tls: bool,
     /// `api.performance_mode` when the configuration sets it.
     pub performance_mode: Option<bool>,
+    /// The configuration file as loaded, secrets redacted (`config::redacted`).
+    pub config: serde_json::Value,
 }
 
 impl super::identity::HasIdentity for Management {
@@ -83,6 +85,7 @@ pub fn router() -> Router<Management> {
         .add("GET", "/api/v1/dns-cache", dns_cache)
         .add("GET", "/api/v1/settings/performance-mode", get_performance_mode)
         .add("PUT", "/api/v1/settings/performance-mode", put_performance_mode)
+        .add("POST", "/api/v1/support/sysdump/node", sysdump)
         .add_public("GET", "/api/v1/openapi.json", openapi);
     super::container_station::mount(&mut r);
     super::identity::mount(&mut r);
@@ -277,6 +280,82 @@ fn put_performance_mode(s: &Management, c: &Ctx) -> Response {
     match s.model.set_performance_mode(body.enabled) {
         Ok(()) => performance_mode_response(s),
         Err(e) => Response::error(503, &format!("storing performance mode: {e}")),
+    }
+}
+
+/// The largest sysdump document before compression. Past it, the log lines are cut
+/// to the last [`SYSDUMP_TRIMMED_LINES`] (and `log.truncated` says so).
+pub const SYSDUMP_MAX: usize = 8 << 20;
+/// How many log lines a sysdump over [`SYSDUMP_MAX`] keeps.
+pub const SYSDUMP_TRIMMED_LINES: usize = 50;
+
+/// What `POST /api/v1/support/sysdump/node` packs (before gzip): one JSON document
+/// with the configuration as loaded (secrets redacted), the statistics document, the
+/// peers, performance mode and the last log lines.
+pub fn sysdump_json(s: &Management) -> serde_json::Value {
+    let stats = stats_json(s);
+    let (enabled, source) = performance_mode(s);
+    let lines = crate::telemetry::recent_log::RECENT.lines();
+    json!({
+        "format": "tunloom-sysdump/1",
+        "node": s.node.name,
+        "created_at": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": s.config,
+        "performance_mode": {"enabled": enabled, "source": source},
+        "peers": stats["peers"],
+        "stats": stats,
+        "log": {
+            "source": format!(
+                "the last {} lines this process logged through the log crate (what RUST_LOG lets through to stderr), kept in memory; lines from before the logger started and other stderr output are not here",
+                crate::telemetry::recent_log::LINES
+            ),
+            "truncated": false,
+            "lines": lines,
+        },
+    })
+}
+
+/// The sysdump, gzip-compressed, under [`SYSDUMP_MAX`] before compression.
+pub fn sysdump_gzip(s: &Management) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut doc = sysdump_json(s);
+    let mut text = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
+    if text.len() > SYSDUMP_MAX {
+        if let Some(lines) = doc["log"]["lines"].as_array_mut() {
+            let cut = lines.len().saturating_sub(SYSDUMP_TRIMMED_LINES);
+            lines.drain(..cut);
+        }
+        doc["log"]["truncated"] = json!(true);
+        text = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&text)?;
+    gz.finish()
+}
+
+fn sysdump(s: &Management, _: &Ctx) -> Response {
+    let name: String = s
+        .node
+        .name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect();
+    match sysdump_gzip(s) {
+        Ok(body) => Response {
+            status: 200,
+            content_type: "application/gzip",
+            headers: Vec::new(),
+            body,
+        }
+        .with_header(
+            "Content-Disposition",
+            format!("attachment; filename=\"tunloom-sysdump-{name}.json.gz\""),
+        ),
+        Err(e) => Response::error(500, &format!("building the sysdump: {e}")),
     }
 }
 

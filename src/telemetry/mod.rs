@@ -10,8 +10,12 @@
 //!   the dataplane's per-worker stats are read beside it); the stats document renders
 //!   them as JSON and the metrics face as Prometheus text, both from here.
 //!
+//! - [`recent_log`] keeps the last lines logged, for the sysdump.
+//!
 //! A leaf module: it depends on nothing else in the crate, so the pipeline, the
 //! peers, the store and the service can all declare their events with it.
+
+pub mod recent_log;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
