@@ -271,6 +271,75 @@ fn tls_self_signed_serves_https_and_keeps_its_certificate() {
     assert!(text.contains(ca_arg) && text.contains(&fp), "{text}");
 }
 
+/// Neuwerk's runtime routes (seed 003): performance mode read, set and kept across a
+/// crash; the stats document's top-level sections; and a sysdump that is gzip of one
+/// JSON document with the configuration redacted (the control secret nowhere in it).
+fn performance_mode_stats_sections_and_sysdump() {
+    let config = "[node]\nname = \"ops-node\"\n[control]\nsecret = \"s3cret-s3cret\"\n";
+    let mut h = OneHost::create("ops", &common::exe(), config).unwrap();
+    h.start().unwrap();
+    let req = |h: &OneHost, method: &str, path: &str, body: Option<&str>| {
+        let (status, body) =
+            api_request(&h.ns.name, 6786, method, path, body.map(|b| b.as_bytes().to_vec()), &[]).unwrap();
+        (status, body)
+    };
+    let mode = "/api/v1/settings/performance-mode";
+    let (status, body) = req(&h, "GET", mode, None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body), serde_json::json!({"enabled": true, "source": "default"}));
+    let (status, body) = req(&h, "PUT", mode, Some(r#"{"enabled": false}"#));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body), serde_json::json!({"enabled": false, "source": "api"}));
+    let (status, _) = req(&h, "PUT", mode, Some(r#"{"enabled": "no"}"#));
+    assert_eq!(status, 400);
+    // Answered means durable: a crash right after keeps it.
+    h.stop(true);
+    h.start().unwrap();
+    let (status, body) = req(&h, "GET", mode, None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body), serde_json::json!({"enabled": false, "source": "api"}));
+
+    let (status, body) = req(&h, "GET", "/api/v1/stats", None);
+    assert_eq!(status, 200);
+    let s = json(&body);
+    for section in [
+        "dataplane",
+        "dns",
+        "tls",
+        "dhcp",
+        "cluster",
+        "workers",
+        "total",
+        "peers",
+    ] {
+        assert!(!s[section].is_null(), "{section} missing: {s}");
+    }
+    assert!(s["dataplane"]["packets"]["from_tun"].is_u64() && s["dataplane"]["drops"].is_u64());
+    assert_eq!(s["tls"]["enabled"], false);
+    assert_eq!(s["dhcp"]["enabled"], false);
+    assert_eq!(s["cluster"]["node"], "ops-node");
+    assert_eq!(s["cluster"]["peers_up"], 0);
+
+    let (status, body) = req(&h, "POST", "/api/v1/support/sysdump/node", None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "not gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
+    assert!(!text.contains("s3cret"), "the control secret is in the sysdump");
+    let d = json(text.as_bytes());
+    assert_eq!(d["format"], "tunloom-sysdump/1");
+    assert_eq!(d["config"]["control"]["secret"], "<redacted>");
+    assert_eq!(d["config"]["node"]["name"], "ops-node");
+    assert_eq!(d["stats"]["cluster"]["node"], "ops-node");
+    assert!(d["peers"].is_array());
+    assert_eq!(d["performance_mode"]["enabled"], false);
+    let lines = d["log"]["lines"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l.as_str().unwrap().contains("tunloom up")),
+        "the start line is not among the recent log lines: {lines:?}"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     common::main(&[
         (
@@ -292,6 +361,11 @@ fn main() -> std::process::ExitCode {
             "tls_self_signed_serves_https_and_keeps_its_certificate",
             Needs::NetnsWith(&["curl"]),
             tls_self_signed_serves_https_and_keeps_its_certificate,
+        ),
+        (
+            "performance_mode_stats_sections_and_sysdump",
+            Needs::Netns,
+            performance_mode_stats_sections_and_sysdump,
         ),
         (
             "prometheus_metrics_match_the_stats_and_pass_promtool",
