@@ -656,7 +656,7 @@ pub fn dns(data: &[u8]) {
 pub const TOKEN_KID: &str = "fuzz-kid";
 
 /// One identity per process, on a state directory of its own with a known kid.
-fn identity() -> &'static crate::auth::Identity {
+fn token_identity() -> &'static crate::auth::Identity {
     static ID: OnceLock<crate::auth::Identity> = OnceLock::new();
     ID.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("tunloom-fuzz-token-{}", std::process::id()));
@@ -670,7 +670,7 @@ fn identity() -> &'static crate::auth::Identity {
 /// role. Nothing arbitrary verifies or refreshes (a forger would need the key), and
 /// nothing panics.
 pub fn token(data: &[u8]) {
-    let id = identity();
+    let id = token_identity();
     let text = String::from_utf8_lossy(data);
     match id.verify(&text) {
         Ok(c) => panic!("an arbitrary token verified: {c:?}"),
@@ -685,6 +685,156 @@ pub fn token(data: &[u8]) {
     }
 }
 
+/// The identity routes' state: the model (Weka's cluster call reads it) and one
+/// identity per process, on a state directory of its own, whose clock the target
+/// moves an hour on per input, so a rate-limit block from one input has lapsed by
+/// the next and tokens minted for an input live through it.
+struct IdentityFace {
+    model: std::sync::Arc<crate::model::Model>,
+    identity: std::sync::Arc<crate::auth::Identity>,
+}
+
+impl crate::control::identity::HasIdentity for IdentityFace {
+    fn identity(&self) -> &std::sync::Arc<crate::auth::Identity> {
+        &self.identity
+    }
+    fn tls(&self) -> bool {
+        false
+    }
+}
+
+impl AsRef<crate::model::Model> for IdentityFace {
+    fn as_ref(&self) -> &crate::model::Model {
+        &self.model
+    }
+}
+
+/// The `admin` password of the `identity` target's identity (its seeds log in).
+pub const IDENTITY_PASSWORD: &str = "fuzz-admin-password";
+
+static IDENTITY_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_770_000_000);
+
+fn identity_face() -> &'static (crate::control::router::Router<IdentityFace>, IdentityFace) {
+    use crate::control::router::{ErrorStyle, Router};
+    use std::sync::atomic::Ordering;
+    static F: OnceLock<(Router<IdentityFace>, IdentityFace)> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tunloom-fuzz-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("fuzz state directory");
+        let password = dir.join("password");
+        std::fs::write(&password, IDENTITY_PASSWORD).expect("fuzz admin password");
+        let settings = crate::auth::Settings {
+            admin_password_file: Some(password),
+            ..crate::auth::Settings::default()
+        };
+        let clock: crate::auth::Clock = std::sync::Arc::new(|| IDENTITY_CLOCK.load(Ordering::Relaxed));
+        let identity = crate::auth::Identity::open_with_clock(&dir, settings, clock).expect("fuzz identity");
+        let mut settings = crate::testkit::model_settings("10.32.0.0/20");
+        settings.sync_timeout = std::time::Duration::from_millis(100);
+        let (model, _host) = crate::testkit::model_on(settings, crate::store::memory::MemoryStore::default(), 0)
+            .expect("a fresh model opens");
+        let mut r = Router::new(ErrorStyle::Json, crate::control::identity::token_gate());
+        crate::control::identity::mount(&mut r);
+        let face = IdentityFace {
+            model: std::sync::Arc::new(model),
+            identity: std::sync::Arc::new(identity),
+        };
+        (r, face)
+    })
+}
+
+/// The identity routes that answer without credentials (their paths' segments).
+const IDENTITY_PUBLIC: [&str; 5] = [
+    "api/v2/login",
+    "api/v2/login/refresh",
+    "api/v1/auth/token-login",
+    "api/v1/auth/logout",
+    "container-station/api/v1/login",
+];
+
+/// The identity routes' JSON bodies (Weka's login and refresh, token-login, service
+/// accounts and their tokens, Container Station's login) through the real
+/// management routes and token gate: requests as the `networks` target reads them,
+/// separated by 0x1e, except that the method line may name credentials after a
+/// space — `admin` or `readonly` (a bearer token of that role), `cookie` (the admin
+/// token as the session cookie) — and that `$ADMIN`, `$READONLY`, `$REFRESH` (the
+/// last refresh token answered) and `$SA` (the last service account created) in the
+/// URL or body are replaced. Every answer is below 500, and no request without
+/// credentials gets a 2xx from a route that needs them, nor a readonly token from a
+/// write.
+pub fn identity(data: &[u8]) {
+    identity_answers(data);
+}
+
+/// Each request of an `identity` input (with its credentials) and its status, the
+/// invariants asserted on the way.
+fn identity_answers(data: &[u8]) -> Vec<(String, u16)> {
+    use crate::auth::Role;
+    use std::sync::atomic::Ordering;
+    let (router, face) = identity_face();
+    IDENTITY_CLOCK.fetch_add(3600, Ordering::Relaxed);
+    let id = &face.identity;
+    let admin = id.mint("fuzz-admin", Role::Admin, None).expect("mint");
+    let readonly = id.mint("fuzz-reader", Role::Readonly, None).expect("mint");
+    let (mut refresh, mut sa) = (String::new(), String::new());
+    let mut answers = Vec::new();
+    for one in data.split(|b| *b == 0x1e).take(16) {
+        let text = String::from_utf8_lossy(one);
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let (method, cred) = first.split_once(' ').unwrap_or((first, ""));
+        let text = format!("{method}\n{rest}")
+            .replace("$ADMIN", &admin)
+            .replace("$READONLY", &readonly)
+            .replace("$REFRESH", &refresh)
+            .replace("$SA", &sa);
+        let Ok(mut req) = weave_request(text.as_bytes()) else {
+            continue;
+        };
+        let credentials = match cred {
+            "admin" => Some(("Authorization", format!("Bearer {admin}"))),
+            "readonly" => Some(("Authorization", format!("Bearer {readonly}"))),
+            "cookie" => Some(("Cookie", format!("neuwerk_auth={admin}"))),
+            _ => None,
+        };
+        let anonymous = credentials.is_none();
+        req.headers
+            .extend(credentials.map(|(name, value)| (name.to_string(), value)));
+        let resp = router.dispatch(face, &req);
+        let body = String::from_utf8_lossy(&resp.body);
+        let what = format!("{} {} ({cred:?})", req.method, req.path);
+        assert!(resp.status < 500, "{what}: status {} {body}", resp.status);
+        // The path's segments as the router decodes them.
+        let segs: Vec<String> = req
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::control::router::percent_decode(s).unwrap_or_default())
+            .collect();
+        let public = req.method == "POST" && IDENTITY_PUBLIC.contains(&segs.join("/").as_str());
+        if (200..300).contains(&resp.status) && !public {
+            assert!(!anonymous, "{what}: {} without credentials", resp.status);
+            assert!(
+                cred != "readonly" || matches!(req.method.as_str(), "GET" | "HEAD"),
+                "{what}: a readonly token wrote ({})",
+                resp.status
+            );
+        }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&resp.body) {
+            if let Some(t) = v["data"]["refresh_token"].as_str() {
+                refresh = t.to_string();
+            }
+            if req.method == "POST" && segs == ["api", "v1", "service-accounts"] {
+                if let Some(i) = v["id"].as_str() {
+                    sa = i.to_string();
+                }
+            }
+        }
+        answers.push((what, resp.status));
+    }
+    answers
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("inside", inside),
     ("outside", outside),
@@ -697,6 +847,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dns", dns),
     ("networks", networks),
     ("token", token),
+    ("identity", identity),
 ];
 
 #[cfg(test)]

@@ -140,12 +140,22 @@ fn prometheus_metrics_match_the_stats_and_pass_promtool() {
         "# TYPE tunloom_control_tx_messages_total counter",
         "tunloom_peers{state=\"up\"} 0",
         "tunloom_store_failed 0",
+        "# TYPE tunloom_api_request_duration_seconds histogram",
+        "tunloom_api_request_duration_seconds_bucket{code_class=\"4xx\",face=\"weave\",le=\"+Inf\"}",
+        "# TYPE tunloom_auth_missing_token_total counter",
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
     assert!(text.contains("tunloom_dataplane_drops_total{reason=\"spoofed\",worker=\"0\"} 0"));
     let (_, stats) = api_request(&ns.name, 6786, "GET", "/api/v1/stats", None, &[]).unwrap();
     let range = json(&stats)["ipam"]["range_num_ips"].as_u64().unwrap();
+    // The scrape above was timed into the same histograms the stats read.
+    assert!(
+        json(&stats)["api"]["metrics"]["by_class"]["2xx"].as_u64().unwrap() >= 1,
+        "{}",
+        String::from_utf8_lossy(&stats)
+    );
+    assert!(json(&stats)["auth"]["bad_credentials"].is_u64());
     assert!(
         text.contains(&format!("tunloom_ipam_range_addresses {range}\n")),
         "{text}"

@@ -243,6 +243,7 @@ impl Daemon {
         registry.register("store", commits.clone());
         let dns = Arc::new(Dns::new(settings.dns.clone()));
         registry.register("dns", dns.counters.clone());
+        registry.register("auth", identity.failures().clone());
         // Container attachments' routing (tables 6783/6784, rule 99, sysctls) needs
         // the TUN link up, which it is once created.
         let host = Arc::new(LinkHost::new(tun.name.clone(), tun.index));
@@ -347,6 +348,9 @@ impl Daemon {
                 );
             }
         }
+        // Every listener's handlers time their answers into one place, which the
+        // stats and the metrics read.
+        let requests = Arc::new(control::RequestTimes::default());
         let face = management::Management {
             node: management::NodeInfo {
                 name: settings.node.name.clone(),
@@ -360,6 +364,7 @@ impl Daemon {
             tls: settings.api.tls_enabled(),
             performance_mode: settings.api.performance_mode,
             config: settings.file.clone(),
+            requests: requests.clone(),
             dataplane: management::DataplaneInfo {
                 tun: d.tun_name.clone(),
                 mtu: d.mtu,
@@ -374,18 +379,18 @@ impl Daemon {
         // The metrics face reads what the management face shows, from the same state.
         let face = Arc::new(face);
         if let Some(listener) = metrics_api {
-            let (sd, limits, shared) = (shutdown.clone(), settings.api.limits, face.clone());
+            let (sd, limits, shared, times) = (shutdown.clone(), settings.api.limits, face.clone(), requests.clone());
             others.push(spawn("tl-metrics", move || {
-                if let Err(e) = control::serve("metrics", listener, metrics::router(), shared, limits, sd) {
+                if let Err(e) = control::serve("metrics", listener, metrics::router(), shared, limits, times, sd) {
                     log::error!("metrics listener stopped: {e}");
                 }
             })?);
         }
-        let (sd, limits) = (shutdown.clone(), settings.api.limits);
+        let (sd, limits, times) = (shutdown.clone(), settings.api.limits, requests.clone());
         others.push(spawn("tl-api", move || {
             let served = match tls {
-                Some(t) => control::serve_tls("api", api, t.config, management::router(), face, limits, sd),
-                None => control::serve("api", api, management::router(), face, limits, sd),
+                Some(t) => control::serve_tls("api", api, t.config, management::router(), face, limits, times, sd),
+                None => control::serve("api", api, management::router(), face, limits, times, sd),
             };
             if let Err(e) = served {
                 log::error!("management API stopped: {e}");
@@ -398,16 +403,24 @@ impl Daemon {
             nickname: settings.node.nickname.clone(),
             signed: settings.peers.identity.secret.is_some(),
         };
-        let (sd, limits) = (shutdown.clone(), settings.api.limits);
+        let (sd, limits, times) = (shutdown.clone(), settings.api.limits, requests.clone());
         others.push(spawn("tl-weave-api", move || {
-            if let Err(e) = control::serve("weave", weave_api, weave::router(), Arc::new(face), limits, sd) {
+            if let Err(e) = control::serve("weave", weave_api, weave::router(), Arc::new(face), limits, times, sd) {
                 log::error!("Weave API stopped: {e}");
             }
         })?);
         let face = Arc::new(libnetwork::Libnetwork { model: model.clone() });
         let (sd, limits) = (shutdown.clone(), settings.api.limits);
         others.push(spawn("tl-libnetwork", move || {
-            if let Err(e) = control::serve("libnetwork", libnetwork_api, libnetwork::router(), face, limits, sd) {
+            if let Err(e) = control::serve(
+                "libnetwork",
+                libnetwork_api,
+                libnetwork::router(),
+                face,
+                limits,
+                requests,
+                sd,
+            ) {
                 log::error!("libnetwork API stopped: {e}");
             }
         })?);

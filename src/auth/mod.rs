@@ -48,6 +48,7 @@ mod tests;
 
 use crate::store::redb::RedbStore;
 use crate::store::{Op, Store, StoreError, Txn};
+use crate::telemetry::Counters;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use keys::KeySet;
 use parking_lot::{Mutex, RwLock};
@@ -202,6 +203,21 @@ impl Default for Settings {
     }
 }
 
+crate::telemetry::counted_enum! {
+    /// Why a caller was refused: the stats' `auth` section and
+    /// `tunloom_auth_<reason>_total`, counted by the faces where they answer
+    /// ([`Identity::count_failure`]).
+    AuthFailure {
+        MissingToken => "missing_token", "Requests to a protected route without credentials.";
+        BadToken => "bad_token", "Tokens refused as malformed, forged, of an unknown key or service account, or sent where they are not taken (the query string); refresh tokens that are not genuine.";
+        ExpiredToken => "expired_token", "Tokens refused as expired.";
+        RevokedToken => "revoked_token", "Tokens refused as revoked, or of a disabled service account.";
+        Forbidden => "forbidden", "Valid tokens refused a route their role does not allow (a write without admin).";
+        BadCredentials => "bad_credentials", "Logins with a wrong username or password.";
+        RateLimited => "rate_limited", "Logins and token-logins refused while their client is blocked by failed attempts.";
+    }
+}
+
 /// Why an identity call failed; [`AuthError::status`] is its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -243,7 +259,33 @@ impl AuthError {
             AuthError::Io(_) | AuthError::Key(_) => 500,
         }
     }
+
+    /// The failure this is, when it refuses a caller (not for a bad request, a
+    /// missing object or a fault of tunloom's).
+    pub fn failure(&self) -> Option<AuthFailure> {
+        match self {
+            AuthError::BadCredentials => Some(AuthFailure::BadCredentials),
+            AuthError::MissingToken => Some(AuthFailure::MissingToken),
+            AuthError::BadToken(why) => Some(match why.as_str() {
+                EXPIRED => AuthFailure::ExpiredToken,
+                REVOKED | DISABLED => AuthFailure::RevokedToken,
+                _ => AuthFailure::BadToken,
+            }),
+            AuthError::RateLimited { .. } => Some(AuthFailure::RateLimited),
+            AuthError::Forbidden(_) => Some(AuthFailure::Forbidden),
+            AuthError::NotFound(_)
+            | AuthError::Invalid(_)
+            | AuthError::Store(_)
+            | AuthError::Io(_)
+            | AuthError::Key(_) => None,
+        }
+    }
 }
+
+/// The texts of the token refusals [`AuthError::failure`] tells apart.
+const EXPIRED: &str = "jwt expired";
+const REVOKED: &str = "jwt revoked";
+const DISABLED: &str = "service account disabled";
 
 fn bad(why: &str) -> AuthError {
     AuthError::BadToken(why.into())
@@ -411,6 +453,8 @@ pub struct Identity {
     clock: Clock,
     /// A hash to verify against when the user is unknown, so both cost the same.
     dummy_hash: OnceLock<String>,
+    /// Callers refused, by reason (registered as the `auth` section).
+    failures: Arc<Counters<AuthFailure>>,
 }
 
 impl Identity {
@@ -447,6 +491,7 @@ impl Identity {
             touched: Mutex::new(HashMap::new()),
             clock,
             dummy_hash: OnceLock::new(),
+            failures: Arc::default(),
         };
         id.first_admin(state_dir)?;
         id.prune()?;
@@ -455,6 +500,19 @@ impl Identity {
 
     fn now(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// Callers refused so far, by reason: what the daemon registers as `auth`.
+    pub fn failures(&self) -> &Arc<Counters<AuthFailure>> {
+        &self.failures
+    }
+
+    /// Counts `e` when it refuses a caller ([`AuthError::failure`]). The faces call
+    /// this where they answer, so a failure is counted once however deep it arose.
+    pub fn count_failure(&self, e: &AuthError) {
+        if let Some(f) = e.failure() {
+            self.failures.inc(f);
+        }
     }
 
     /// The kid tokens are signed with now.
@@ -603,7 +661,7 @@ impl Identity {
             return Err(bad("jwt issued in the future"));
         }
         match c.exp {
-            Some(exp) if now > exp.saturating_add(LEEWAY_S) => return Err(bad("jwt expired")),
+            Some(exp) if now > exp.saturating_add(LEEWAY_S) => return Err(bad(EXPIRED)),
             Some(_) => {}
             None if c.sa_id.is_none() => return Err(bad("missing jwt exp")),
             None => {}
@@ -611,14 +669,14 @@ impl Identity {
         let touch = {
             let st = self.state.read();
             if st.revoked.contains_key(&c.jti) {
-                return Err(bad("jwt revoked"));
+                return Err(bad(REVOKED));
             }
             match &c.sa_id {
                 None => None,
                 Some(sa) => {
                     let account = st.accounts.get(sa).ok_or_else(|| bad("unknown service account"))?;
                     if account.status != "active" {
-                        return Err(bad("service account disabled"));
+                        return Err(bad(DISABLED));
                     }
                     let rec = st
                         .tokens
@@ -626,7 +684,7 @@ impl Identity {
                         .filter(|r| r.service_account_id == *sa)
                         .ok_or_else(|| bad("unknown service-account token"))?;
                     if rec.revoked_at.is_some() {
-                        return Err(bad("jwt revoked"));
+                        return Err(bad(REVOKED));
                     }
                     if c.exp.is_none() && rec.expires_at.is_some() {
                         return Err(bad("missing jwt exp"));

@@ -595,3 +595,29 @@ fn logout_with_a_service_account_token_revokes_it() {
     assert!(f.id.state.read().revoked.is_empty(), "kept in the token's metadata");
     f.id.logout(Some("not-a-refresh-token"), None).unwrap();
 }
+
+#[test]
+fn refusals_are_counted_by_reason_and_other_errors_are_not() {
+    let f = Fixture::new("failures");
+    let client: IpAddr = "192.0.2.9".parse().unwrap();
+    let count = |e: AuthError| f.id.count_failure(&e);
+    count(f.id.login(ADMIN_USER, "wrong", client).unwrap_err());
+    count(f.id.verify("").unwrap_err());
+    count(f.id.verify("a.b.c").unwrap_err());
+    let short = f.id.mint("alice", Role::Admin, Some(Duration::from_secs(30))).unwrap();
+    let bob = f.id.mint("bob", Role::Admin, None).unwrap();
+    f.id.logout(None, Some(&f.id.verify(&bob).unwrap())).unwrap();
+    count(f.id.verify(&bob).unwrap_err());
+    f.advance(100);
+    count(f.id.verify(&short).unwrap_err());
+    count(AuthError::Invalid("a bad request".into()));
+    count(AuthError::NotFound("nothing".into()));
+    let c = f.id.failures().snapshot();
+    assert_eq!(c["bad_credentials"], 1);
+    assert_eq!(c["missing_token"], 1);
+    assert_eq!(c["bad_token"], 1);
+    assert_eq!(c["revoked_token"], 1);
+    assert_eq!(c["expired_token"], 1);
+    assert_eq!(c.values().sum::<u64>(), 5, "{c:?}");
+    assert_eq!(bad(DISABLED).failure(), Some(AuthFailure::RevokedToken));
+}

@@ -10,8 +10,14 @@
 //! credentials a protected route is 401 `missing bearer token`; a bad, expired or
 //! revoked token is 401 saying why; a write without the admin role is 403 `admin role
 //! required` (the router decides that from the route's permission).
+//!
+//! Refusals are counted by reason in the identity's [`AuthFailure`] counters (the
+//! stats' `auth` section): by the gate on routes that need a token, and by the login
+//! routes where they answer.
+//!
+//! [`AuthFailure`]: crate::auth::AuthFailure
 
-use super::router::{Ctx, Gate, Principal, Response, Router};
+use super::router::{Ctx, Gate, Permission, Principal, Response, Router};
 use crate::auth::{AuthError, Claims, Identity, Role};
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,31 +35,48 @@ pub trait HasIdentity {
 }
 
 /// The token gate: the principal a request's credentials prove, or its 401.
+/// Refusals on protected routes, and writes a readonly token will be refused, are
+/// counted as authentication failures (a public route's ignored credentials are not).
 pub fn token_gate<S: HasIdentity + 'static>() -> Gate<S> {
-    Box::new(|s: &S, req| {
-        let refuse = |msg: String| Response::error(401, &msg).with_header("WWW-Authenticate", "Bearer");
+    Box::new(|s: &S, req, need| {
+        let id = s.identity();
+        let refuse = |e: AuthError| {
+            if need != Permission::Public {
+                id.count_failure(&e);
+            }
+            Response::error(401, &e.to_string()).with_header("WWW-Authenticate", "Bearer")
+        };
         if req
             .query
             .iter()
             .any(|(k, _)| matches!(k.as_str(), "token" | "access_token" | "jwt" | "auth"))
         {
-            return Err(refuse(
+            return Err(refuse(AuthError::BadToken(
                 "a token in the query string is refused; send it as Authorization: Bearer".into(),
-            ));
+            )));
         }
         let token = match req.header("authorization") {
             Some(h) => match h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
                 Some(t) => t.trim().to_string(),
-                None => return Err(refuse("the Authorization header must be Bearer <token>".into())),
+                None => {
+                    return Err(refuse(AuthError::BadToken(
+                        "the Authorization header must be Bearer <token>".into(),
+                    )))
+                }
             },
             None => match cookie(req.header("cookie").unwrap_or(""), COOKIE) {
                 Some(t) => t,
-                None => return Err(refuse("missing bearer token".into())),
+                None => return Err(refuse(AuthError::MissingToken)),
             },
         };
-        match s.identity().verify(&token) {
-            Ok(c) => Ok(Principal::Token(Box::new(c))),
-            Err(e) => Err(refuse(e.to_string())),
+        match id.verify(&token) {
+            Ok(c) => {
+                if need == Permission::Write && !c.is_admin() {
+                    id.count_failure(&AuthError::Forbidden("admin role required".into()));
+                }
+                Ok(Principal::Token(Box::new(c)))
+            }
+            Err(e) => Err(refuse(e)),
         }
     })
 }
@@ -96,6 +119,12 @@ fn text_field(o: &serde_json::Map<String, Value>, key: &str) -> Result<Option<St
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(format!("{key} must be a string, not {other}")),
     }
+}
+
+/// `e`, counted as an authentication failure when it is one (a login route's answer).
+fn counted<'a>(id: &Identity, e: &'a AuthError) -> &'a AuthError {
+    id.count_failure(e);
+    e
 }
 
 /// An error in the JSON faces' shape, with `Retry-After` for a rate limit.
@@ -166,7 +195,7 @@ fn weka_failed(e: &AuthError) -> Response {
 fn weka_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
     let id = s.identity();
     if let Err(e) = id.check_rate(client(c)) {
-        return weka_failed(&e);
+        return weka_failed(counted(id, &e));
     }
     let body = match json_body(c) {
         Ok(b) => b,
@@ -182,14 +211,14 @@ fn weka_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
     }
     match id.login(&user, &pass, client(c)) {
         Ok(session) => weka(200, weka_session(&session)),
-        Err(e) => weka_failed(&e),
+        Err(e) => weka_failed(counted(id, &e)),
     }
 }
 
 fn weka_refresh<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
     let id = s.identity();
     if let Err(e) = id.check_rate(client(c)) {
-        return weka_failed(&e);
+        return weka_failed(counted(id, &e));
     }
     let token = match json_body(c).and_then(|b| text_field(&b, "refresh_token")) {
         Ok(Some(t)) => t,
@@ -200,7 +229,7 @@ fn weka_refresh<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
         Ok(session) => weka(200, weka_session(&session)),
         Err(e) => {
             id.record_failure(client(c));
-            weka_failed(&e)
+            weka_failed(counted(id, &e))
         }
     }
 }
@@ -240,7 +269,7 @@ fn weka_cluster<S: HasIdentity + AsRef<crate::model::Model>>(s: &S, _: &Ctx) -> 
 fn token_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
     let id = s.identity();
     if let Err(e) = id.check_rate(client(c)) {
-        return failed(&e);
+        return failed(counted(id, &e));
     }
     let raw = match json_body(c).and_then(|b| text_field(&b, "token")) {
         Ok(Some(t)) => t,
@@ -252,7 +281,7 @@ fn token_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
         Ok(claims) => Response::json(200, &whoami_json(&claims)).with_header("Set-Cookie", set_cookie(s, &token, None)),
         Err(e) => {
             id.record_failure(client(c));
-            failed(&e)
+            failed(counted(id, &e))
         }
     }
 }
@@ -419,7 +448,7 @@ fn cs_error(code: u16, message: &str) -> Response {
 fn cs_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
     let id = s.identity();
     if let Err(e) = id.check_rate(client(c)) {
-        return cs_error(429, &e.to_string());
+        return cs_error(429, &counted(id, &e).to_string());
     }
     let body = match json_body(c) {
         Ok(b) => b,
@@ -453,7 +482,7 @@ fn cs_login<S: HasIdentity>(s: &S, c: &Ctx) -> Response {
                 ),
             )
         }
-        Err(e) => cs_error(if e.status() == 401 { 401 } else { e.status() }, &e.to_string()),
+        Err(e) => cs_error(counted(id, &e).status(), &e.to_string()),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Management {
     pub performance_mode: Option<bool>,
     /// The configuration file as loaded, secrets redacted (`config::redacted`).
     pub config: serde_json::Value,
+    /// How long every listener's handlers took to answer (the stats' `api`).
+    pub requests: Arc<super::http::RequestTimes>,
 }
 
 impl super::identity::HasIdentity for Management {
@@ -491,6 +493,8 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
         },
         "workers": workers,
         "control": s.registry.section("control"),
+        "api": api_json(&s.requests),
+        "auth": s.registry.section("auth"),
         "store": store,
         "ipam": ipam,
         "service": service,
@@ -503,6 +507,28 @@ pub fn stats_json(s: &Management) -> serde_json::Value {
             "state": state,
         },
     })
+}
+
+/// The stats' `api` section: per listener, the requests its handlers answered, by
+/// status class, and their latency (interpolated within the histogram's buckets).
+fn api_json(t: &super::http::RequestTimes) -> serde_json::Value {
+    use super::http::{CODE_CLASSES, FACES};
+    let mut faces = serde_json::Map::new();
+    for (f, face) in FACES.iter().enumerate() {
+        let mut all = crate::telemetry::BucketCounts::default();
+        let mut by_class = serde_json::Map::new();
+        for (c, class) in CODE_CLASSES.iter().enumerate() {
+            let counts = t.read(f, c);
+            by_class.insert(class.to_string(), json!(counts.count()));
+            all.add(&counts);
+        }
+        let us = |q: f64| (all.quantile_ns(q) / 100.0).round() / 10.0;
+        faces.insert(
+            face.to_string(),
+            json!({"count": all.count(), "by_class": by_class, "p50_us": us(0.5), "p99_us": us(0.99)}),
+        );
+    }
+    serde_json::Value::Object(faces)
 }
 
 #[cfg(test)]

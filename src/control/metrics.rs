@@ -3,16 +3,19 @@
 //!
 //! It shows what `GET /api/v1/stats` shows, read from the same sources at scrape
 //! time — the workers' counters and drops, the telemetry [`Registry`] sections
-//! (peer control, store, service, DNS), the batch-latency histogram, peers, IPAM and
-//! the store's state — so the two can never disagree. It keeps no state of its own
+//! (peer control, store, service, DNS, auth failures), the batch-latency histogram,
+//! the API request-latency histograms, peers, IPAM and the store's state — so the
+//! two can never disagree. It keeps no state of its own
 //! and only reads; the `prometheus` crate supplies the metric model and the encoder.
 //!
 //! [`Registry`]: crate::telemetry::Registry
 
+use super::http::{RequestTimes, CODE_CLASSES, FACES};
 use super::management::Management;
 use super::router::{open_gate, Ctx, ErrorStyle, Response, Router};
 use crate::dataplane::stats::{self, Counter};
 use crate::pipeline::DropReason;
+use crate::telemetry::LATENCY_BOUNDS_NS;
 use hdrhistogram::Histogram;
 use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
@@ -96,6 +99,45 @@ fn histogram_seconds(h: &Histogram<u64>, bounds: &[f64]) -> Metric {
     m
 }
 
+/// `tunloom_api_request_duration_seconds{face,code_class}`: one histogram per
+/// listener and status class, its buckets exactly the recorded ones.
+fn api_requests(t: &RequestTimes) -> MetricFamily {
+    let mut metrics = Vec::new();
+    for (f, face) in FACES.iter().enumerate() {
+        for (c, class) in CODE_CLASSES.iter().enumerate() {
+            let counts = t.read(f, c);
+            let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_NS.len() - 1);
+            let mut cumulative = 0;
+            // The last bucket is +Inf, which the encoder adds from the count.
+            for (&bound, &n) in LATENCY_BOUNDS_NS
+                .iter()
+                .zip(&counts.counts)
+                .take(LATENCY_BOUNDS_NS.len() - 1)
+            {
+                cumulative += n;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(bound as f64 / 1e9);
+                b.set_cumulative_count(cumulative);
+                buckets.push(b);
+            }
+            let mut h = proto::Histogram::default();
+            h.set_sample_count(counts.count());
+            h.set_sample_sum(counts.sum_ns as f64 / 1e9);
+            h.set_bucket(buckets);
+            let mut metric = Metric::default();
+            metric.set_label(vec![label("code_class", *class), label("face", *face)]);
+            metric.set_histogram(h);
+            metrics.push(metric);
+        }
+    }
+    family(
+        "tunloom_api_request_duration_seconds".into(),
+        "Time the API handlers took to answer (routing, token check, handler), by listener and status class; 2xx counts every answer below 400.",
+        MetricType::HISTOGRAM,
+        metrics,
+    )
+}
+
 /// Every metric family, read now.
 pub fn families(m: &Management) -> Vec<MetricFamily> {
     let mut out = Vec::new();
@@ -134,6 +176,7 @@ pub fn families(m: &Management) -> Vec<MetricFamily> {
         MetricType::HISTOGRAM,
         vec![histogram_seconds(&hist, &BATCH_BUCKETS)],
     ));
+    out.push(api_requests(&m.requests));
     for section in m.registry.section_names() {
         for (name, (help, v)) in m.registry.section_with_help(section) {
             out.push(family(

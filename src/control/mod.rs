@@ -34,4 +34,4 @@ pub mod router;
 pub mod tls;
 pub mod weave;
 
-pub use http::{serve, serve_tls, Limits};
+pub use http::{serve, serve_tls, Limits, RequestTimes};

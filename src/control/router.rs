@@ -48,11 +48,14 @@ impl Principal {
 }
 
 /// A face's before-hook: the principal of a request, or the answer that refuses it.
-pub type Gate<S> = Box<dyn Fn(&S, &Request) -> Result<Principal, Response> + Send + Sync>;
+/// It is told the matched route's permission, so it can tell a refusal that stands
+/// (a protected route) from credentials a public route ignores anyway; the router
+/// still decides whether the principal holds the permission.
+pub type Gate<S> = Box<dyn Fn(&S, &Request, Permission) -> Result<Principal, Response> + Send + Sync>;
 
 /// The gate of a face without authentication: everyone is the local operator.
 pub fn open_gate<S>() -> Gate<S> {
-    Box::new(|_, _| Ok(Principal::Local))
+    Box::new(|_, _, _| Ok(Principal::Local))
 }
 
 /// A request as handlers see it: decoded path, query pairs, headers, whole body.
@@ -359,7 +362,7 @@ impl<S> Router<S> {
                 req.method.as_str()
             };
             if let Some(m) = r.methods.iter().find(|m| m.name == want) {
-                let principal = match ((self.gate)(state, req), m.need) {
+                let principal = match ((self.gate)(state, req, m.need), m.need) {
                     (Ok(p), _) => p,
                     // A public route serves callers whose credentials do not hold.
                     (Err(_), Permission::Public) => Principal::Anonymous,
@@ -516,7 +519,7 @@ mod tests {
     #[test]
     fn the_gate_runs_before_every_route_and_permissions_hold() {
         // A gate that knows one credential, which may only read.
-        let gate: Gate<()> = Box::new(|_, req: &Request| match req.header("authorization") {
+        let gate: Gate<()> = Box::new(|_, req: &Request, _| match req.header("authorization") {
             None => Ok(Principal::Anonymous),
             Some("local") => Ok(Principal::Local),
             Some(_) => Err(Response::error(401, "bad credentials")),

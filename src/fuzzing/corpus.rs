@@ -658,6 +658,146 @@ fn seeds_networks() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Request streams for the identity routes (see `fuzzing::identity` for the
+/// credentials after the method and the `$` placeholders).
+fn seeds_identity() -> Vec<(&'static str, Vec<u8>)> {
+    let json = "application/json";
+    let seq = |reqs: &[Vec<u8>]| reqs.join(&0x1e);
+    let pw = super::IDENTITY_PASSWORD;
+    let login = format!(r#"{{"username": "admin", "password": "{pw}", "org": "Root"}}"#);
+    vec![
+        (
+            "weka-login-refresh",
+            seq(&[
+                weave_req("POST", "/api/v2/login", json, &login),
+                weave_req("GET", "/api/v2/cluster", "", ""),
+                weave_req(
+                    "POST",
+                    "/api/v2/login/refresh",
+                    json,
+                    r#"{"refresh_token": "$REFRESH"}"#,
+                ),
+                weave_req(
+                    "POST",
+                    "/api/v2/login/refresh",
+                    json,
+                    r#"{"refresh_token": "$REFRESH"}"#,
+                ),
+                weave_req("GET admin", "/api/v2/cluster", "", ""),
+                weave_req(
+                    "POST",
+                    "/api/v2/login",
+                    json,
+                    r#"{"username": "admin", "password": "wrong"}"#,
+                ),
+                weave_req("POST", "/api/v2/login", json, r#"{"username": 7, "password": null}"#),
+            ]),
+        ),
+        (
+            "token-login",
+            seq(&[
+                weave_req(
+                    "POST",
+                    "/api/v1/auth/token-login",
+                    json,
+                    r#"{"token": "Bearer $READONLY"}"#,
+                ),
+                weave_req("POST", "/api/v1/auth/token-login", json, r#"{"token": "not.a.jwt"}"#),
+                weave_req("GET readonly", "/api/v1/auth/whoami", "", ""),
+                weave_req("GET", "/api/v1/auth/whoami", "", ""),
+                weave_req("GET cookie", "/api/v1/auth/whoami?token=$ADMIN", "", ""),
+                weave_req("POST cookie", "/api/v1/auth/logout", "", ""),
+                weave_req("GET cookie", "/api/v1/auth/whoami", "", ""),
+            ]),
+        ),
+        (
+            "service-accounts",
+            seq(&[
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts",
+                    json,
+                    r#"{"name": "ci", "description": "pipelines", "role": "readonly"}"#,
+                ),
+                weave_req(
+                    "PUT admin",
+                    "/api/v1/service-accounts/$SA",
+                    json,
+                    r#"{"description": "nightly", "role": "admin"}"#,
+                ),
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts/$SA/tokens",
+                    json,
+                    r#"{"name": "deploy", "ttl": "30m", "role": "readonly"}"#,
+                ),
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts/$SA/tokens",
+                    json,
+                    r#"{"name": "both", "ttl": "1h", "eternal": true}"#,
+                ),
+                weave_req("GET readonly", "/api/v1/service-accounts/$SA/tokens", "", ""),
+                weave_req(
+                    "POST readonly",
+                    "/api/v1/service-accounts",
+                    json,
+                    r#"{"name": "sneaky"}"#,
+                ),
+                weave_req("POST", "/api/v1/service-accounts", json, r#"{"name": "anon"}"#),
+                weave_req("DELETE admin", "/api/v1/service-accounts/$SA", "", ""),
+            ]),
+        ),
+        (
+            "account-bodies",
+            seq(&[
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts",
+                    json,
+                    r#"{"name": "", "role": "root"}"#,
+                ),
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts",
+                    json,
+                    r#"["not", "an", "object"]"#,
+                ),
+                weave_req("PUT admin", "/api/v1/service-accounts/nope", json, r#"{"name": 1}"#),
+                weave_req(
+                    "POST admin",
+                    "/api/v1/service-accounts/nope/tokens",
+                    json,
+                    r#"{"ttl": "forever", "eternal": "yes"}"#,
+                ),
+                weave_req("DELETE admin", "/api/v1/service-accounts/nope/tokens/none", "", ""),
+            ]),
+        ),
+        (
+            "container-station-login",
+            seq(&[
+                weave_req("POST", "/container-station/api/v1/login", json, &login),
+                weave_req(
+                    "POST",
+                    "/container-station/api/v1/login",
+                    json,
+                    r#"{"username": "admin", "password": ""}"#,
+                ),
+                weave_req("POST", "/container-station/api/v1/login", "text/plain", "{"),
+            ]),
+        ),
+        (
+            "no-credentials",
+            seq(&[
+                weave_req("GET", "/api/v1/service-accounts", "", ""),
+                weave_req("DELETE", "/api/v1/service-accounts/x/tokens/y", "", ""),
+                weave_req("GET", "/api/v2/%63luster", "", ""),
+                weave_req("POST", "/api/v2/login/", json, "{}"),
+            ]),
+        ),
+    ]
+}
+
 /// One request as the Weave targets read it.
 fn weave_req(method: &str, url: &str, content_type: &str, body: &str) -> Vec<u8> {
     format!("{method}\n{url}\n{content_type}\n{body}").into_bytes()
@@ -763,6 +903,7 @@ fn write_seed_corpus() {
         ("http", seeds_http()),
         ("dns", seeds_dns()),
         ("token", seeds_token()),
+        ("identity", seeds_identity()),
     ];
     for (target, seeds) in all {
         let d = dir("corpus", target);
@@ -993,7 +1134,7 @@ fn seeds_token() -> Vec<(&'static str, Vec<u8>)> {
 /// signature check, the forgeries to the algorithm check.
 #[test]
 fn token_seeds_reach_the_signature_check() {
-    let id = super::identity();
+    let id = super::token_identity();
     let why = |name: &str| {
         let seeds: std::collections::HashMap<_, _> = seeds_token().into_iter().collect();
         id.verify(std::str::from_utf8(&seeds[name]).unwrap())
@@ -1004,4 +1145,22 @@ fn token_seeds_reach_the_signature_check() {
     assert_eq!(why("foreign-signature-eternal-sa"), "invalid jwt signature");
     assert_eq!(why("hs256"), "unsupported jwt algorithm");
     assert_eq!(why("no-signature"), "invalid jwt signature");
+}
+
+/// The identity seeds get where they were made to: a login with the password and a
+/// refresh with its token succeed (each with the token the last one answered), an account is made, updated, given a token and
+/// deleted, and the refusals are the ones the routes give.
+#[test]
+fn identity_seeds_reach_the_handlers() {
+    let seeds: std::collections::HashMap<_, _> = seeds_identity().into_iter().collect();
+    let statuses = |name: &str| -> Vec<u16> {
+        super::identity_answers(&seeds[name])
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    };
+    assert_eq!(statuses("weka-login-refresh"), [200, 401, 200, 200, 200, 401, 400]);
+    assert_eq!(statuses("token-login"), [200, 401, 200, 401, 401, 204, 401]);
+    assert_eq!(statuses("service-accounts"), [200, 200, 200, 400, 200, 403, 401, 204]);
+    assert_eq!(statuses("container-station-login")[0], 200);
 }

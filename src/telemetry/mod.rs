@@ -9,6 +9,8 @@
 //! - [`Registry`] gathers named sections of counters (peer control, store, service;
 //!   the dataplane's per-worker stats are read beside it); the stats document renders
 //!   them as JSON and the metrics face as Prometheus text, both from here.
+//! - [`BucketHistogram`] times events that many threads record at once (API
+//!   requests): fixed buckets of atomic counts, no lock, exact Prometheus buckets.
 //!
 //! - [`recent_log`] keeps the last lines logged, for the sysdump.
 //!
@@ -227,6 +229,112 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 10_000_000_000, 2).expect("static histogram bounds are valid")
 }
 
+/// Upper bounds (nanoseconds) of [`BucketHistogram`]'s buckets: 25 µs to 10 s in
+/// 1-2-5 steps (the last bucket, past 10 s, has no bound: Prometheus' `+Inf`).
+pub const LATENCY_BOUNDS_NS: [u64; 19] = [
+    25_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    u64::MAX,
+];
+
+/// A histogram of durations with fixed buckets ([`LATENCY_BOUNDS_NS`]) of atomic
+/// counts: recording is two relaxed atomic adds, no lock, so any number of threads
+/// record into one without waiting on each other or on a reader. Readers take a
+/// [`BucketCounts`] copy; it may be a few samples out of step between buckets and
+/// sum, never more. Exact for Prometheus buckets; quantiles are interpolated within
+/// a bucket, as Prometheus' `histogram_quantile` does.
+pub struct BucketHistogram {
+    counts: [AtomicU64; LATENCY_BOUNDS_NS.len()],
+    sum_ns: AtomicU64,
+}
+
+impl Default for BucketHistogram {
+    fn default() -> Self {
+        BucketHistogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BucketHistogram {
+    #[inline]
+    pub fn record(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.counts[i.min(LATENCY_BOUNDS_NS.len() - 1)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> BucketCounts {
+        BucketCounts {
+            counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a [`BucketHistogram`] held when read (or several of them added up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketCounts {
+    /// Samples per bucket (not cumulative), bucket `i` bounded by `LATENCY_BOUNDS_NS[i]`.
+    pub counts: [u64; LATENCY_BOUNDS_NS.len()],
+    pub sum_ns: u64,
+}
+
+impl BucketCounts {
+    pub fn add(&mut self, o: &BucketCounts) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile in nanoseconds, interpolated linearly within its bucket (0
+    /// when empty; the last finite bound when it falls past it).
+    pub fn quantile_ns(&self, q: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let last_finite = LATENCY_BOUNDS_NS[LATENCY_BOUNDS_NS.len() - 2] as f64;
+                if i == LATENCY_BOUNDS_NS.len() - 1 {
+                    return last_finite;
+                }
+                let lo = if i == 0 { 0.0 } else { LATENCY_BOUNDS_NS[i - 1] as f64 };
+                let hi = LATENCY_BOUNDS_NS[i] as f64;
+                return lo + (hi - lo) * (rank - seen as f64) / n as f64;
+            }
+            seen += n;
+        }
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +371,28 @@ mod tests {
         let l = Latency::of(&h);
         assert_eq!(l.count, 1);
         assert!((l.p50_us - 1.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn bucket_histograms_count_exactly_and_interpolate_quantiles() {
+        use std::time::Duration;
+        let h = BucketHistogram::default();
+        assert_eq!(h.read().quantile_ns(0.5), 0.0, "empty");
+        for _ in 0..99 {
+            h.record(Duration::from_micros(30)); // (25 µs, 50 µs]
+        }
+        h.record(Duration::from_secs(60)); // past the last bound
+        h.record(Duration::from_micros(25)); // on a bound: that bucket
+        let mut c = h.read();
+        assert_eq!(c.count(), 101);
+        assert_eq!(c.counts[0], 1);
+        assert_eq!(c.counts[1], 99);
+        assert_eq!(c.counts[LATENCY_BOUNDS_NS.len() - 1], 1);
+        let p50 = c.quantile_ns(0.5);
+        assert!((25_000.0..=50_000.0).contains(&p50), "{p50}");
+        assert_eq!(c.quantile_ns(1.0), 10e9, "past the bounds: the last finite one");
+        c.add(&h.read());
+        assert_eq!(c.count(), 202);
+        assert_eq!(c.sum_ns, 2 * (99 * 30_000 + 60_000_000_000 + 25_000));
     }
 }

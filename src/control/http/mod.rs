@@ -41,6 +41,7 @@
 pub mod parse;
 
 use super::router::{Request, Router};
+use crate::telemetry::{BucketCounts, BucketHistogram};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -52,6 +53,52 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The listeners whose requests [`RequestTimes`] keeps, by the face name each is
+/// served as.
+pub const FACES: [&str; 4] = ["api", "weave", "libnetwork", "metrics"];
+/// Status classes of [`RequestTimes`]: `2xx` holds every answer below 400 (the
+/// faces send no redirects; "100 Continue" is not an answer).
+pub const CODE_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+
+/// How long handlers took to answer, per face and status class: the duration the
+/// request log line shows (routing, the gate and the handler; not reading the
+/// request or writing the answer), in one lock-free [`BucketHistogram`] each. Every
+/// handler thread of every listener records into the one instance the daemon
+/// shares; the stats document and `/metrics` read it. Requests the server refuses
+/// itself (408, 413, 431, a full queue's 503) reach no handler and are not here.
+#[derive(Default)]
+pub struct RequestTimes {
+    by_face: [[BucketHistogram; CODE_CLASSES.len()]; FACES.len()],
+}
+
+impl RequestTimes {
+    /// The index of `face` in [`FACES`], if it is kept.
+    pub fn face(face: &str) -> Option<usize> {
+        FACES.iter().position(|f| *f == face)
+    }
+
+    /// The index of `status`'s class in [`CODE_CLASSES`].
+    pub fn class(status: u16) -> usize {
+        match status {
+            500.. => 2,
+            400..=499 => 1,
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    pub fn record(&self, face: usize, status: u16, d: Duration) {
+        if let Some(f) = self.by_face.get(face) {
+            f[Self::class(status)].record(d);
+        }
+    }
+
+    /// What face `face` (an index in [`FACES`]) recorded for class `class`.
+    pub fn read(&self, face: usize, class: usize) -> BucketCounts {
+        self.by_face[face][class].read()
+    }
+}
 
 /// Every bound the server keeps, with the defaults of `[api]`.
 #[derive(Debug, Clone, Copy)]
@@ -182,19 +229,22 @@ struct Conn {
 }
 
 /// Serves `router` over `state` on `listener` with `limits` until `shutdown` is set,
-/// logging each request as `face`. The calling thread runs the reactor.
+/// logging each request as `face` and timing it into `times` (when `face` is one of
+/// [`FACES`]). The calling thread runs the reactor.
 pub fn serve<S: Send + Sync + 'static>(
     face: &'static str,
     listener: std::net::TcpListener,
     router: Router<S>,
     state: Arc<S>,
     limits: Limits,
+    times: Arc<RequestTimes>,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
-    run(face, listener, None, router, state, limits, shutdown)
+    run(face, listener, None, router, state, limits, times, shutdown)
 }
 
 /// [`serve`] over TLS with `tls`: HTTP/1.1 inside, every bound the same.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_tls<S: Send + Sync + 'static>(
     face: &'static str,
     listener: std::net::TcpListener,
@@ -202,11 +252,13 @@ pub fn serve_tls<S: Send + Sync + 'static>(
     router: Router<S>,
     state: Arc<S>,
     limits: Limits,
+    times: Arc<RequestTimes>,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
-    run(face, listener, Some(tls), router, state, limits, shutdown)
+    run(face, listener, Some(tls), router, state, limits, times, shutdown)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run<S: Send + Sync + 'static>(
     face: &'static str,
     listener: std::net::TcpListener,
@@ -214,6 +266,7 @@ fn run<S: Send + Sync + 'static>(
     router: Router<S>,
     state: Arc<S>,
     limits: Limits,
+    times: Arc<RequestTimes>,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -224,8 +277,8 @@ fn run<S: Send + Sync + 'static>(
     let router = Arc::new(router);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let lanes = [
-        Lane::start(face, "", &router, &state, &done_tx, &waker, limits)?,
-        Lane::start(face, "slow-", &router, &state, &done_tx, &waker, limits)?,
+        Lane::start(face, "", &router, &state, &times, &done_tx, &waker, limits)?,
+        Lane::start(face, "slow-", &router, &state, &times, &done_tx, &waker, limits)?,
     ];
     let mut r = Reactor {
         face,
@@ -278,25 +331,29 @@ struct Lane {
 }
 
 impl Lane {
+    #[allow(clippy::too_many_arguments)]
     fn start<S: Send + Sync + 'static>(
         face: &'static str,
         kind: &'static str,
         router: &Arc<Router<S>>,
         state: &Arc<S>,
+        times: &Arc<RequestTimes>,
         done: &Sender<Done>,
         waker: &Arc<Waker>,
         limits: Limits,
     ) -> io::Result<Lane> {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(limits.queue);
+        let timed = RequestTimes::face(face);
         for i in 0..limits.handlers.max(1) {
             let (rx, router, state, done, waker): (Receiver<Job>, _, _, _, _) =
                 (rx.clone(), router.clone(), state.clone(), done.clone(), waker.clone());
+            let times = times.clone();
             std::thread::Builder::new()
                 .name(format!("tl-{face}-{kind}{i}"))
                 .spawn(move || {
                     // Ends when the reactor drops its sender (shutdown).
                     while let Ok(job) = rx.recv() {
-                        let d = handle(face, &router, &state, job);
+                        let d = handle(face, &router, &state, job, timed.map(|f| (&*times, f)));
                         if done.send(d).is_err() {
                             return;
                         }
@@ -308,8 +365,9 @@ impl Lane {
     }
 }
 
-/// Runs one request through the router on a handler thread.
-fn handle<S>(face: &str, router: &Router<S>, state: &S, job: Job) -> Done {
+/// Runs one request through the router on a handler thread, and times it into
+/// `times` (the face's index there) with the duration the log line shows.
+fn handle<S>(face: &str, router: &Router<S>, state: &S, job: Job, times: Option<(&RequestTimes, usize)>) -> Done {
     let t0 = Instant::now();
     let req = &job.req;
     let resp =
@@ -317,13 +375,17 @@ fn handle<S>(face: &str, router: &Router<S>, state: &S, job: Job) -> Done {
             log::error!("{face}: handler for {} {} panicked", req.method, req.path);
             router.error(500, "internal error (a bug in tunloom); the daemon log has the details")
         });
+    let took = t0.elapsed();
+    if let Some((times, f)) = times {
+        times.record(f, resp.status, took);
+    }
     log::info!(
         "{face}: {} {} {} {} {:.1}ms",
         req.remote.map_or_else(|| "-".to_string(), |a| a.to_string()),
         req.method,
         req.path,
         resp.status,
-        t0.elapsed().as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
     let close = !job.keep_alive;
     let bytes = encode_response(

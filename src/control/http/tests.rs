@@ -10,6 +10,8 @@ struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// What the server timed (it runs as the `api` face).
+    times: Arc<RequestTimes>,
 }
 
 impl Drop for Server {
@@ -57,11 +59,14 @@ fn start_with(limits: Limits, tls: Option<Arc<ServerConfig>>) -> Server {
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let thread = std::thread::spawn(move || run("test", listener, tls, r, Arc::new(()), limits, s).unwrap());
+    let times = Arc::new(RequestTimes::default());
+    let t = times.clone();
+    let thread = std::thread::spawn(move || run("api", listener, tls, r, Arc::new(()), limits, t, s).unwrap());
     Server {
         addr,
         stop,
         thread: Some(thread),
+        times,
     }
 }
 
@@ -160,6 +165,25 @@ fn oversized_and_malformed_requests_get_their_status_and_a_close() {
     assert!(String::from_utf8_lossy(&body).contains("a bug in tunloom"));
     // Still serving.
     assert_eq!(ask(&s, b"GET /hello HTTP/1.1\r\n\r\n").0, 200);
+}
+
+#[test]
+fn handled_requests_are_timed_by_status_class_and_refusals_are_not() {
+    let s = start(limits());
+    assert_eq!(ask(&s, b"GET /hello HTTP/1.1\r\n\r\n").0, 200);
+    assert_eq!(ask(&s, b"GET /hello HTTP/1.1\r\n\r\n").0, 200);
+    assert_eq!(ask(&s, b"GET /nope HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(ask(&s, b"GET /panic HTTP/1.1\r\n\r\n").0, 500);
+    // Refused by the server itself: no handler, no time.
+    assert_eq!(ask(&s, b"POST /echo HTTP/1.1\r\nContent-Length: 999999\r\n\r\n").0, 413);
+    let api = RequestTimes::face("api").unwrap();
+    let counts: Vec<u64> = (0..CODE_CLASSES.len()).map(|c| s.times.read(api, c).count()).collect();
+    assert_eq!(counts, [2, 1, 1], "2xx, 4xx, 5xx");
+    assert!(s.times.read(api, 0).sum_ns > 0);
+    assert_eq!(RequestTimes::face("test"), None, "faces not kept are not timed");
+    assert_eq!(RequestTimes::class(204), 0);
+    assert_eq!(RequestTimes::class(429), 1);
+    assert_eq!(RequestTimes::class(503), 2);
 }
 
 #[test]
