@@ -92,26 +92,9 @@ pub fn rfc3339_nanos(ns: u64) -> String {
         // Go's zero time: what Docker shows for a network with no creation time.
         return "0001-01-01T00:00:00Z".into();
     }
-    let secs = ns / 1_000_000_000;
-    let nanos = ns % 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let whole = crate::auth::rfc3339(ns / 1_000_000_000);
+    // "2021-08-11T08:55:07" and Docker's nanoseconds before the zone.
+    format!("{}.{:09}Z", whole.trim_end_matches('Z'), ns % 1_000_000_000)
 }
 
 /// A network as Docker's `NetworkResource`.
