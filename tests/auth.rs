@@ -88,6 +88,25 @@ fn identity_and_access_end_to_end() {
     std::fs::write(h.config_path(), cfg).unwrap();
     h.start().unwrap();
     let api = Api { ns: &h.ns.name };
+    // A token that will have expired (past the 60 s skew) by the end of this test.
+    let minted_at = std::time::Instant::now();
+    let out = std::process::Command::new(common::exe())
+        .args([
+            "auth",
+            "token",
+            "mint",
+            "--sub",
+            "brief",
+            "--role",
+            "admin",
+            "--ttl",
+            "1s",
+            "--state-dir",
+        ])
+        .arg(h.state_dir())
+        .output()
+        .unwrap();
+    let brief = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
     // Public: health, readiness, the document. Everything else needs credentials.
     assert_eq!(api.call("GET", "/health", None, NONE).0, 200);
@@ -322,6 +341,17 @@ fn identity_and_access_end_to_end() {
         NONE,
     );
     assert_eq!(s, 429, "even the right password waits out the block");
+
+    // Expired: 1 s of life plus the 60 s of allowed skew, then 401 saying so.
+    assert_eq!(
+        api.bearer("GET", "/api/v1/stats", None, &brief).0,
+        200,
+        "still within its life and the skew"
+    );
+    let end = minted_at + std::time::Duration::from_secs(63);
+    std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+    let (s, v) = api.bearer("GET", "/api/v1/stats", None, &brief);
+    assert_eq!((s, v["error"].as_str()), (401, Some("jwt expired")), "{v}");
     h.stop(false);
 }
 
