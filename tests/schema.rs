@@ -1,7 +1,8 @@
 //! The served API against its own OpenAPI document, with schemathesis (from PyPI;
 //! `scripts/setup` installs it into `.tools/venv`): generated requests, valid and
-//! not, to every operation of both faces, bounded in examples; no answer may be a
-//! server error. Needs root (ignored without it unless TUNLOOM_REQUIRE_NETNS=1).
+//! not, to every operation of every face (the management face with an admin token),
+//! bounded in examples; no answer may be a server error, and every status code,
+//! content type and body must be one the document describes. Needs root (ignored without it unless TUNLOOM_REQUIRE_NETNS=1).
 
 mod common;
 
@@ -55,7 +56,7 @@ fn the_served_api_never_answers_with_a_server_error() {
                     base,
                     filter,
                     "--checks",
-                    "not_a_server_error",
+                    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
                     "--max-examples",
                     "40",
                     "--seed",
