@@ -29,14 +29,17 @@ enum Cmd {
     /// Run the gateway daemon until SIGINT or SIGTERM.
     ///
     /// Creates the TUN device, starts one worker per CPU (or `dataplane.workers`),
-    /// talks to peers on the control port, and serves the management API
-    /// (127.0.0.1:6786) and Weave Net's local API (127.0.0.1:6784). On exit the TUN
-    /// device, its addresses and its routes are removed; allocations, DNS records,
-    /// exposed addresses and peers stay in the state directory for the next start.
-    /// Logs go to stderr, one line per event and per API request; RUST_LOG=debug says
-    /// more.
+    /// talks to peers on the control port, and serves the management API with the
+    /// Container Station face (127.0.0.1:6786, token required; the first start writes
+    /// the admin password to <state-dir>/admin-password), Weave Net's local API
+    /// (127.0.0.1:6784), the libnetwork API (127.0.0.1:6785) and Prometheus metrics
+    /// (127.0.0.1:6782). On exit the TUN device, its addresses and its routes are
+    /// removed; allocations, DNS records, exposed addresses, peers, networks, users and
+    /// tokens stay in the state directory, and containers stay attached (their veths
+    /// are made whole again at the next start). Logs go to stderr, one line per event
+    /// and per API request; RUST_LOG=debug says more.
     #[command(
-        after_help = "Example:\n  tunloom run -c /etc/tunloom/tunloom.toml\n  curl -s 127.0.0.1:6786/api/v1/stats\n  curl -s -X POST 127.0.0.1:6784/ip/my-container"
+        after_help = "Example:\n  tunloom run -c /etc/tunloom/tunloom.toml\n  TOKEN=$(tunloom auth token mint --sub me --role admin --ttl 1h)\n  curl -s -H \"Authorization: Bearer $TOKEN\" 127.0.0.1:6786/api/v1/stats\n  curl -s -X POST 127.0.0.1:6784/ip/my-container"
     )]
     Run {
         /// Configuration file (see config/tunloom.toml for every key).
