@@ -71,6 +71,28 @@ fn set_cookie(ns: &str, path: &str, body: &str) -> (u16, String) {
     .unwrap()
 }
 
+/// An admin token for `sub` from the signing key in `state` (`tunloom auth token mint`).
+fn mint(sub: &str, ttl: &str, state: &std::path::Path) -> String {
+    let out = std::process::Command::new(common::exe())
+        .args([
+            "auth",
+            "token",
+            "mint",
+            "--sub",
+            sub,
+            "--role",
+            "admin",
+            "--ttl",
+            ttl,
+            "--state-dir",
+        ])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn identity_and_access_end_to_end() {
     let pw = "correct horse battery staple";
     let mut h = OneHost::create(
@@ -90,23 +112,7 @@ fn identity_and_access_end_to_end() {
     let api = Api { ns: &h.ns.name };
     // A token that will have expired (past the 60 s skew) by the end of this test.
     let minted_at = std::time::Instant::now();
-    let out = std::process::Command::new(common::exe())
-        .args([
-            "auth",
-            "token",
-            "mint",
-            "--sub",
-            "brief",
-            "--role",
-            "admin",
-            "--ttl",
-            "1s",
-            "--state-dir",
-        ])
-        .arg(h.state_dir())
-        .output()
-        .unwrap();
-    let brief = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let brief = mint("brief", "1s", &h.state_dir());
 
     // Public: health, readiness, the document. Everything else needs credentials.
     assert_eq!(api.call("GET", "/health", None, NONE).0, 200);
@@ -247,44 +253,11 @@ fn identity_and_access_end_to_end() {
     assert_eq!(api.bearer("GET", "/api/v1/stats", None, &tampered).0, 401);
     let other = h.dir.0.join("other-state");
     std::fs::create_dir_all(&other).unwrap();
-    let out = std::process::Command::new(common::exe())
-        .args([
-            "auth",
-            "token",
-            "mint",
-            "--sub",
-            "mallory",
-            "--role",
-            "admin",
-            "--ttl",
-            "10m",
-            "--state-dir",
-        ])
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let foreign = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let foreign = mint("mallory", "10m", &other);
     assert_eq!(api.bearer("GET", "/api/v1/stats", None, &foreign).0, 401);
     // The offline mint works while the daemon runs on that state directory.
     // (Expiry past the 60 s skew is unit-tested with an injected clock.)
-    let out = std::process::Command::new(common::exe())
-        .args([
-            "auth",
-            "token",
-            "mint",
-            "--sub",
-            "late",
-            "--role",
-            "admin",
-            "--ttl",
-            "1s",
-            "--state-dir",
-        ])
-        .arg(h.state_dir())
-        .output()
-        .unwrap();
-    let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let short = mint("late", "1s", &h.state_dir());
     assert_eq!(
         api.bearer("GET", "/api/v1/stats", None, &short).0,
         200,

@@ -725,8 +725,8 @@ impl OneHost {
         self.dir.0.join("state")
     }
 
-    /// Starts the daemon and waits until its management API answers.
-    pub fn start(&mut self) -> io::Result<()> {
+    /// Starts the daemon, its log appended to `<dir>/tunloom.log`.
+    fn spawn(&mut self) -> io::Result<()> {
         let log = self.dir.0.join("tunloom.log");
         self.daemon = Some(spawn_daemon(
             &self.ns,
@@ -735,6 +735,12 @@ impl OneHost {
             &self.state_dir(),
             &log,
         )?);
+        Ok(())
+    }
+
+    /// Starts the daemon and waits until its management API answers.
+    pub fn start(&mut self) -> io::Result<()> {
+        self.spawn()?;
         let dir = &self.dir.0;
         wait_api(&self.ns, &mut self.daemon, Duration::from_secs(15), || {
             std::fs::read_to_string(dir.join("tunloom.log")).unwrap_or_default()
@@ -744,14 +750,7 @@ impl OneHost {
     /// Starts the daemon with TLS on its management API (`api.tls`) and waits until
     /// it answers `https://127.0.0.1:6786/health` (curl, certificate not checked).
     pub fn start_tls(&mut self) -> io::Result<()> {
-        let log = self.dir.0.join("tunloom.log");
-        self.daemon = Some(spawn_daemon(
-            &self.ns,
-            &self.exe,
-            &self.config_path(),
-            &self.state_dir(),
-            &log,
-        )?);
+        self.spawn()?;
         let (dir, ns) = (&self.dir.0, &self.ns);
         let up = || {
             ns.command(

@@ -103,6 +103,14 @@ pub struct Joined {
     pub ns_id: Option<(u64, u64)>,
 }
 
+impl Joined {
+    /// Whether `other` is this container's namespace: the same path, or the same
+    /// namespace (by identity) under another path.
+    pub fn same_namespace(&self, other: &Joined) -> bool {
+        self.netns == other.netns || (self.ns_id.is_some() && self.ns_id == other.ns_id)
+    }
+}
+
 impl Endpoint {
     /// The host end's name: `tlc` and the first 10 hex digits of the id.
     pub fn host_if(&self) -> String {
@@ -697,7 +705,7 @@ impl Model {
                     .networks
                     .endpoints_of(&net.id)
                     .filter_map(|e| e.joined.as_ref())
-                    .find(|j| j.container == joined.container || j.netns == joined.netns || j.ns_id == joined.ns_id)
+                    .find(|j| j.container == joined.container || j.same_namespace(&joined))
                     .map(|j| j.container.clone());
                 if let Some(container) = already {
                     return Err(Error::AlreadyAttached {
@@ -735,7 +743,7 @@ impl Model {
                 .networks
                 .endpoints_of(&net.id)
                 .filter_map(|e| e.joined.as_ref())
-                .find(|j| j.container == joined.container || j.ns_id == joined.ns_id)
+                .find(|j| j.container == joined.container || j.same_namespace(&joined))
                 .map(|j| j.container.clone());
             if let Some(c) = ep.container().map(str::to_string).or(twice) {
                 return Err(Error::AlreadyAttached {
@@ -1155,13 +1163,14 @@ fn attachment(ep: &Endpoint, mtu: u32) -> Option<Partial> {
 /// A detach that leaves the namespace's resolv.conf alone while another attachment
 /// of the same namespace remains (it names that attachment's gateway).
 fn keep_shared(st: &State, mut a: Attachment, gone: &Endpoint) -> Attachment {
-    let ns = gone.joined.as_ref().map(|j| (&j.netns, j.ns_id));
-    let shared = st.networks.endpoints.values().any(|e| {
-        e.id != gone.id
-            && e.joined.as_ref().is_some_and(|j| {
-                Some((&j.netns, j.ns_id)) == ns || (j.ns_id.is_some() && j.ns_id == ns.and_then(|n| n.1))
-            })
-    });
+    let Some(ns) = &gone.joined else { return a };
+    let shared = st
+        .networks
+        .endpoints
+        .values()
+        .filter(|e| e.id != gone.id)
+        .filter_map(|e| e.joined.as_ref())
+        .any(|j| j.same_namespace(ns));
     if shared {
         a.netns_name = None;
     }
