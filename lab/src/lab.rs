@@ -195,6 +195,13 @@ pub struct Setup {
     pub tunloom_daemon_cpu_s_per_gb: f64,
     /// Dataplane settings given with `--dataplane`.
     pub dataplane: Vec<String>,
+    /// The CPUs of host a and host b between which [`handoff_rtt`] was measured.
+    pub handoff_cpus: [usize; 2],
+    /// [`handoff_rtt`] between those CPUs (p50, p99, µs): what two wake-ups across
+    /// the hosts' CPUs cost here, the floor under tunloom's RTT with a CPU per host.
+    pub handoff_rtt_us: [f64; 2],
+    /// The same between two threads on host a's CPU (p50, p99, µs), for contrast.
+    pub same_cpu_handoff_rtt_us: [f64; 2],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +263,14 @@ impl Report {
             "CPU s per GB of the tunloom daemons themselves (1 stream): {:.2}\n",
             self.setup.tunloom_daemon_cpu_s_per_gb
         ));
+        s.push_str(&format!(
+            "wake-up round trip between CPUs {} and {} (two sleeping threads; the floor under tunloom's RTT with a CPU per host): p50 {:.0} us, p99 {:.0} us; on one CPU: p50 {:.0} us\n",
+            self.setup.handoff_cpus[0],
+            self.setup.handoff_cpus[1],
+            self.setup.handoff_rtt_us[0],
+            self.setup.handoff_rtt_us[1],
+            self.setup.same_cpu_handoff_rtt_us[0]
+        ));
         s.push_str(&format!("tunloom drops during the run: {}\n", self.setup.tunloom_drops));
         s.push_str(&format!(
             "TCP retransmissions (1 stream, parallel, reverse): tunloom {:?}, kernel {:?}\n",
@@ -313,6 +328,60 @@ fn rtts(hosts: &TwoHosts, from: &Netns, dst: &str, count: u32) -> Result<(f64, f
     }
     r.sort_by(f64::total_cmp);
     Ok((percentile(&r, 0.50), percentile(&r, 0.99)))
+}
+
+/// What handing work from one CPU to a sleeping thread on another costs on this
+/// machine, the floor under any dataplane that runs each host's packets on that
+/// host's CPUs: the round trip (µs, p50 and p99) of one byte between two threads
+/// pinned to `cpus`, over a pair of sockets, each waiting asleep for the other, after
+/// `gap` of quiet as between two pings. A ping through tunloom crosses between the
+/// hosts' CPUs at least twice, like this round trip; the kernel's VXLAN stays on the
+/// sender's CPU.
+pub fn handoff_rtt(cpus: [usize; 2], rounds: u32, gap: Duration) -> io::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    fn pin(cpu: usize) -> io::Result<()> {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).map_err(io::Error::from)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+    }
+    let (mut near, mut far) = UnixStream::pair()?;
+    // A stuck peer must not hang the lab: every wait is bounded.
+    for s in [&near, &far] {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    }
+    std::thread::scope(|s| {
+        let echo = s.spawn(move || -> io::Result<()> {
+            pin(cpus[1])?;
+            let mut b = [0u8; 1];
+            for _ in 0..rounds {
+                far.read_exact(&mut b)?;
+                far.write_all(&b)?;
+            }
+            Ok(())
+        });
+        // Its own thread, so that the lab's affinity (inherited by everything it
+        // starts afterwards) stays as it was. Returning drops `near`, which ends the
+        // echo thread's wait whatever happened here.
+        let mine = s.spawn(move || -> io::Result<(f64, f64)> {
+            pin(cpus[0])?;
+            let mut times = Vec::with_capacity(rounds as usize);
+            let mut b = [0u8; 1];
+            for _ in 0..rounds {
+                std::thread::sleep(gap);
+                let t0 = Instant::now();
+                near.write_all(&b)?;
+                near.read_exact(&mut b)?;
+                times.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok((percentile(&times, 0.50), percentile(&times, 0.99)))
+        });
+        let panicked = || io::Error::other("a handoff thread panicked");
+        let mine = mine.join().unwrap_or_else(|_| Err(panicked()));
+        let echoed = echo.join().unwrap_or_else(|_| Err(panicked()));
+        mine.and_then(|r| echoed.map(|()| r))
+    })
 }
 
 /// Throughput (Gbit/s) and TCP retransmissions of one iperf3 run.
@@ -610,6 +679,14 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
     (t.rtt_p50_us, t.rtt_p99_us) = rtts(&hosts, hosts.ns(0), tl, o.pings)?;
     go_on(&hosts)?;
     (k.rtt_p50_us, k.rtt_p99_us) = rtts(&hosts, hosts.ns(0), kv, o.pings)?;
+    let all = crate::netns::allowed_cpus();
+    let handoff_cpus = match &spec.cpus {
+        [a, b] if !a.is_empty() && !b.is_empty() => [a[0], b[0]],
+        _ => [all.first().copied().unwrap_or(0), all.last().copied().unwrap_or(0)],
+    };
+    let gap = Duration::from_millis(5);
+    let handoff = handoff_rtt(handoff_cpus, 200, gap)?;
+    let same_cpu = handoff_rtt([handoff_cpus[0]; 2], 200, gap)?;
     let mut c = Containers::default();
     if let Some(ct) = &containers {
         go_on(&hosts)?;
@@ -679,6 +756,9 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
             kernel_retransmits: retransmits[1],
             tunloom_daemon_cpu_s_per_gb: daemon_cpu,
             dataplane: o.dataplane.clone(),
+            handoff_cpus,
+            handoff_rtt_us: [handoff.0, handoff.1],
+            same_cpu_handoff_rtt_us: [same_cpu.0, same_cpu.1],
         },
     })
 }
@@ -686,6 +766,18 @@ pub fn run(o: &LabOptions, exe: &Path, stop: Arc<AtomicBool>) -> Result<Report, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handoff_round_trips_are_timed_on_the_given_cpus() {
+        let cpus = crate::netns::allowed_cpus();
+        let pair = [cpus[0], cpus[cpus.len() - 1]];
+        let (p50, p99) = handoff_rtt(pair, 20, Duration::from_millis(1)).unwrap();
+        assert!(p50 > 0.0 && p99 >= p50, "{p50} {p99}");
+        // The caller's own affinity is left alone.
+        assert_eq!(crate::netns::allowed_cpus(), cpus);
+        // A CPU that does not exist is an error, not a hang.
+        assert!(handoff_rtt([cpus[0], 100_000], 5, Duration::ZERO).is_err());
+    }
 
     #[test]
     fn ratios_and_percentiles() {
@@ -748,6 +840,9 @@ mod tests {
                 kernel_retransmits: [0; 3],
                 tunloom_daemon_cpu_s_per_gb: 1.3,
                 dataplane: Vec::new(),
+                handoff_cpus: [0, 1],
+                handoff_rtt_us: [90.0, 120.0],
+                same_cpu_handoff_rtt_us: [10.0, 15.0],
             },
         }
     }
