@@ -57,7 +57,8 @@ const MAX_PARTS: usize = 2048;
 const BUDGET: usize = 64;
 /// How long an idle worker sleeps before checking for shutdown.
 const IDLE: Duration = Duration::from_millis(100);
-/// How long after delivering to this host a worker does not spin ([`Spin`]).
+/// How long after receiving from peers (packets it then delivers to this host) a
+/// worker does not spin ([`Spin`]).
 const DELIVERY_QUIET: Duration = Duration::from_millis(1);
 /// How often the worker's histogram is merged into the shared one.
 const HIST_EVERY: Duration = Duration::from_secs(1);
@@ -228,7 +229,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut woken = false;
     // The end of the last batch after which no source was ready (adaptive polling).
     let mut idle_since: Option<Instant> = None;
-    // The end of the last batch that delivered packets to this host.
+    // The end of the last batch that received datagrams from peers, which are
+    // delivered to this host (dropped ones count too: rare, and harmless here).
     let mut last_delivery = Instant::now();
     while !setup.shutdown.load(Ordering::Relaxed) {
         // Sleeping costs a wake-up when the next packet comes; with busy polling
@@ -279,7 +281,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 w.stats.merge_histogram(&mut hist);
                 last_hist = t1;
             }
-            // A worker that has delivered to this host lately spins not at all: the
+            // A worker that has received for this host lately spins not at all: the
             // readers it feeds (a receiving iperf3, a sender's TCP taking ACKs) run on
             // the same cores, and a spin takes the CPU from them — measured, it cost
             // UDP throughput by a third and single-stream TCP a tenth. What is left is
